@@ -1,0 +1,76 @@
+-- Inserts, updates, deletes, truncates and transactions.
+CREATE FUNCTION pg_temp.stable(data text) RETURNS text LANGUAGE sql AS $$
+  SELECT regexp_replace(regexp_replace(regexp_replace(data,
+           '"lsn":"[0-9A-F]+/[0-9A-F]+"', '"lsn":"LSN"', 'g'),
+           '"txid":[0-9]+', '"txid":XID', 'g'),
+           '"ts_ms":[0-9]{13}', '"ts_ms":MS', 'g')
+$$;
+
+CREATE TABLE sales (
+    sale_id bigint PRIMARY KEY, store_id text NOT NULL, seller_id text NOT NULL,
+    seller_name text NOT NULL, city text NOT NULL, country char(2) NOT NULL,
+    amount numeric(12,2) NOT NULL, currency char(3) NOT NULL DEFAULT 'EUR',
+    sold_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE pairs (a int, b text, v int, PRIMARY KEY (b, a));
+CREATE TABLE nokey (v int);
+
+SELECT 'init' FROM pg_create_logical_replication_slot('changes_slot', 'pg_kappa');
+
+-- one row
+INSERT INTO sales VALUES (1001, 'MAD-01', 'S-17', 'Ana Ruiz', 'Madrid', 'ES', 129.90, 'EUR',
+                          '2026-11-21T10:15:03.12Z');
+-- several rows in one statement, several statements in one transaction
+BEGIN;
+INSERT INTO sales (sale_id, store_id, seller_id, seller_name, city, country, amount, sold_at)
+SELECT 2000 + i, 'BCN-02', 'S-22', 'Jordi Puig', 'Barcelona', 'ES', i * 10.5,
+       '2026-11-21T11:00:00Z'::timestamptz + i * interval '1 minute'
+  FROM generate_series(1, 3) i;
+UPDATE sales SET amount = amount + 1 WHERE sale_id = 2001;
+DELETE FROM sales WHERE sale_id = 2002;
+COMMIT;
+-- rolled back: nothing
+BEGIN;
+INSERT INTO sales VALUES (9999, 'X', 'X', 'X', 'X', 'XX', 1, 'EUR', now());
+ROLLBACK;
+-- a rolled-back subtransaction inside a committed one
+BEGIN;
+INSERT INTO sales VALUES (3001, 'LIS-01', 'S-31', 'João Sá', 'Lisboa', 'PT', 249.00, 'EUR', '2026-11-21T10:15:00Z');
+SAVEPOINT s;
+INSERT INTO sales VALUES (3002, 'LIS-01', 'S-31', 'João Sá', 'Lisboa', 'PT', 1.00, 'EUR', '2026-11-21T10:16:00Z');
+ROLLBACK TO s;
+COMMIT;
+-- the key changes: a delete of the old key, a create of the new one
+UPDATE sales SET sale_id = 1002 WHERE sale_id = 1001;
+
+SELECT pg_temp.stable(data) FROM pg_logical_slot_get_changes('changes_slot', NULL, NULL);
+
+-- the same in the readable form, with message keys and transaction markers
+INSERT INTO pairs VALUES (1, 'x', 10), (2, 'y"q', 20);
+UPDATE pairs SET v = 11 WHERE a = 1;
+UPDATE pairs SET a = 3 WHERE a = 2;
+DELETE FROM pairs WHERE a = 1;
+INSERT INTO nokey VALUES (1);
+SELECT regexp_replace(data, '^(BEGIN|COMMIT) [0-9]+', '\1 XID')
+  FROM pg_logical_slot_get_changes('changes_slot', NULL, NULL,
+                                   'format', 'text', 'include-transaction', 'on');
+
+-- REPLICA IDENTITY FULL: updates and deletes carry the whole old row
+ALTER TABLE sales REPLICA IDENTITY FULL;
+UPDATE sales SET amount = 130.00 WHERE sale_id = 1002;
+DELETE FROM sales WHERE sale_id = 1002;
+SELECT pg_temp.stable(data) FROM pg_logical_slot_get_changes('changes_slot', NULL, NULL);
+
+-- truncate, with transaction markers in JSON
+TRUNCATE pairs, nokey;
+SELECT pg_temp.stable(data) FROM pg_logical_slot_get_changes('changes_slot', NULL, NULL,
+                                                             'include-transaction', 'on');
+
+-- seq numbers a transaction's messages 0, 1, 2, ... and the commit LSN is shared
+INSERT INTO pairs SELECT i, 'k', i FROM generate_series(1, 5) i;
+SELECT count(*) AS messages,
+       count(DISTINCT data::jsonb #>> '{source,lsn}') AS commit_lsns,
+       array_agg((data::jsonb #>> '{source,seq}')::int ORDER BY (data::jsonb #>> '{source,seq}')::int) AS seqs
+  FROM pg_logical_slot_get_changes('changes_slot', NULL, NULL);
+
+SELECT pg_drop_replication_slot('changes_slot');
+DROP TABLE sales, pairs, nokey;

@@ -1,0 +1,119 @@
+-- kappa.publish_table / kappa.unpublish_table: checks, the slot, the
+-- initial snapshot and which changes follow.  The publisher worker is off
+-- here (test/regress.conf), so the tests read its slot through SQL.
+CREATE FUNCTION pg_temp.stable(data text) RETURNS text LANGUAGE sql AS $$
+  SELECT regexp_replace(regexp_replace(regexp_replace(data,
+           '"lsn":"[0-9A-F]+/[0-9A-F]+"', '"lsn":"LSN"', 'g'),
+           '"txid":[0-9]+', '"txid":XID', 'g'),
+           '"ts_ms":[0-9]{13}', '"ts_ms":MS', 'g')
+$$;
+
+CREATE TABLE sales (
+    sale_id bigint PRIMARY KEY, store_id text NOT NULL, seller_id text NOT NULL,
+    seller_name text NOT NULL, city text NOT NULL, country char(2) NOT NULL,
+    amount numeric(12,2) NOT NULL, currency char(3) NOT NULL DEFAULT 'EUR',
+    sold_at timestamptz NOT NULL DEFAULT now());
+INSERT INTO sales VALUES
+  (1, 'MAD-01', 'S-17', 'Ana Ruiz', 'Madrid', 'ES', 10.00, 'EUR', '2026-11-20T09:00:00Z'),
+  (2, 'BCN-02', 'S-22', 'Jordi Puig', 'Barcelona', 'ES', 20.00, 'EUR', '2026-11-20T10:00:00Z'),
+  (3, 'LIS-01', 'S-31', 'João Sá', 'Lisboa', 'PT', 30.00, 'EUR', '2026-11-20T11:00:00Z');
+CREATE TABLE not_published (id int PRIMARY KEY);
+
+-- what cannot be published, and why
+CREATE TABLE nopk (v int);
+CREATE UNLOGGED TABLE unlogged_t (id int PRIMARY KEY);
+CREATE TEMP TABLE temp_t (id int PRIMARY KEY);
+CREATE TABLE parted (id int PRIMARY KEY) PARTITION BY RANGE (id);
+CREATE VIEW a_view AS SELECT 1 AS one;
+CREATE TABLE ri_nothing (id int PRIMARY KEY);
+ALTER TABLE ri_nothing REPLICA IDENTITY NOTHING;
+SELECT kappa.publish_table('nopk');
+SELECT kappa.publish_table('unlogged_t');
+SELECT kappa.publish_table('temp_t');
+SELECT kappa.publish_table('parted');
+SELECT kappa.publish_table('a_view');
+SELECT kappa.publish_table('ri_nothing');
+SELECT kappa.publish_table('kappa.published_tables');
+SELECT kappa.publish_table('pg_class');
+SELECT kappa.publish_table('sales', 'no spaces allowed');
+SELECT kappa.publish_table(NULL);
+
+-- who may publish: the table's owner, with REPLICATION
+CREATE ROLE kappa_owner;
+CREATE ROLE kappa_replicator REPLICATION;
+ALTER TABLE not_published OWNER TO kappa_owner;
+SET ROLE kappa_owner;
+SELECT kappa.publish_table('not_published');
+RESET ROLE;
+GRANT EXECUTE ON FUNCTION kappa.publish_table(regclass, text) TO kappa_owner, kappa_replicator;
+SET ROLE kappa_owner;
+SELECT kappa.publish_table('not_published');
+SET ROLE kappa_replicator;
+SELECT kappa.publish_table('sales');
+RESET ROLE;
+
+-- the slot cannot be created after writes in the same transaction
+BEGIN;
+INSERT INTO not_published VALUES (1);
+SELECT kappa.publish_table('sales');
+ROLLBACK;
+
+-- The first publish creates the slot and sends the existing rows ("r").
+SELECT kappa.publish_table('sales');
+SELECT slot_name, plugin, slot_type, database FROM pg_replication_slots;
+SELECT relid, topic, published_by FROM kappa.published_tables;
+SELECT kappa.publish_table('sales');
+SELECT kappa.publish_table('sales', 'elsewhere');
+
+-- later changes of published tables follow the snapshot; others do not
+INSERT INTO sales VALUES (4, 'MAD-01', 'S-17', 'Ana Ruiz', 'Madrid', 'ES', 40.00, 'EUR', '2026-11-21T09:00:00Z');
+INSERT INTO not_published VALUES (2);
+UPDATE sales SET amount = 11.00 WHERE sale_id = 1;
+SELECT pg_temp.stable(data) FROM pg_logical_slot_get_changes('pg_kappa_cdc', NULL, NULL,
+                                                             'published-only', 'on');
+
+-- a second table, to its own topic, with REPLICA IDENTITY FULL: no notice
+CREATE TABLE refunds (id int PRIMARY KEY, sale_id bigint, amount numeric(12,2));
+ALTER TABLE refunds REPLICA IDENTITY FULL;
+INSERT INTO refunds VALUES (1, 3, -5.00);
+SELECT kappa.publish_table('refunds', 'refund-events');
+SELECT relid, topic FROM kappa.published_tables ORDER BY relid::text;
+INSERT INTO refunds VALUES (2, 2, -1.00);
+SELECT pg_temp.stable(data) FROM pg_logical_slot_get_changes('pg_kappa_cdc', NULL, NULL,
+                                                             'published-only', 'on');
+
+-- unpublishing: changes committed afterwards are no longer sent
+SELECT kappa.unpublish_table('refunds');
+SELECT kappa.unpublish_table('refunds');
+INSERT INTO refunds VALUES (3, 1, -2.00);
+INSERT INTO sales VALUES (5, 'LIS-01', 'S-31', 'João Sá', 'Lisboa', 'PT', 50.00, 'EUR', '2026-11-21T10:00:00Z');
+SELECT pg_temp.stable(data) FROM pg_logical_slot_get_changes('pg_kappa_cdc', NULL, NULL,
+                                                             'published-only', 'on');
+
+-- dropping a published table unpublishes it
+SELECT kappa.publish_table('refunds');
+DROP TABLE refunds;
+SELECT relid FROM kappa.published_tables;
+
+-- the status view answers even when the publisher is switched off
+SELECT slot_name, tables, in_flight, last_error FROM kappa.cdc_status;
+SET ROLE kappa_owner;
+SELECT state FROM kappa.cdc_status;
+RESET ROLE;
+
+SELECT kappa.unpublish_table('sales');
+SELECT pg_drop_replication_slot('pg_kappa_cdc');
+DROP TABLE sales, not_published, nopk, unlogged_t, temp_t, parted, ri_nothing CASCADE;
+DROP VIEW a_view;
+REVOKE EXECUTE ON FUNCTION kappa.publish_table(regclass, text) FROM kappa_owner, kappa_replicator;
+DROP ROLE kappa_owner;
+DROP ROLE kappa_replicator;
+
+-- publishing happens in kappa.database only
+CREATE DATABASE kappa_elsewhere;
+\c kappa_elsewhere
+CREATE EXTENSION pg_kappa;
+CREATE TABLE t (id int PRIMARY KEY);
+SELECT kappa.publish_table('t');
+\c contrib_regression
+DROP DATABASE kappa_elsewhere;

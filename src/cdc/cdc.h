@@ -1,0 +1,20 @@
+/*-------------------------------------------------------------------------
+ *
+ * cdc.h
+ *	  What the CDC publisher worker and the publish functions share.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef KAPPA_CDC_H
+#define KAPPA_CDC_H
+
+/* Serialises slot creation (publish_table) and removal (the worker). */
+extern void cdc_lock_slot_lifecycle(void);
+
+/* Is any table published?  Needs a transaction. */
+extern bool cdc_tables_published(void);
+
+/* NULL when pg_kappa may serve as output plugin, else the allowed list. */
+extern const char *cdc_output_plugin_blocked(void);
+
+#endif							/* KAPPA_CDC_H */

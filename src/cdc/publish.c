@@ -1,0 +1,472 @@
+/*-------------------------------------------------------------------------
+ *
+ * publish.c
+ *	  kappa.publish_table() and kappa.unpublish_table(): which tables the
+ *	  CDC publisher sends to Kafka, and the initial snapshot of a table's
+ *	  existing rows.
+ *
+ * The snapshot is consistent with the stream without any de-duplication:
+ * publish_table() takes a SHARE lock on the table, which waits for every
+ * transaction that wrote to it and holds off new writers until the
+ * publishing transaction commits.  Rows committed before that point are
+ * read with a fresh snapshot and written into WAL as transactional logical
+ * messages of the publishing transaction; changes committed after it are
+ * decoded normally because the published_tables row (a user_catalog_table)
+ * is visible to them.  So every row arrives once: as an "r" event in the
+ * publishing transaction, then as its later changes.  The snapshot rows
+ * travel through the same decode-produce-acknowledge path as any change,
+ * so a crash mid-snapshot replays them like any other transaction.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "pg_kappa.h"
+
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "catalog/catalog.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_type.h"
+#include "cdc/cdc.h"
+#include "cdc/decoder.h"
+#include "cdc/envelope.h"
+#include "commands/dbcommands.h"
+#include "executor/spi.h"
+#include "executor/tuptable.h"
+#include "miscadmin.h"
+#include "replication/logical.h"
+#include "replication/message.h"
+#include "replication/slot.h"
+#include "storage/lmgr.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
+#include "utils/varlena.h"
+
+PG_FUNCTION_INFO_V1(kappa_publish_table);
+PG_FUNCTION_INFO_V1(kappa_unpublish_table);
+
+/* Advisory lock key: "kapp", 1 */
+#define CDC_SLOT_LOCK_KEY1	0x6b617070
+#define CDC_SLOT_LOCK_KEY2	1
+
+void
+cdc_lock_slot_lifecycle(void)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, CDC_SLOT_LOCK_KEY1, CDC_SLOT_LOCK_KEY2, 2);
+	(void) LockAcquire(&tag, ExclusiveLock, false, false);
+}
+
+bool
+cdc_tables_published(void)
+{
+	Oid			nspid = get_namespace_oid(KAPPA_SCHEMA_NAME, true);
+	bool		published;
+
+	if (!OidIsValid(nspid) ||
+		!OidIsValid(get_relname_relid("published_tables", nspid)))
+		return false;
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute("SELECT 1 FROM kappa.published_tables LIMIT 1", true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read kappa.published_tables");
+	published = SPI_processed > 0;
+	SPI_finish();
+	return published;
+}
+
+/*
+ * Run SPI statements on kappa.published_tables as the owner of that table
+ * (the extension's owner): the caller's own rights were checked already.
+ */
+static void
+become_catalog_owner(Oid *save_userid, int *save_sec)
+{
+	Oid			nspid = get_namespace_oid(KAPPA_SCHEMA_NAME, false);
+	Oid			relid = get_relname_relid("published_tables", nspid);
+	HeapTuple	tuple;
+	Oid			owner;
+
+	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	if (!HeapTupleIsValid(tuple))
+		elog(ERROR, "cache lookup failed for relation %u", relid);
+	owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
+	ReleaseSysCache(tuple);
+
+	GetUserIdAndSecContext(save_userid, save_sec);
+	SetUserIdAndSecContext(owner, *save_sec | SECURITY_LOCAL_USERID_CHANGE);
+}
+
+static void
+check_publish_privileges(Oid relid, const char *verb)
+{
+	if (!superuser() && !has_rolreplication(GetUserId()))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to %s table \"%s\"", verb,
+						get_rel_name(relid)),
+				 errdetail("Publishing reads the table's changes through a replication slot, which needs the REPLICATION attribute.")));
+	if (!pg_class_ownercheck(relid, GetUserId()))
+		aclcheck_error(ACLCHECK_NOT_OWNER,
+					   get_relkind_objtype(get_rel_relkind(relid)),
+					   get_rel_name(relid));
+}
+
+/* Can rel be published?  Errors say why not. */
+static void
+check_publishable(Relation rel)
+{
+	const char *name = RelationGetRelationName(rel);
+	char	   *qualified = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)), name);
+
+	if (rel->rd_rel->relkind == RELKIND_PARTITIONED_TABLE)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot publish partitioned table \"%s\"", name),
+				 errhint("Publish its partitions; their changes are decoded per partition.")));
+	if (rel->rd_rel->relkind != RELKIND_RELATION)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("\"%s\" is not a table", name)));
+	if (rel->rd_rel->relpersistence != RELPERSISTENCE_PERMANENT)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot publish temporary or unlogged table \"%s\"", name),
+				 errdetail("Changes to it are not written to WAL, so they cannot be decoded.")));
+	if (IsCatalogRelation(rel) ||
+		RelationGetNamespace(rel) == get_namespace_oid(KAPPA_SCHEMA_NAME, true))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot publish system or pg_kappa table \"%s\"", name)));
+	if (!OidIsValid(RelationGetPrimaryKeyIndex(rel)))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table \"%s\" has no primary key", name),
+				 errdetail("Kafka messages are keyed by the primary key, so that the changes of a row stay in one partition, in order."),
+				 errhint("Add one with ALTER TABLE %s ADD PRIMARY KEY (...).", qualified)));
+	switch (rel->rd_rel->relreplident)
+	{
+		case REPLICA_IDENTITY_NOTHING:
+		case REPLICA_IDENTITY_INDEX:
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("table \"%s\" has a replica identity other than its primary key", name),
+					 errdetail("Deletes must carry the primary key, which is the message key."),
+					 errhint("Run ALTER TABLE %s REPLICA IDENTITY DEFAULT (or FULL).", qualified)));
+			break;
+		default:
+			break;
+	}
+}
+
+static void
+notice_partial_old_rows(Relation rel)
+{
+	if (rel->rd_rel->relreplident == REPLICA_IDENTITY_DEFAULT)
+		ereport(NOTICE,
+				(errmsg("updates and deletes of table \"%s\" are published without the full old row",
+						RelationGetRelationName(rel)),
+				 errdetail("With REPLICA IDENTITY DEFAULT, WAL holds only the primary key of an old row."),
+				 errhint("For full \"before\" images, run ALTER TABLE %s REPLICA IDENTITY FULL.",
+						 quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+													RelationGetRelationName(rel)))));
+}
+
+/* NULL when pg_kappa may serve as output plugin, else the current list. */
+const char *
+cdc_output_plugin_blocked(void)
+{
+	const char *allowed = GetConfigOption("output_plugin_libraries", true, false);
+	List	   *names;
+	ListCell   *lc;
+
+	if (allowed == NULL)
+		return NULL;
+	if (!SplitIdentifierString(pstrdup(allowed), ',', &names))
+		return allowed;
+	foreach(lc, names)
+	{
+		if (strcmp(lfirst(lc), KAPPA_EXTENSION_NAME) == 0)
+			return NULL;
+	}
+	return allowed;
+}
+
+static void
+check_cdc_prerequisites(void)
+{
+	const char *blocked;
+	char	   *dbname = get_database_name(MyDatabaseId);
+
+	if (wal_level < WAL_LEVEL_LOGICAL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("publishing tables requires wal_level = logical"),
+				 errhint("Set wal_level = logical in postgresql.conf and restart the server.")));
+	blocked = cdc_output_plugin_blocked();
+	if (blocked)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("pg_kappa is not allowed as a logical decoding output plugin"),
+				 errdetail("output_plugin_libraries is \"%s\".", blocked),
+				 errhint("Add pg_kappa to output_plugin_libraries in postgresql.conf and reload the configuration.")));
+	if (strcmp(dbname, kappa_database) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the pg_kappa workers serve database \"%s\", not \"%s\"",
+						kappa_database, dbname),
+				 errhint("Publish tables in database \"%s\", or set kappa.database and restart the server.",
+						 kappa_database)));
+}
+
+/*
+ * Make sure the publisher's slot exists, creating it if needed.  Must run
+ * before this transaction writes anything (and before it locks the table:
+ * creating a slot waits for running transactions).
+ */
+static void
+ensure_cdc_slot(void)
+{
+	ReplicationSlot *slot = SearchNamedReplicationSlot(kappa_cdc_slot_name, true);
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		args[1];
+
+	if (slot != NULL)
+	{
+		if (!SlotIsLogical(slot) || slot->data.database != MyDatabaseId ||
+			strcmp(NameStr(slot->data.plugin), KAPPA_EXTENSION_NAME) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_DUPLICATE_OBJECT),
+					 errmsg("replication slot \"%s\" exists but is not a pg_kappa slot of this database",
+							kappa_cdc_slot_name),
+					 errhint("Drop the slot, or set kappa.cdc_slot_name to another name and restart the server.")));
+		return;
+	}
+
+	if (TransactionIdIsValid(GetTopTransactionIdIfAny()))
+		ereport(ERROR,
+				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
+				 errmsg("the first kappa.publish_table() must run before its transaction writes anything"),
+				 errdetail("It creates replication slot \"%s\", which PostgreSQL does not allow after writes in the same transaction.",
+						   kappa_cdc_slot_name),
+				 errhint("Call kappa.publish_table() in a transaction of its own.")));
+
+	args[0] = CStringGetTextDatum(kappa_cdc_slot_name);
+	if (SPI_execute_with_args("SELECT pg_catalog.pg_create_logical_replication_slot($1, 'pg_kappa')",
+							  1, argtypes, args, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not create replication slot \"%s\"", kappa_cdc_slot_name);
+	ereport(NOTICE,
+			(errmsg("created replication slot \"%s\" for the pg_kappa publisher",
+					kappa_cdc_slot_name)));
+}
+
+/*
+ * Write every row of rel, as of now, into WAL as snapshot messages of this
+ * transaction.  Returns the number of rows.
+ */
+static int64
+snapshot_rows(Relation rel, const char *topic)
+{
+	MemoryContext row_cxt = AllocSetContextCreate(CurrentMemoryContext,
+												  "pg_kappa snapshot row",
+												  ALLOCSET_DEFAULT_SIZES);
+	MemoryContext old;
+	KappaTableEncoder *te = envelope_table_encoder(rel);
+	TupleDesc	desc = RelationGetDescr(rel);
+	Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	TableScanDesc scan = table_beginscan(rel, snapshot, 0, NULL);
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	int			topiclen = topic ? strlen(topic) : 0;
+	StringInfoData msg;
+	int64		rows = 0;
+
+	while (table_scan_getnextslot(scan, ForwardScanDirection, slot))
+	{
+		KappaSnapshotHeader hdr;
+		HeapTuple	tuple;
+		bool		should_free;
+		int			keystart;
+
+		CHECK_FOR_INTERRUPTS();
+		old = MemoryContextSwitchTo(row_cxt);
+		tuple = ExecFetchSlotHeapTuple(slot, false, &should_free);
+
+		initStringInfo(&msg);
+		appendBinaryStringInfo(&msg, (char *) &hdr, sizeof(hdr));	/* placeholder */
+		keystart = msg.len;
+		if (!envelope_append_key(&msg, te, desc, tuple))
+			elog(ERROR, "row of table \"%s\" has no primary key value",
+				 RelationGetRelationName(rel));
+		hdr.version = KAPPA_SNAPSHOT_VERSION;
+		hdr.relid = RelationGetRelid(rel);
+		hdr.keylen = msg.len - keystart;
+		hdr.topiclen = topiclen;
+		if (topiclen > 0)
+			appendBinaryStringInfo(&msg, topic, topiclen);
+		envelope_append_row(&msg, te, desc, tuple, false, false);
+		memcpy(msg.data, &hdr, sizeof(hdr));
+
+		LogLogicalMessage(KAPPA_SNAPSHOT_PREFIX, msg.data, msg.len, true);
+		if (should_free)
+			heap_freetuple(tuple);
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(row_cxt);
+		rows++;
+	}
+
+	ExecDropSingleTupleTableSlot(slot);
+	table_endscan(scan);
+	UnregisterSnapshot(snapshot);
+	MemoryContextDelete(row_cxt);
+	return rows;
+}
+
+/*
+ * kappa.publish_table(tbl regclass, topic text DEFAULT NULL) RETURNS bigint
+ *
+ * Starts publishing tbl's changes to topic (NULL: kappa.sales_topic, read
+ * when each change is published).  Returns the number of existing rows sent
+ * as snapshot ("r") events, or NULL if the table was already published.
+ */
+Datum
+kappa_publish_table(PG_FUNCTION_ARGS)
+{
+	Oid			relid;
+	char	   *topic = NULL;
+	Relation	rel;
+	Oid			save_userid;
+	int			save_sec;
+	Oid			argtypes[2] = {OIDOID, TEXTOID};
+	Datum		args[2];
+	char		nulls[2] = {' ', ' '};
+	int64		rows;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("table must not be null")));
+	relid = PG_GETARG_OID(0);
+	if (!PG_ARGISNULL(1))
+	{
+		const char *why;
+
+		topic = text_to_cstring(PG_GETARG_TEXT_PP(1));
+		if (!kappa_valid_topic_name(topic, &why))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid Kafka topic name \"%s\"", topic),
+					 errdetail("%s", why)));
+	}
+
+	check_publish_privileges(relid, "publish");
+	rel = table_open(relid, AccessShareLock);
+	check_publishable(rel);
+	check_cdc_prerequisites();
+
+	cdc_lock_slot_lifecycle();
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	become_catalog_owner(&save_userid, &save_sec);
+
+	/* already published? */
+	args[0] = ObjectIdGetDatum(relid);
+	if (SPI_execute_with_args("SELECT topic FROM kappa.published_tables WHERE relid = $1",
+							  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read kappa.published_tables");
+	if (SPI_processed > 0)
+	{
+		char	   *current = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+
+		if ((current == NULL) != (topic == NULL) ||
+			(current && strcmp(current, topic) != 0))
+			ereport(ERROR,
+					(errcode(ERRCODE_DUPLICATE_OBJECT),
+					 errmsg("table \"%s\" is already published to topic \"%s\"",
+							RelationGetRelationName(rel),
+							current ? current : kappa_sales_topic),
+					 errhint("Call kappa.unpublish_table() first to change its topic.")));
+		SetUserIdAndSecContext(save_userid, save_sec);
+		SPI_finish();
+		table_close(rel, NoLock);
+		ereport(NOTICE,
+				(errmsg("table \"%s\" is already published", RelationGetRelationName(rel))));
+		PG_RETURN_NULL();
+	}
+
+	ensure_cdc_slot();
+
+	/* no writer of the table from here until this transaction ends */
+	LockRelationOid(relid, ShareLock);
+
+	args[1] = topic ? CStringGetTextDatum(topic) : (Datum) 0;
+	nulls[1] = topic ? ' ' : 'n';
+	if (SPI_execute_with_args("INSERT INTO kappa.published_tables (relid, topic) VALUES ($1, $2)",
+							  2, argtypes, args, nulls, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not insert into kappa.published_tables");
+	SetUserIdAndSecContext(save_userid, save_sec);
+	SPI_finish();
+
+	/* decoders drop what they cached about this table at our commit */
+	CacheInvalidateRelcacheByRelid(relid);
+	notice_partial_old_rows(rel);
+
+	rows = snapshot_rows(rel, topic);
+	table_close(rel, NoLock);
+	PG_RETURN_INT64(rows);
+}
+
+/*
+ * kappa.unpublish_table(tbl regclass) RETURNS boolean
+ *
+ * Changes committed after this transaction are no longer published.  When
+ * no table is left, the publisher drops its replication slot.
+ */
+Datum
+kappa_unpublish_table(PG_FUNCTION_ARGS)
+{
+	Oid			relid;
+	Oid			save_userid;
+	int			save_sec;
+	Oid			argtypes[1] = {OIDOID};
+	Datum		args[1];
+	bool		removed;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("table must not be null")));
+	relid = PG_GETARG_OID(0);
+	check_publish_privileges(relid, "unpublish");
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	become_catalog_owner(&save_userid, &save_sec);
+	args[0] = ObjectIdGetDatum(relid);
+	if (SPI_execute_with_args("DELETE FROM kappa.published_tables WHERE relid = $1",
+							  1, argtypes, args, NULL, false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "could not delete from kappa.published_tables");
+	removed = SPI_processed > 0;
+	SetUserIdAndSecContext(save_userid, save_sec);
+	SPI_finish();
+
+	if (!removed)
+	{
+		ereport(NOTICE,
+				(errmsg("table \"%s\" is not published", get_rel_name(relid))));
+		PG_RETURN_BOOL(false);
+	}
+	CacheInvalidateRelcacheByRelid(relid);
+	PG_RETURN_BOOL(true);
+}

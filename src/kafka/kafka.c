@@ -1,0 +1,590 @@
+/*-------------------------------------------------------------------------
+ *
+ * kafka.c
+ *	  Kafka glue: librdkafka configurations built from the kappa.* GUCs,
+ *	  librdkafka errors mapped to SQLSTATEs, and librdkafka's logs and
+ *	  errors carried to the owning PostgreSQL process.
+ *
+ * librdkafka runs threads of its own.  Those threads must never call a
+ * PostgreSQL function (ereport, palloc, ...): PostgreSQL's backend code is
+ * single-threaded.  So every client is created with log.queue=true and its
+ * log and error callbacks only copy the text into a small process-local ring;
+ * they run inside rd_kafka_poll() on the owner's thread, and the owner turns
+ * the ring into ereport(LOG) lines after polling (kafka_flush_log).
+ * Delivery reports are served the same way, by rd_kafka_poll.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "pg_kappa.h"
+
+#include <ctype.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include "kafka/kafka.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "utils/elog.h"
+#include "utils/memutils.h"
+
+/* ---------------------------------------------------------------------
+ * kappa.kafka_options: "key=value; key=value".  A backslash escapes the
+ * next character, so a value may contain ";" or "=" as "\;" and "\=".
+ * ---------------------------------------------------------------------
+ */
+
+/* Properties pg_kappa sets itself; overriding them would break it. */
+static const char *const kafka_reserved_options[] = {
+	"bootstrap.servers",		/* kappa.brokers */
+	"metadata.broker.list",		/* alias of bootstrap.servers */
+	"log.queue",				/* keeps librdkafka threads out of PG code */
+	"enable.auto.commit",		/* offsets live in PostgreSQL */
+	"enable.auto.offset.store",
+	NULL
+};
+
+static char *
+trim_copy(StringInfo buf)
+{
+	int			start = 0;
+	int			end = buf->len;
+
+	while (start < end && isspace((unsigned char) buf->data[start]))
+		start++;
+	while (end > start && isspace((unsigned char) buf->data[end - 1]))
+		end--;
+	return pnstrdup(buf->data + start, end - start);
+}
+
+List *
+kafka_options_parse(const char *options, char **error)
+{
+	List	   *result = NIL;
+	StringInfoData key;
+	StringInfoData value;
+	bool		in_value = false;
+	const char *p = options ? options : "";
+
+	initStringInfo(&key);
+	initStringInfo(&value);
+
+	for (;;)
+	{
+		char		c = *p;
+
+		if (c == '\\' && p[1] != '\0')
+		{
+			appendStringInfoChar(in_value ? &value : &key, p[1]);
+			p += 2;
+			continue;
+		}
+		if (c == '=' && !in_value)
+		{
+			in_value = true;
+			p++;
+			continue;
+		}
+		if (c == ';' || c == '\n' || c == '\0')
+		{
+			char	   *k = trim_copy(&key);
+
+			if (k[0] != '\0' || in_value)
+			{
+				KafkaOption *opt;
+
+				if (!in_value || k[0] == '\0')
+				{
+					*error = psprintf("Option \"%s\" is not of the form key=value.", k);
+					return NIL;
+				}
+				opt = palloc(sizeof(KafkaOption));
+				opt->key = k;
+				opt->value = trim_copy(&value);
+				result = lappend(result, opt);
+			}
+			resetStringInfo(&key);
+			resetStringInfo(&value);
+			in_value = false;
+			if (c == '\0')
+				break;
+			p++;
+			continue;
+		}
+		appendStringInfoChar(in_value ? &value : &key, c);
+		p++;
+	}
+	return result;
+}
+
+/*
+ * Check every pair against librdkafka itself, so that unknown properties
+ * and bad values are rejected when the configuration is loaded.  Values are
+ * never quoted back: they may be passwords.
+ */
+/* Properties that hold secrets: refused in kappa.kafka_options. */
+bool
+kafka_option_is_secret(const char *key)
+{
+	return strstr(key, "password") != NULL ||
+		strstr(key, "secret") != NULL ||
+		strcmp(key, "ssl.key.pem") == 0 ||
+		strcmp(key, "ssl_key") == 0 ||
+		strcmp(key, "sasl.oauthbearer.config") == 0;
+}
+
+bool
+kafka_options_validate(const char *options, char **error)
+{
+	List	   *opts;
+	ListCell   *lc;
+	rd_kafka_conf_t *conf;
+	bool		ok = true;
+
+	*error = NULL;
+	opts = kafka_options_parse(options, error);
+	if (*error)
+		return false;
+
+	conf = rd_kafka_conf_new();
+	foreach(lc, opts)
+	{
+		KafkaOption *opt = lfirst(lc);
+		char		errstr[512];
+
+		for (int i = 0; kafka_reserved_options[i]; i++)
+		{
+			if (strcmp(opt->key, kafka_reserved_options[i]) == 0)
+			{
+				*error = psprintf("Property \"%s\" is managed by pg_kappa and cannot be set in kappa.kafka_options.",
+								  opt->key);
+				ok = false;
+				break;
+			}
+		}
+		if (!ok)
+			break;
+		if (kafka_option_is_secret(opt->key))
+		{
+			*error = psprintf("Property \"%s\" holds a secret: put it in the file named by kappa.secrets_file as \"kafka.%s = ...\" (PostgreSQL writes parameter values to the server log).",
+							  opt->key, opt->key);
+			ok = false;
+			break;
+		}
+		if (rd_kafka_conf_set(conf, opt->key, opt->value, errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK)
+		{
+			bool		unknown = strstr(errstr, "No such configuration property") != NULL;
+
+			if (unknown)
+				*error = psprintf("librdkafka has no configuration property \"%s\".", opt->key);
+			else
+				*error = psprintf("librdkafka rejected the value of property \"%s\".", opt->key);
+			ok = false;
+			break;
+		}
+	}
+	rd_kafka_conf_destroy(conf);
+	return ok;
+}
+
+/* ---------------------------------------------------------------------
+ * The log ring: filled by librdkafka callbacks (on the owner's thread,
+ * inside rd_kafka_poll), emptied by kafka_flush_log().
+ * ---------------------------------------------------------------------
+ */
+#define KAFKA_LOG_RING_SIZE 32
+
+typedef struct KafkaLogLine
+{
+	int			elevel;
+	char		text[480];
+} KafkaLogLine;
+
+static KafkaLogLine kafka_log_ring[KAFKA_LOG_RING_SIZE];
+static int	kafka_log_head = 0;		/* next to emit */
+static int	kafka_log_count = 0;
+static int	kafka_log_dropped = 0;
+
+static void
+kafka_log_push(int elevel, const char *role, const char *fac, const char *buf)
+{
+	KafkaLogLine *line;
+
+	if (kafka_log_count == KAFKA_LOG_RING_SIZE)
+	{
+		kafka_log_dropped++;
+		return;
+	}
+	line = &kafka_log_ring[(kafka_log_head + kafka_log_count) % KAFKA_LOG_RING_SIZE];
+	line->elevel = elevel;
+	snprintf(line->text, sizeof(line->text), "kafka %s: %s: %s", role, fac, buf);
+	kafka_log_count++;
+}
+
+void
+kafka_flush_log(void)
+{
+	while (kafka_log_count > 0)
+	{
+		KafkaLogLine *line = &kafka_log_ring[kafka_log_head];
+
+		ereport(line->elevel, (errmsg_internal("%s", line->text)));
+		kafka_log_head = (kafka_log_head + 1) % KAFKA_LOG_RING_SIZE;
+		kafka_log_count--;
+	}
+	if (kafka_log_dropped > 0)
+	{
+		ereport(LOG, (errmsg("%d librdkafka log lines were dropped", kafka_log_dropped)));
+		kafka_log_dropped = 0;
+	}
+}
+
+/* syslog levels (0 = emergency ... 7 = debug) to PostgreSQL levels */
+static int
+kafka_log_elevel(int level)
+{
+	if (level <= 4)
+		return LOG;
+	if (level <= 6)
+		return DEBUG1;
+	return DEBUG2;
+}
+
+static void
+kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+	KafkaClient *client = rd_kafka_opaque(rk);
+
+	kafka_log_push(kafka_log_elevel(level), client ? client->role : "?", fac, buf);
+}
+
+static void
+kafka_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+	KafkaClient *client = opaque;
+
+	if (client == NULL)
+		return;
+	client->last_error = err;
+	strlcpy(client->last_error_text, reason, sizeof(client->last_error_text));
+	client->error_pending = true;
+	if (err == RD_KAFKA_RESP_ERR__FATAL)
+	{
+		char		fatal[256];
+
+		client->fatal = true;
+		client->last_error = rd_kafka_fatal_error(rk, fatal, sizeof(fatal));
+		strlcpy(client->last_error_text, fatal, sizeof(client->last_error_text));
+	}
+	kafka_log_push(client->fatal ? WARNING : LOG, client->role,
+				   rd_kafka_err2name(err), reason);
+}
+
+/* ---------------------------------------------------------------------
+ * Configurations
+ * ---------------------------------------------------------------------
+ */
+static void
+conf_set_or_error(rd_kafka_conf_t *conf, const char *key, const char *value,
+				  const char *source)
+{
+	char		errstr[512];
+
+	if (rd_kafka_conf_set(conf, key, value, errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK)
+	{
+		rd_kafka_conf_destroy(conf);
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid Kafka client property \"%s\"", key),
+				 source ? errhint("Check %s.", source) : 0));
+	}
+}
+
+/*
+ * A librdkafka configuration for one client of this process: our defaults
+ * for the client type, then kappa.brokers, then kappa.kafka_options (which
+ * win over the defaults, except for the properties pg_kappa owns).
+ */
+rd_kafka_conf_t *
+kafka_conf_for(rd_kafka_type_t type, const char *role)
+{
+	rd_kafka_conf_t *conf = rd_kafka_conf_new();
+	List	   *opts;
+	ListCell   *lc;
+	char	   *error = NULL;
+	char		client_id[128];
+
+	snprintf(client_id, sizeof(client_id), "pg_kappa-%s", role);
+	conf_set_or_error(conf, "client.id", client_id, NULL);
+	conf_set_or_error(conf, "bootstrap.servers", kappa_brokers, NULL);
+	conf_set_or_error(conf, "log.queue", "true", NULL);
+	conf_set_or_error(conf, "socket.keepalive.enable", "true", NULL);
+
+	if (type == RD_KAFKA_PRODUCER)
+	{
+		/*
+		 * Idempotent: retries never duplicate or reorder within a partition.
+		 * murmur2 partitions keys like the Java client, so topics we write
+		 * are co-partitioned with what Kafka Streams and Connect write.  The
+		 * local queue is bounded (64 MB): when Kafka is slower than the
+		 * source, the producer pushes back instead of growing.
+		 */
+		conf_set_or_error(conf, "enable.idempotence", "true", NULL);
+		conf_set_or_error(conf, "partitioner", "murmur2_random", NULL);
+		conf_set_or_error(conf, "compression.type", "lz4", NULL);
+		conf_set_or_error(conf, "linger.ms", "5", NULL);
+		conf_set_or_error(conf, "batch.num.messages", "10000", NULL);
+		conf_set_or_error(conf, "queue.buffering.max.messages", "100000", NULL);
+		conf_set_or_error(conf, "queue.buffering.max.kbytes", "65536", NULL);
+	}
+	else
+	{
+		conf_set_or_error(conf, "enable.auto.commit", "false", NULL);
+		conf_set_or_error(conf, "enable.auto.offset.store", "false", NULL);
+		conf_set_or_error(conf, "enable.partition.eof", "false", NULL);
+		conf_set_or_error(conf, "auto.offset.reset", "earliest", NULL);
+	}
+
+	opts = kafka_options_parse(kappa_kafka_options, &error);
+	if (error)
+	{
+		rd_kafka_conf_destroy(conf);
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid value for parameter \"kappa.kafka_options\""),
+				 errdetail("%s", error)));
+	}
+	foreach(lc, opts)
+	{
+		KafkaOption *opt = lfirst(lc);
+
+		conf_set_or_error(conf, opt->key, opt->value, "kappa.kafka_options");
+	}
+	foreach(lc, kappa_read_secrets("kafka."))
+	{
+		KafkaOption *opt = lfirst(lc);
+
+		conf_set_or_error(conf, opt->key, opt->value, "kappa.secrets_file");
+	}
+
+	rd_kafka_conf_set_log_cb(conf, kafka_log_cb);
+	rd_kafka_conf_set_error_cb(conf, kafka_error_cb);
+	return conf;
+}
+
+/*
+ * Create the client.  Takes ownership of conf.  The caller may have set
+ * more callbacks (delivery reports, rebalance) on conf; their opaque is the
+ * returned KafkaClient, whose owner field points back to the caller's state.
+ */
+KafkaClient *
+kafka_client_create(rd_kafka_conf_t *conf, rd_kafka_type_t type,
+					const char *role, void *owner)
+{
+	KafkaClient *client;
+	char		errstr[512];
+
+	client = MemoryContextAllocZero(TopMemoryContext, sizeof(KafkaClient));
+	client->type = type;
+	client->role = MemoryContextStrdup(TopMemoryContext, role);
+	client->owner = owner;
+	client->wake_fd[0] = client->wake_fd[1] = -1;
+
+	rd_kafka_conf_set_opaque(conf, client);
+	client->rk = rd_kafka_new(type, conf, errstr, sizeof(errstr));
+	if (client->rk == NULL)
+	{
+		rd_kafka_conf_destroy(conf);
+		pfree(client);
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("could not create Kafka %s client: %s",
+						type == RD_KAFKA_PRODUCER ? "producer" : "consumer",
+						errstr),
+				 errhint("Check kappa.brokers and kappa.kafka_options.")));
+	}
+
+	/* Logs and, for consumers, everything else: served by the owner. */
+	if (type == RD_KAFKA_CONSUMER)
+	{
+		rd_kafka_poll_set_consumer(client->rk);
+		client->queue = rd_kafka_queue_get_consumer(client->rk);
+	}
+	else
+		client->queue = rd_kafka_queue_get_main(client->rk);
+	rd_kafka_set_log_queue(client->rk, NULL);
+
+	if (pipe2(client->wake_fd, O_NONBLOCK | O_CLOEXEC) != 0)
+	{
+		kafka_client_destroy(client, 0);
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not create pipe for Kafka events: %m")));
+	}
+	rd_kafka_queue_io_event_enable(client->queue, client->wake_fd[1], "k", 1);
+	return client;
+}
+
+static void kafka_forget_topics(KafkaClient *client);
+
+void
+kafka_client_destroy(KafkaClient *client, int flush_ms)
+{
+	if (client == NULL)
+		return;
+	kafka_forget_topics(client);
+	if (client->rk)
+	{
+		if (client->queue)
+		{
+			rd_kafka_queue_io_event_enable(client->queue, -1, NULL, 0);
+			rd_kafka_queue_destroy(client->queue);
+		}
+		if (client->type == RD_KAFKA_PRODUCER && flush_ms > 0)
+			rd_kafka_flush(client->rk, flush_ms);
+		else if (client->type == RD_KAFKA_CONSUMER)
+			rd_kafka_consumer_close(client->rk);
+		rd_kafka_destroy(client->rk);
+	}
+	if (client->wake_fd[0] >= 0)
+		close(client->wake_fd[0]);
+	if (client->wake_fd[1] >= 0)
+		close(client->wake_fd[1]);
+	kafka_flush_log();
+	pfree(client);
+}
+
+/* Empty the wake-up pipe; call before serving the queue. */
+void
+kafka_client_drain_wakeups(KafkaClient *client)
+{
+	char		buf[64];
+
+	while (read(client->wake_fd[0], buf, sizeof(buf)) > 0)
+		;
+}
+
+/*
+ * Serve events of a producer (delivery reports, logs, errors), waiting at
+ * most timeout_ms for the first one.  Returns the number served.
+ */
+int
+kafka_client_serve(KafkaClient *client, int timeout_ms)
+{
+	int			served = 0;
+	int			n;
+
+	kafka_client_drain_wakeups(client);
+	n = rd_kafka_poll(client->rk, timeout_ms);
+	while (n > 0)
+	{
+		served += n;
+		n = rd_kafka_poll(client->rk, 0);
+	}
+	kafka_flush_log();
+	return served;
+}
+
+/* Cached topic handles, one list per process: a handful of topics. */
+typedef struct KafkaTopicHandle
+{
+	KafkaClient *client;
+	char	   *name;
+	rd_kafka_topic_t *rkt;
+} KafkaTopicHandle;
+
+static List *kafka_topic_handles = NIL;
+
+rd_kafka_topic_t *
+kafka_client_topic(KafkaClient *client, const char *topic)
+{
+	ListCell   *lc;
+	KafkaTopicHandle *h;
+	MemoryContext old;
+
+	foreach(lc, kafka_topic_handles)
+	{
+		h = lfirst(lc);
+		if (h->client == client && strcmp(h->name, topic) == 0)
+			return h->rkt;
+	}
+
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	h = palloc(sizeof(KafkaTopicHandle));
+	h->client = client;
+	h->name = pstrdup(topic);
+	h->rkt = rd_kafka_topic_new(client->rk, topic, NULL);
+	if (h->rkt == NULL)
+	{
+		rd_kafka_resp_err_t err = rd_kafka_last_error();
+
+		MemoryContextSwitchTo(old);
+		ereport(ERROR,
+				(errcode(kafka_sqlstate(err)),
+				 errmsg("could not open Kafka topic \"%s\": %s",
+						topic, rd_kafka_err2str(err))));
+	}
+	kafka_topic_handles = lappend(kafka_topic_handles, h);
+	MemoryContextSwitchTo(old);
+	return h->rkt;
+}
+
+/* Forget (and destroy) the topic handles of a client about to go away. */
+static void
+kafka_forget_topics(KafkaClient *client)
+{
+	ListCell   *lc;
+
+	foreach(lc, kafka_topic_handles)
+	{
+		KafkaTopicHandle *h = lfirst(lc);
+
+		if (h->client == client)
+		{
+			rd_kafka_topic_destroy(h->rkt);
+			kafka_topic_handles = foreach_delete_current(kafka_topic_handles, lc);
+		}
+	}
+}
+
+/* ---------------------------------------------------------------------
+ * Errors
+ * ---------------------------------------------------------------------
+ */
+int
+kafka_sqlstate(rd_kafka_resp_err_t err)
+{
+	switch (err)
+	{
+		case RD_KAFKA_RESP_ERR__TRANSPORT:
+		case RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN:
+		case RD_KAFKA_RESP_ERR__RESOLVE:
+		case RD_KAFKA_RESP_ERR__TIMED_OUT:
+		case RD_KAFKA_RESP_ERR__MSG_TIMED_OUT:
+		case RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT:
+		case RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS:
+		case RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE:
+		case RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION:
+			return ERRCODE_CONNECTION_FAILURE;
+		case RD_KAFKA_RESP_ERR__AUTHENTICATION:
+		case RD_KAFKA_RESP_ERR_SASL_AUTHENTICATION_FAILED:
+		case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
+		case RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED:
+		case RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED:
+		case RD_KAFKA_RESP_ERR_TRANSACTIONAL_ID_AUTHORIZATION_FAILED:
+			return ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION;
+		case RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC:
+		case RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART:
+		case RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION:
+			return ERRCODE_UNDEFINED_OBJECT;
+		case RD_KAFKA_RESP_ERR__QUEUE_FULL:
+		case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
+			return ERRCODE_PROGRAM_LIMIT_EXCEEDED;
+		case RD_KAFKA_RESP_ERR__INVALID_ARG:
+		case RD_KAFKA_RESP_ERR__INVALID_TYPE:
+			return ERRCODE_INVALID_PARAMETER_VALUE;
+		case RD_KAFKA_RESP_ERR_OFFSET_OUT_OF_RANGE:
+			return ERRCODE_DATA_EXCEPTION;
+		default:
+			return ERRCODE_EXTERNAL_ROUTINE_EXCEPTION;
+	}
+}

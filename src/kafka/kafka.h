@@ -1,0 +1,65 @@
+/*-------------------------------------------------------------------------
+ *
+ * kafka.h
+ *	  The one place pg_kappa talks to librdkafka about configuration,
+ *	  logging and errors.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef KAPPA_KAFKA_H
+#define KAPPA_KAFKA_H
+
+#include <librdkafka/rdkafka.h>
+
+#include "nodes/pg_list.h"
+
+/*
+ * A librdkafka client owned by one PostgreSQL process.  librdkafka's own
+ * threads never call into PostgreSQL: logs and errors are put on the
+ * client's main queue (log.queue), and the owning process serves them with
+ * kafka_client_serve().  The queue signals a pipe when it becomes
+ * non-empty, so a worker can sleep on its latch and the pipe together.
+ */
+typedef struct KafkaClient
+{
+	rd_kafka_t *rk;
+	rd_kafka_type_t type;
+	const char *role;			/* "cdc", "stream", ... for logs */
+	void	   *owner;			/* the worker's state, for its callbacks */
+	rd_kafka_queue_t *queue;	/* the queue that is served and watched */
+	int			wake_fd[2];		/* pipe librdkafka writes to on new events */
+
+	/* latest client-level error reported by librdkafka, for status views */
+	rd_kafka_resp_err_t last_error;
+	char		last_error_text[256];
+	bool		error_pending;	/* last_error not yet taken by the owner */
+	bool		fatal;			/* client unusable: must be recreated */
+} KafkaClient;
+
+/* kappa.kafka_options parsing and validation */
+typedef struct KafkaOption
+{
+	char	   *key;
+	char	   *value;
+} KafkaOption;
+
+extern List *kafka_options_parse(const char *options, char **error);
+extern bool kafka_options_validate(const char *options, char **error);
+extern bool kafka_option_is_secret(const char *key);
+
+/* Client life cycle */
+extern rd_kafka_conf_t *kafka_conf_for(rd_kafka_type_t type, const char *role);
+extern KafkaClient *kafka_client_create(rd_kafka_conf_t *conf,
+										rd_kafka_type_t type,
+										const char *role, void *owner);
+extern void kafka_client_destroy(KafkaClient *client, int flush_ms);
+extern int	kafka_client_serve(KafkaClient *client, int timeout_ms);
+extern void kafka_client_drain_wakeups(KafkaClient *client);
+extern rd_kafka_topic_t *kafka_client_topic(KafkaClient *client,
+											const char *topic);
+
+/* Errors */
+extern int	kafka_sqlstate(rd_kafka_resp_err_t err);
+extern void kafka_flush_log(void);
+
+#endif							/* KAPPA_KAFKA_H */

@@ -1,0 +1,64 @@
+/*-------------------------------------------------------------------------
+ *
+ * pg_kappa.h
+ *	  Declarations shared by every part of pg_kappa: configuration
+ *	  variables (the kappa.* GUCs), shared-memory registration and the
+ *	  background-worker entry points.
+ *
+ * The extension is one shared library with several roles: the logical
+ * decoding output plugin "pg_kappa" (src/cdc/decoder.c), the background
+ * workers (CDC publisher, stream worker, store sources) and the SQL-callable
+ * functions behind the kappa schema.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef PG_KAPPA_H
+#define PG_KAPPA_H
+
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "nodes/pg_list.h"
+
+#define KAPPA_EXTENSION_NAME	"pg_kappa"
+#define KAPPA_SCHEMA_NAME		"kappa"
+
+/* kappa.* configuration (src/guc.c) */
+extern char *kappa_brokers;
+extern char *kappa_database;
+extern char *kappa_kafka_options;
+extern char *kappa_secrets_file;
+extern char *kappa_sales_topic;
+extern char *kappa_payments_topic;
+extern char *kappa_top_sales_topic;
+extern char *kappa_top_salesman_topic;
+extern bool kappa_cdc_enabled;
+extern char *kappa_cdc_slot_name;
+extern int	kappa_cdc_poll_interval;
+extern int	kappa_cdc_max_backoff;
+extern int	kappa_worker_restart_interval;
+
+extern void kappa_define_gucs(void);
+
+/* Secrets (src/secrets.c): KafkaOption pairs whose keys start with prefix */
+extern List *kappa_read_secrets(const char *prefix);
+extern bool kappa_valid_topic_name(const char *name, const char **why);
+
+/* Shared memory: each module reserves its part (src/pg_kappa.c) */
+typedef Size (*KappaShmemSizeFn) (void);
+typedef void (*KappaShmemInitFn) (void);
+
+extern Size cdc_shmem_size(void);
+extern void cdc_shmem_init(void);
+
+/* Background workers (src/workers.c) */
+extern void kappa_register_workers(void);
+extern bool kappa_extension_installed(void);
+
+/* Entry points named in BackgroundWorker.bgw_function_name */
+extern PGDLLEXPORT void kappa_cdc_worker_main(Datum main_arg);
+
+/* CDC commit wake-up, installed in every backend (src/cdc/cdc_worker.c) */
+extern void cdc_register_commit_wakeup(void);
+
+#endif							/* PG_KAPPA_H */

@@ -1,0 +1,127 @@
+/*-------------------------------------------------------------------------
+ *
+ * secrets.c
+ *	  Passwords and other secrets, read from the file named by
+ *	  kappa.secrets_file.
+ *
+ * PostgreSQL writes the new value of every changed parameter to the server
+ * log when it reloads its configuration, and quotes rejected values in
+ * errors, so a password kept in a GUC ends up in the log.  Secrets are
+ * therefore kept in a file of their own, which only the server's operating
+ * system user may read (the same rule as ssl_key_file):
+ *
+ *	# kappa secrets
+ *	kafka.sasl.password = s3cret
+ *	kafka.ssl.key.password = ...
+ *	soap.password = ...
+ *
+ * "kafka." lines are librdkafka properties; "soap." lines are the SOAP
+ * poller's credentials.  Values are never logged or shown: errors name the
+ * file, the line and the key only.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "pg_kappa.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "kafka/kafka.h"
+#include "storage/fd.h"
+
+static char *
+trim(char *s)
+{
+	char	   *end;
+
+	while (*s == ' ' || *s == '\t')
+		s++;
+	end = s + strlen(s);
+	while (end > s && (end[-1] == ' ' || end[-1] == '\t' || end[-1] == '\n' || end[-1] == '\r'))
+		end--;
+	*end = '\0';
+	return s;
+}
+
+/*
+ * The secrets whose keys start with prefix ("kafka.", "soap."), with the
+ * prefix removed, as a list of KafkaOption.  An empty kappa.secrets_file
+ * gives an empty list.
+ */
+List *
+kappa_read_secrets(const char *prefix)
+{
+	List	   *result = NIL;
+	struct stat st;
+	FILE	   *file;
+	char		line[4096];
+	int			lineno = 0;
+	size_t		prefixlen = strlen(prefix);
+
+	if (kappa_secrets_file == NULL || kappa_secrets_file[0] == '\0')
+		return NIL;
+
+	if (stat(kappa_secrets_file, &st) != 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not access secrets file \"%s\": %m", kappa_secrets_file),
+				 errhint("Check kappa.secrets_file.")));
+	if (!S_ISREG(st.st_mode))
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIG_FILE_ERROR),
+				 errmsg("secrets file \"%s\" is not a regular file", kappa_secrets_file)));
+	if (st.st_uid != geteuid() || (st.st_mode & (S_IRWXG | S_IRWXO)) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIG_FILE_ERROR),
+				 errmsg("secrets file \"%s\" has group or world access, or another owner",
+						kappa_secrets_file),
+				 errdetail("It must be owned by the database server's user and have permissions u=rw (0600) or less."),
+				 errhint("chown the file to the server's user and chmod 0600 it.")));
+
+	file = AllocateFile(kappa_secrets_file, "r");
+	if (file == NULL)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not open secrets file \"%s\": %m", kappa_secrets_file)));
+
+	while (fgets(line, sizeof(line), file) != NULL)
+	{
+		char	   *p = trim(line);
+		char	   *eq;
+		char	   *key;
+
+		lineno++;
+		if (*p == '\0' || *p == '#')
+			continue;
+		eq = strchr(p, '=');
+		if (eq == NULL)
+		{
+			FreeFile(file);
+			ereport(ERROR,
+					(errcode(ERRCODE_CONFIG_FILE_ERROR),
+					 errmsg("line %d of secrets file \"%s\" is not of the form key = value",
+							lineno, kappa_secrets_file)));
+		}
+		*eq = '\0';
+		key = trim(p);
+		if (strncmp(key, "kafka.", 6) != 0 && strncmp(key, "soap.", 5) != 0)
+		{
+			FreeFile(file);
+			ereport(ERROR,
+					(errcode(ERRCODE_CONFIG_FILE_ERROR),
+					 errmsg("unknown key \"%s\" on line %d of secrets file \"%s\"",
+							key, lineno, kappa_secrets_file),
+					 errhint("Keys start with \"kafka.\" (librdkafka properties) or \"soap.\".")));
+		}
+		if (strncmp(key, prefix, prefixlen) == 0)
+		{
+			KafkaOption *opt = palloc(sizeof(KafkaOption));
+
+			opt->key = pstrdup(key + prefixlen);
+			opt->value = pstrdup(trim(eq + 1));
+			result = lappend(result, opt);
+		}
+	}
+	FreeFile(file);
+	return result;
+}

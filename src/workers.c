@@ -1,0 +1,59 @@
+/*-------------------------------------------------------------------------
+ *
+ * workers.c
+ *	  Registration of pg_kappa's background workers, and what they share:
+ *	  attaching to kappa.database and waiting for CREATE EXTENSION.
+ *
+ * Every worker is registered at postmaster start and restarted by the
+ * postmaster kappa.worker_restart_interval seconds after it fails, so a
+ * worker error never takes the server down.  A worker whose switch
+ * (kappa.cdc_enabled, ...) is off stays alive and idle, so switching it on
+ * is a reload, not a restart.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "pg_kappa.h"
+
+#include "access/xact.h"
+#include "commands/extension.h"
+#include "postmaster/bgworker.h"
+#include "utils/snapmgr.h"
+
+static void
+register_worker(const char *function, const char *type)
+{
+	BackgroundWorker worker;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = kappa_worker_restart_interval;
+	strlcpy(worker.bgw_library_name, KAPPA_EXTENSION_NAME, BGW_MAXLEN);
+	strlcpy(worker.bgw_function_name, function, BGW_MAXLEN);
+	snprintf(worker.bgw_name, BGW_MAXLEN, "%s", type);
+	strlcpy(worker.bgw_type, type, BGW_MAXLEN);
+	RegisterBackgroundWorker(&worker);
+}
+
+void
+kappa_register_workers(void)
+{
+	register_worker("kappa_cdc_worker_main", "pg_kappa cdc publisher");
+}
+
+/*
+ * Is the extension installed in the database this worker is connected to?
+ * Runs its own short transaction.
+ */
+bool
+kappa_extension_installed(void)
+{
+	bool		installed;
+
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	installed = OidIsValid(get_extension_oid(KAPPA_EXTENSION_NAME, true));
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	return installed;
+}

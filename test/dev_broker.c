@@ -1,0 +1,303 @@
+/*
+ * dev-broker: a Kafka-protocol broker on 127.0.0.1 for tests and the demo.
+ *
+ * It wraps librdkafka's mock cluster (rdkafka_mock.h): real Kafka protocol
+ * over TCP (produce, fetch, consumer groups, committed offsets, idempotent
+ * producers), kept in memory.  pg_kappa itself never links it; it talks to
+ * whatever kappa.brokers names, as it would to a real cluster.
+ *
+ *   dev-broker [--brokers N] [--topic NAME:PARTITIONS]... [--partitions N]
+ *              [--bootstrap-file PATH] [--control PATH] [--exit-with-parent]
+ *
+ * Once the cluster listens, the bootstrap list ("127.0.0.1:port,...") is
+ * printed on stdout and written to --bootstrap-file (atomically: written
+ * to PATH.tmp, then renamed), so a caller can wait for the file.
+ *
+ * --control names a FIFO (created if missing) that takes one command a line:
+ *   down ID|all        take broker ID (1..N) down: connections are closed
+ *                      and refused until it comes up again
+ *   up ID|all          bring it back
+ *   topic NAME PARTS   create a topic
+ *   stop               exit, as on SIGTERM
+ * Each command is acknowledged by a line "ok <command>" (or "error ...")
+ * on stdout.
+ *
+ * Retention: the mock keeps about 5 MiB of record batches per partition and
+ * drops the oldest beyond that; spread big tests over partitions.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <librdkafka/rdkafka.h>
+#include <librdkafka/rdkafka_mock.h>
+
+static volatile sig_atomic_t stop_requested = 0;
+
+static void
+on_signal(int sig)
+{
+	(void) sig;
+	stop_requested = 1;
+}
+
+static void
+usage(void)
+{
+	fprintf(stderr,
+			"usage: dev-broker [--brokers N] [--topic NAME:PARTITIONS]... [--partitions N]\n"
+			"                  [--bootstrap-file PATH] [--control FIFO] [--exit-with-parent]\n");
+	exit(2);
+}
+
+static int
+create_topic(rd_kafka_mock_cluster_t *mcluster, const char *name, int partitions,
+			 int replication)
+{
+	rd_kafka_resp_err_t err;
+
+	err = rd_kafka_mock_topic_create(mcluster, name, partitions, replication);
+	if (err)
+	{
+		fprintf(stderr, "dev-broker: could not create topic %s: %s\n",
+				name, rd_kafka_err2str(err));
+		return -1;
+	}
+	return 0;
+}
+
+static int
+set_brokers(rd_kafka_mock_cluster_t *mcluster, int nbrokers, const char *which,
+			int up)
+{
+	int			first = 1,
+				last = nbrokers;
+
+	if (strcmp(which, "all") != 0)
+	{
+		char	   *end;
+		long		id = strtol(which, &end, 10);
+
+		if (*end != '\0' || id < 1 || id > nbrokers)
+			return -1;
+		first = last = (int) id;
+	}
+	for (int id = first; id <= last; id++)
+	{
+		rd_kafka_resp_err_t err = up ?
+			rd_kafka_mock_broker_set_up(mcluster, id) :
+			rd_kafka_mock_broker_set_down(mcluster, id);
+
+		if (err)
+			return -1;
+	}
+	return 0;
+}
+
+static void
+run_command(rd_kafka_mock_cluster_t *mcluster, int nbrokers, char *line,
+			int default_replication)
+{
+	char		verb[32] = "",
+				arg1[256] = "",
+				arg2[32] = "";
+	int			n = sscanf(line, "%31s %255s %31s", verb, arg1, arg2);
+	int			ok = -1;
+
+	if (n >= 2 && strcmp(verb, "down") == 0)
+		ok = set_brokers(mcluster, nbrokers, arg1, 0);
+	else if (n >= 2 && strcmp(verb, "up") == 0)
+		ok = set_brokers(mcluster, nbrokers, arg1, 1);
+	else if (n == 3 && strcmp(verb, "topic") == 0)
+		ok = create_topic(mcluster, arg1, atoi(arg2), default_replication);
+	else if (n >= 1 && strcmp(verb, "stop") == 0)
+	{
+		stop_requested = 1;
+		ok = 0;
+	}
+	printf("%s %s\n", ok == 0 ? "ok" : "error", line);
+	fflush(stdout);
+}
+
+int
+main(int argc, char **argv)
+{
+	static const struct option options[] = {
+		{"brokers", required_argument, NULL, 'b'},
+		{"topic", required_argument, NULL, 't'},
+		{"partitions", required_argument, NULL, 'p'},
+		{"bootstrap-file", required_argument, NULL, 'f'},
+		{"control", required_argument, NULL, 'c'},
+		{"exit-with-parent", no_argument, NULL, 'x'},
+		{NULL, 0, NULL, 0}
+	};
+	int			nbrokers = 1;
+	int			default_partitions = 4;
+	const char *bootstrap_file = NULL;
+	const char *control = NULL;
+	char	  **topics = calloc(argc, sizeof(char *));
+	int			ntopics = 0;
+	int			opt;
+	char		errstr[512];
+	rd_kafka_conf_t *conf;
+	rd_kafka_t *rk;
+	rd_kafka_mock_cluster_t *mcluster;
+	const char *bootstraps;
+	int			control_fd = -1;
+	char		linebuf[1024];
+	size_t		linelen = 0;
+	int			replication;
+
+	while ((opt = getopt_long(argc, argv, "b:t:p:f:c:x", options, NULL)) != -1)
+	{
+		switch (opt)
+		{
+			case 'b':
+				nbrokers = atoi(optarg);
+				break;
+			case 't':
+				topics[ntopics++] = optarg;
+				break;
+			case 'p':
+				default_partitions = atoi(optarg);
+				break;
+			case 'f':
+				bootstrap_file = optarg;
+				break;
+			case 'c':
+				control = optarg;
+				break;
+			case 'x':
+				prctl(PR_SET_PDEATHSIG, SIGTERM);
+				if (getppid() == 1)
+					return 0;
+				break;
+			default:
+				usage();
+		}
+	}
+	if (optind != argc || nbrokers < 1 || nbrokers > 16 || default_partitions < 1)
+		usage();
+	replication = nbrokers >= 3 ? 3 : nbrokers;
+
+	signal(SIGTERM, on_signal);
+	signal(SIGINT, on_signal);
+	signal(SIGPIPE, SIG_IGN);
+
+	/* The mock cluster runs on the background thread of a client instance. */
+	conf = rd_kafka_conf_new();
+	if (rd_kafka_conf_set(conf, "log_level", "3", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK)
+	{
+		fprintf(stderr, "dev-broker: %s\n", errstr);
+		return 1;
+	}
+	rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
+	if (rk == NULL)
+	{
+		fprintf(stderr, "dev-broker: %s\n", errstr);
+		return 1;
+	}
+	mcluster = rd_kafka_mock_cluster_new(rk, nbrokers);
+	if (mcluster == NULL)
+	{
+		fprintf(stderr, "dev-broker: could not create the mock cluster\n");
+		return 1;
+	}
+
+	for (int i = 0; i < ntopics; i++)
+	{
+		char	   *colon = strrchr(topics[i], ':');
+		int			partitions = default_partitions;
+
+		if (colon)
+		{
+			*colon = '\0';
+			partitions = atoi(colon + 1);
+		}
+		if (partitions < 1 || create_topic(mcluster, topics[i], partitions, replication) != 0)
+			return 1;
+	}
+
+	if (control)
+	{
+		if (mkfifo(control, 0600) != 0 && errno != EEXIST)
+		{
+			fprintf(stderr, "dev-broker: could not create FIFO %s: %s\n", control, strerror(errno));
+			return 1;
+		}
+		/* read-write, so the FIFO never reports end-of-file between writers */
+		control_fd = open(control, O_RDWR | O_NONBLOCK);
+		if (control_fd < 0)
+		{
+			fprintf(stderr, "dev-broker: could not open FIFO %s: %s\n", control, strerror(errno));
+			return 1;
+		}
+	}
+
+	bootstraps = rd_kafka_mock_cluster_bootstraps(mcluster);
+	if (bootstrap_file)
+	{
+		char		tmp[4096];
+		FILE	   *f;
+
+		snprintf(tmp, sizeof(tmp), "%s.tmp", bootstrap_file);
+		f = fopen(tmp, "w");
+		if (f == NULL || fprintf(f, "%s\n", bootstraps) < 0 || fclose(f) != 0 ||
+			rename(tmp, bootstrap_file) != 0)
+		{
+			fprintf(stderr, "dev-broker: could not write %s: %s\n", bootstrap_file, strerror(errno));
+			return 1;
+		}
+	}
+	printf("%s\n", bootstraps);
+	fflush(stdout);
+
+	while (!stop_requested)
+	{
+		struct pollfd pfd = {.fd = control_fd, .events = POLLIN};
+		int			rc = poll(&pfd, control_fd >= 0 ? 1 : 0, 200);
+
+		if (rc > 0 && (pfd.revents & POLLIN))
+		{
+			ssize_t		got = read(control_fd, linebuf + linelen, sizeof(linebuf) - 1 - linelen);
+
+			if (got > 0)
+			{
+				char	   *nl;
+
+				linelen += got;
+				linebuf[linelen] = '\0';
+				while ((nl = strchr(linebuf, '\n')) != NULL)
+				{
+					*nl = '\0';
+					if (nl > linebuf)
+						run_command(mcluster, nbrokers, linebuf, replication);
+					memmove(linebuf, nl + 1, linelen - (nl + 1 - linebuf) + 1);
+					linelen -= nl + 1 - linebuf;
+				}
+				if (linelen == sizeof(linebuf) - 1)
+					linelen = 0;	/* an absurdly long line: drop it */
+			}
+		}
+	}
+
+	rd_kafka_mock_cluster_destroy(mcluster);
+	rd_kafka_destroy(rk);
+	if (bootstrap_file)
+		unlink(bootstrap_file);
+	if (control_fd >= 0)
+	{
+		close(control_fd);
+		unlink(control);
+	}
+	return 0;
+}
