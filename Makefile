@@ -33,12 +33,14 @@ REGRESS_OPTS = --temp-instance=$(CURDIR)/tmp_regress \
 # TAP: real clusters (PostgreSQL::Test::Cluster) against the dev broker.
 TAP_TESTS = 1
 PROVE_TESTS = test/t/*.pl
-PROVE_FLAGS = -I $(srcdir)/test/perl --timer
 
 EXTRA_CLEAN = test/dev-broker tmp_regress results regression.diffs regression.out
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# (after PGXS, which resets it)
+PROVE_FLAGS += -I $(srcdir)/test/perl --timer
 
 $(OBJS): $(HEADERS)
 

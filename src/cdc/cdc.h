@@ -17,4 +17,7 @@ extern bool cdc_tables_published(void);
 /* NULL when pg_kappa may serve as output plugin, else the allowed list. */
 extern const char *cdc_output_plugin_blocked(void);
 
+/* After this transaction commits, the publisher checks whether its slot is needed. */
+extern void cdc_request_slot_check_at_commit(void);
+
 #endif							/* KAPPA_CDC_H */

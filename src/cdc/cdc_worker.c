@@ -31,6 +31,9 @@
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "access/xlogutils.h"
+#include "catalog/objectaccess.h"
+#include "catalog/pg_extension.h"
+#include "commands/extension.h"
 #include "cdc/decoder.h"
 #include "funcapi.h"
 #include "nodes/makefuncs.h"
@@ -70,6 +73,7 @@ typedef struct CdcShared
 	pid_t		pid;
 	Oid			dboid;			/* database whose commits wake the worker */
 	Latch	   *latch;			/* the worker's latch, NULL when not running */
+	bool		slot_check_requested;	/* unpublish or DROP EXTENSION committed */
 	char		state[128];
 	char		slot_name[NAMEDATALEN];
 	XLogRecPtr	decoded_lsn;
@@ -110,10 +114,35 @@ cdc_shmem_init(void)
 /* ---------------------------------------------------------------------
  * Commit wake-up: any backend committing a transaction that wrote in the
  * published database sets the worker's latch, so changes leave at once
- * instead of at the next poll.
+ * instead of at the next poll.  A transaction that unpublished a table or
+ * dropped the extension also asks the worker to check, after the commit,
+ * whether its slot is still needed.
  * ---------------------------------------------------------------------
  */
 static bool xact_wrote = false;
+static bool xact_requests_slot_check = false;
+static object_access_hook_type prev_object_access_hook = NULL;
+
+void
+cdc_request_slot_check_at_commit(void)
+{
+	xact_requests_slot_check = true;
+}
+
+static void
+cdc_object_access(ObjectAccessType access, Oid classId, Oid objectId,
+				  int subId, void *arg)
+{
+	if (prev_object_access_hook)
+		prev_object_access_hook(access, classId, objectId, subId, arg);
+	if (access == OAT_DROP && classId == ExtensionRelationId)
+	{
+		char	   *name = get_extension_name(objectId);
+
+		if (name && strcmp(name, KAPPA_EXTENSION_NAME) == 0)
+			cdc_request_slot_check_at_commit();
+	}
+}
 
 static void
 cdc_xact_callback(XactEvent event, void *arg)
@@ -126,18 +155,29 @@ cdc_xact_callback(XactEvent event, void *arg)
 			break;
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
-			if (xact_wrote && cdc_shared != NULL &&
+			if ((xact_wrote || xact_requests_slot_check) && cdc_shared != NULL &&
 				cdc_shared->dboid == MyDatabaseId)
 			{
 				Latch	   *latch = cdc_shared->latch;
 
+				if (xact_requests_slot_check)
+				{
+					SpinLockAcquire(&cdc_shared->mutex);
+					cdc_shared->slot_check_requested = true;
+					SpinLockRelease(&cdc_shared->mutex);
+				}
 				if (latch != NULL)
 					SetLatch(latch);
 			}
 			xact_wrote = false;
+			xact_requests_slot_check = false;
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			xact_wrote = false;
+			xact_requests_slot_check = false;
 			break;
 		default:
-			xact_wrote = false;
 			break;
 	}
 }
@@ -146,6 +186,8 @@ void
 cdc_register_commit_wakeup(void)
 {
 	RegisterXactCallback(cdc_xact_callback, NULL);
+	prev_object_access_hook = object_access_hook;
+	object_access_hook = cdc_object_access;
 }
 
 /* ---------------------------------------------------------------------
@@ -177,6 +219,7 @@ typedef struct CdcWorker
 	uint64		next_txn_id;
 
 	XLogRecPtr	confirmed;		/* what we last confirmed to the slot */
+	TimestampTz last_slot_save; /* when the slot was last written to disk */
 	bool		delivery_failed;
 	rd_kafka_resp_err_t delivery_error;
 
@@ -188,15 +231,14 @@ typedef struct CdcWorker
 
 	int			backoff_ms;
 	TimestampTz retry_at;
-	TimestampTz last_maintenance;
 } CdcWorker;
 
 static CdcWorker worker;
 
 #define CDC_BATCH_RECORDS	4096
 #define CDC_BATCH_MS		100
-#define CDC_MAINTENANCE_MS	30000
 #define CDC_SERVE_EVERY		1024	/* messages between delivery-report polls */
+#define CDC_SLOT_SAVE_MS	1000
 
 static void
 set_state(const char *fmt,...) pg_attribute_printf(1, 2);
@@ -327,6 +369,18 @@ confirm_acknowledged(void)
 		LogicalConfirmReceivedLocation(target);
 		worker.confirmed = target;
 		worker.backoff_ms = 0;	/* progress: the next failure starts over */
+
+		/*
+		 * The confirmed position reaches disk only at checkpoints otherwise;
+		 * saving it about once a second keeps what a crash replays small.
+		 */
+		if (TimestampDifferenceExceeds(worker.last_slot_save, GetCurrentTimestamp(),
+									   CDC_SLOT_SAVE_MS))
+		{
+			ReplicationSlotMarkDirty();
+			ReplicationSlotSave();
+			worker.last_slot_save = GetCurrentTimestamp();
+		}
 	}
 }
 
@@ -502,6 +556,9 @@ cdc_write(LogicalDecodingContext *ctx, XLogRecPtr lsn, TransactionId xid,
  * ---------------------------------------------------------------------
  */
 
+static void drop_slot_if_unused(void);
+static bool take_slot_check_request(void);
+
 static void
 stop_decoding(void)
 {
@@ -530,10 +587,17 @@ start_decoding(void)
 
 	if (!kappa_extension_installed())
 	{
+		if (SearchNamedReplicationSlot(kappa_cdc_slot_name, true) != NULL)
+			drop_slot_if_unused();
 		set_state("waiting for CREATE EXTENSION pg_kappa in database \"%s\"",
 				  kappa_database);
 		return false;
 	}
+
+	/* a slot left over from tables unpublished while we were away */
+	(void) take_slot_check_request();
+	if (SearchNamedReplicationSlot(kappa_cdc_slot_name, true) != NULL)
+		drop_slot_if_unused();
 
 	slot = SearchNamedReplicationSlot(kappa_cdc_slot_name, true);
 	if (slot == NULL)
@@ -620,6 +684,18 @@ drop_slot_if_unused(void)
 	InvalidateSystemCaches();
 }
 
+static bool
+take_slot_check_request(void)
+{
+	bool		requested;
+
+	SpinLockAcquire(&cdc_shared->mutex);
+	requested = cdc_shared->slot_check_requested;
+	cdc_shared->slot_check_requested = false;
+	SpinLockRelease(&cdc_shared->mutex);
+	return requested;
+}
+
 /* ---------------------------------------------------------------------
  * Failure handling
  * ---------------------------------------------------------------------
@@ -680,6 +756,14 @@ decode_batch(void)
 	XLogRecPtr	end_of_wal = GetFlushRecPtr(NULL);
 	TimestampTz started = GetCurrentTimestamp();
 	int			records = 0;
+	bool		caught_up = true;
+	MemoryContext old;
+
+	/*
+	 * The WAL reader allocates its buffers lazily in the current context, so
+	 * decoding runs in the decoding context's own, never in the per-loop one.
+	 */
+	old = MemoryContextSwitchTo(worker.ctx->context);
 
 	while (worker.ctx->reader->EndRecPtr < end_of_wal)
 	{
@@ -696,16 +780,23 @@ decode_batch(void)
 
 		CHECK_FOR_INTERRUPTS();
 		if (worker.delivery_failed)
-			return false;
+		{
+			caught_up = false;
+			break;
+		}
 		if (++records % CDC_BATCH_RECORDS == 0)
 		{
 			if (!PostmasterIsAlive())
 				proc_exit(1);
 			if (TimestampDifferenceExceeds(started, GetCurrentTimestamp(), CDC_BATCH_MS))
-				return false;
+			{
+				caught_up = false;
+				break;
+			}
 		}
 	}
-	return true;
+	MemoryContextSwitchTo(old);
+	return caught_up;
 }
 
 static void
@@ -783,7 +874,6 @@ kappa_cdc_worker_main(Datum main_arg)
 	worker.ring_size = 1024;
 	worker.ring = MemoryContextAlloc(TopMemoryContext, sizeof(PendingTxn) * worker.ring_size);
 	worker.next_txn_id = 1;
-	worker.last_maintenance = GetCurrentTimestamp();
 	rebuild_waitset();
 
 	SpinLockAcquire(&cdc_shared->mutex);
@@ -858,13 +948,13 @@ kappa_cdc_worker_main(Datum main_arg)
 
 			if (caught_up)
 			{
-				/* idle: now and then, check whether the slot is still needed */
-				if (worker.ring_count == 0 &&
-					TimestampDifferenceExceeds(worker.last_maintenance,
-											   GetCurrentTimestamp(),
-											   CDC_MAINTENANCE_MS))
+				if (take_slot_check_request())
 				{
-					worker.last_maintenance = GetCurrentTimestamp();
+					/* let what is in flight land, then see if the slot is needed */
+					if (worker.producer)
+						rd_kafka_flush(worker.producer->rk, 5000);
+					serve_kafka(0);
+					confirm_acknowledged();
 					stop_decoding();
 					drop_slot_if_unused();
 					continue;

@@ -468,5 +468,6 @@ kappa_unpublish_table(PG_FUNCTION_ARGS)
 		PG_RETURN_BOOL(false);
 	}
 	CacheInvalidateRelcacheByRelid(relid);
+	cdc_request_slot_check_at_commit();
 	PG_RETURN_BOOL(true);
 }

@@ -1,0 +1,83 @@
+# The broker goes away while rows commit: the publisher stops confirming,
+# retries, and resumes when the broker is back; nothing is lost.
+use strict;
+use warnings;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(usleep);
+use PgKappa::Test;
+
+my $broker = start_dev_broker(brokers => 3, topics => ['sales-events:8']);
+my $node = kappa_node('outage', $broker);
+$node->safe_psql('shop', sales_table_sql());
+$node->safe_psql('shop', "SELECT kappa.publish_table('sales')");
+
+my $next = 1;
+sub insert_batch
+{
+	my ($n) = @_;
+	my ($lo, $hi) = ($next, $next + $n - 1);
+	$node->safe_psql('shop', qq{
+INSERT INTO sales SELECT i, 'ST', 'S', 'Seller', 'City', 'ES', i % 100, 'EUR', now()
+  FROM generate_series($lo, $hi) i;});
+	$next = $hi + 1;
+	return;
+}
+
+sub topic_state
+{
+	my ($changes, $mismatched) = check_replays(kcat_consume($broker, 'sales-events'));
+	my %ids = map { $_->{sale_id} => 1 } @$changes;
+	return (scalar(@$changes), scalar(keys %ids), $mismatched);
+}
+
+insert_batch(1000);
+wait_published($node);
+
+# 1. A short outage: librdkafka keeps retrying, the slot does not move.
+$broker->control('down all');
+my $stalled_at = $node->safe_psql('shop', 'SELECT pg_current_wal_lsn()');
+for (1 .. 10)
+{
+	insert_batch(500);
+	usleep(400_000);
+}
+my ($confirmed_past, $in_flight) = split /\|/, $node->safe_psql('shop',
+	"SELECT confirmed_lsn > '$stalled_at', in_flight FROM kappa.cdc_status");
+is($confirmed_past, 'f', 'slot not confirmed past the outage while the broker is down');
+cmp_ok($in_flight, '>', 0, 'messages wait in flight');
+$broker->control('up all');
+wait_published($node);
+my ($changes, $ids, $mismatched) = topic_state();
+is($ids, $next - 1, 'short outage: every row reached the topic');
+is($mismatched, 0, 'short outage: any replay is an exact copy');
+
+# 2. An outage longer than message.timeout.ms: deliveries fail for good,
+# the publisher rewinds to the confirmed position and publishes again with
+# backoff.
+$node->append_conf('postgresql.conf', "kappa.kafka_options = 'message.timeout.ms=1500'");
+$node->reload;
+insert_batch(100);
+wait_published($node);
+$broker->control('down all');
+for (1 .. 6)
+{
+	insert_batch(500);
+	usleep(500_000);
+}
+wait_until(sub {
+	$node->safe_psql('shop', 'SELECT retries > 0 FROM kappa.cdc_status') eq 't'
+}, 'publisher to notice failed deliveries');
+like($node->safe_psql('shop', 'SELECT last_error FROM kappa.cdc_status'),
+	qr/kafka delivery failed/, 'the failure is in kappa.cdc_status');
+$broker->control('up all');
+wait_published($node);
+($changes, $ids, $mismatched) = topic_state();
+is($ids, $next - 1, 'long outage: every row reached the topic');
+is($mismatched, 0, 'long outage: any replay is an exact copy');
+is($node->safe_psql('shop', 'SELECT state FROM kappa.cdc_status'), 'streaming', 'publisher streaming again');
+
+$node->stop;
+done_testing();
