@@ -119,3 +119,57 @@ GRANT EXECUTE ON FUNCTION kappa.cdc_worker_status() TO pg_monitor;
 GRANT SELECT ON kappa.cdc_status TO pg_monitor;
 GRANT USAGE ON SCHEMA kappa TO PUBLIC;
 GRANT SELECT ON kappa.published_tables TO pg_monitor;
+
+-- -------------------------------------------------------------------------
+-- Dead letters: records a pipeline refused, with their origin and reason
+-- -------------------------------------------------------------------------
+CREATE TABLE kappa.dead_letters (
+    id bigserial PRIMARY KEY,
+    source text NOT NULL,
+    topic text,
+    partition integer,
+    "offset" bigint,
+    file text,
+    line bigint,
+    raw bytea,
+    error text NOT NULL,
+    received_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX ON kappa.dead_letters (source, received_at);
+
+COMMENT ON TABLE kappa.dead_letters IS
+    'Records refused by pg_kappa (source, Kafka position or file/line, raw bytes, reason)';
+
+SELECT pg_catalog.pg_extension_config_dump('kappa.dead_letters', '');
+SELECT pg_catalog.pg_extension_config_dump('kappa.dead_letters_id_seq', '');
+REVOKE ALL ON kappa.dead_letters FROM PUBLIC;
+GRANT SELECT ON kappa.dead_letters TO pg_monitor;
+
+-- -------------------------------------------------------------------------
+-- Store sources: counters
+-- -------------------------------------------------------------------------
+CREATE FUNCTION kappa.source_stats(
+    OUT source text,
+    OUT pid integer,
+    OUT state text,
+    OUT files_seen bigint,
+    OUT rows_ingested bigint,
+    OUT rows_rejected bigint,
+    OUT errors bigint,
+    OUT last_error text,
+    OUT last_error_at timestamptz,
+    OUT last_success_at timestamptz)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'kappa_source_stats'
+LANGUAGE C STABLE;
+
+CREATE VIEW kappa.stat_sources AS
+SELECT * FROM kappa.source_stats();
+
+COMMENT ON VIEW kappa.stat_sources IS
+    'Store sources (CSV inbox, SOAP payments, HTTP): files, rows ingested and rejected, errors';
+
+REVOKE ALL ON FUNCTION kappa.source_stats() FROM PUBLIC;
+REVOKE ALL ON kappa.stat_sources FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION kappa.source_stats() TO pg_monitor;
+GRANT SELECT ON kappa.stat_sources TO pg_monitor;

@@ -12,6 +12,8 @@
  */
 #include "pg_kappa.h"
 
+#include "sources/sources.h"
+
 #include "miscadmin.h"
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
@@ -33,6 +35,7 @@ static const struct
 }			kappa_shmem_parts[] =
 {
 	{cdc_shmem_size, cdc_shmem_init},
+	{source_stats_shmem_size, source_stats_shmem_init},
 };
 
 static void

@@ -44,6 +44,22 @@ extern void kappa_define_gucs(void);
 extern List *kappa_read_secrets(const char *prefix);
 extern bool kappa_valid_topic_name(const char *name, const char **why);
 
+/* A refused record and where it came from (src/dead_letters.c) */
+typedef struct KappaDeadLetter
+{
+	const char *source;			/* "stream", "csv", "soap", "payments", ... */
+	const char *topic;			/* Kafka origin, or NULL */
+	int32		partition;		/* -1 if none */
+	int64		offset;			/* -1 if none */
+	const char *file;			/* file origin, or NULL */
+	int64		line;			/* -1 if none */
+	const char *raw;			/* the record's bytes, or NULL */
+	size_t		rawlen;
+	const char *error;			/* why it was refused */
+} KappaDeadLetter;
+
+extern void kappa_dead_letter(const KappaDeadLetter *dl);
+
 /* Shared memory: each module reserves its part (src/pg_kappa.c) */
 typedef Size (*KappaShmemSizeFn) (void);
 typedef void (*KappaShmemInitFn) (void);
@@ -53,6 +69,7 @@ extern void cdc_shmem_init(void);
 
 /* Background workers (src/workers.c) */
 extern void kappa_register_workers(void);
+extern void kappa_worker_begin(const char *application_name);
 extern bool kappa_extension_installed(void);
 
 /* Entry points named in BackgroundWorker.bgw_function_name */

@@ -16,7 +16,11 @@
 
 #include "access/xact.h"
 #include "commands/extension.h"
+#include "pgstat.h"
 #include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "tcop/tcopprot.h"
+#include "utils/guc.h"
 #include "utils/snapmgr.h"
 
 static void
@@ -39,6 +43,28 @@ void
 kappa_register_workers(void)
 {
 	register_worker("kappa_cdc_worker_main", "pg_kappa cdc publisher");
+}
+
+/*
+ * The start of every pg_kappa worker: signal handlers (SIGHUP reloads,
+ * SIGTERM exits at the next CHECK_FOR_INTERRUPTS), a connection to
+ * kappa.database, and session settings that make text output independent
+ * of anyone's defaults.
+ */
+void
+kappa_worker_begin(const char *application_name)
+{
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnection(kappa_database, NULL, 0);
+
+	SetConfigOption("DateStyle", "ISO, YMD", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("IntervalStyle", "iso_8601", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("TimeZone", "UTC", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("extra_float_digits", "1", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("application_name", application_name, PGC_SUSET, PGC_S_OVERRIDE);
+	pgstat_report_appname(application_name);
 }
 
 /*

@@ -859,16 +859,7 @@ kappa_cdc_worker_main(Datum main_arg)
 {
 	MemoryContext loop_cxt;
 
-	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, die);
-	BackgroundWorkerUnblockSignals();
-	BackgroundWorkerInitializeConnection(kappa_database, NULL, 0);
-
-	/* output independent of any user's session settings */
-	SetConfigOption("DateStyle", "ISO, YMD", PGC_SUSET, PGC_S_OVERRIDE);
-	SetConfigOption("IntervalStyle", "iso_8601", PGC_SUSET, PGC_S_OVERRIDE);
-	SetConfigOption("extra_float_digits", "1", PGC_SUSET, PGC_S_OVERRIDE);
-	SetConfigOption("application_name", "pg_kappa cdc publisher", PGC_SUSET, PGC_S_OVERRIDE);
+	kappa_worker_begin("pg_kappa cdc publisher");
 
 	memset(&worker, 0, sizeof(worker));
 	worker.ring_size = 1024;

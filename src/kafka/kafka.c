@@ -24,6 +24,9 @@
 #include "kafka/kafka.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/pmsignal.h"
+#include "utils/timestamp.h"
 #include "utils/elog.h"
 #include "utils/memutils.h"
 
@@ -279,6 +282,27 @@ kafka_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 				   rd_kafka_err2name(err), reason);
 }
 
+/*
+ * The default delivery report: counts into the message's KafkaDelivery.
+ * Runs inside rd_kafka_poll on the owner's thread; no PostgreSQL calls.
+ */
+static void
+kafka_delivery_report(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque)
+{
+	KafkaDelivery *delivery = msg->_private;
+
+	if (delivery == NULL)
+		return;
+	delivery->pending--;
+	if (msg->err)
+	{
+		if (delivery->failed++ == 0)
+			delivery->error = msg->err;
+	}
+	else
+		delivery->delivered++;
+}
+
 /* ---------------------------------------------------------------------
  * Configurations
  * ---------------------------------------------------------------------
@@ -368,6 +392,8 @@ kafka_conf_for(rd_kafka_type_t type, const char *role)
 
 	rd_kafka_conf_set_log_cb(conf, kafka_log_cb);
 	rd_kafka_conf_set_error_cb(conf, kafka_error_cb);
+	if (type == RD_KAFKA_PRODUCER)
+		rd_kafka_conf_set_dr_msg_cb(conf, kafka_delivery_report);
 	return conf;
 }
 
@@ -526,6 +552,62 @@ kafka_client_topic(KafkaClient *client, const char *topic)
 	kafka_topic_handles = lappend(kafka_topic_handles, h);
 	MemoryContextSwitchTo(old);
 	return h->rkt;
+}
+
+/*
+ * Produce one message (copied) into delivery's group.  When librdkafka's
+ * local queue is full this waits for deliveries, so memory stays bounded
+ * whatever the input rate.  Other errors are raised.
+ */
+void
+kafka_produce(KafkaClient *client, const char *topic,
+			  const char *key, size_t keylen,
+			  const char *value, size_t len,
+			  KafkaDelivery *delivery)
+{
+	rd_kafka_topic_t *rkt = kafka_client_topic(client, topic);
+
+	for (;;)
+	{
+		rd_kafka_resp_err_t err;
+
+		if (rd_kafka_produce(rkt, RD_KAFKA_PARTITION_UA, RD_KAFKA_MSG_F_COPY,
+							 (void *) value, len, key, keylen, delivery) == 0)
+			break;
+		err = rd_kafka_last_error();
+		if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
+			ereport(ERROR,
+					(errcode(kafka_sqlstate(err)),
+					 errmsg("could not produce to Kafka topic \"%s\": %s",
+							topic, rd_kafka_err2str(err))));
+		kafka_client_serve(client, 100);
+		CHECK_FOR_INTERRUPTS();
+	}
+	if (delivery)
+		delivery->pending++;
+}
+
+/*
+ * Serve delivery reports until every message of the group is reported, or
+ * timeout_ms passes (-1: no limit).  True when nothing is pending.  Exits
+ * if the postmaster dies; honours interrupts.
+ */
+bool
+kafka_wait_delivered(KafkaClient *client, KafkaDelivery *delivery, int timeout_ms)
+{
+	TimestampTz deadline = timeout_ms < 0 ? 0 :
+		TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
+
+	while (delivery->pending > 0)
+	{
+		if (deadline != 0 && GetCurrentTimestamp() >= deadline)
+			return false;
+		kafka_client_serve(client, 50);
+		CHECK_FOR_INTERRUPTS();
+		if (!PostmasterIsAlive())
+			proc_exit(1);
+	}
+	return true;
 }
 
 /* Forget (and destroy) the topic handles of a client about to go away. */

@@ -36,6 +36,20 @@ typedef struct KafkaClient
 	bool		fatal;			/* client unusable: must be recreated */
 } KafkaClient;
 
+/*
+ * A group of produced messages whose delivery a caller waits for (a CSV
+ * file, a SOAP page, a batch of window results).  Producers created without
+ * a delivery callback of their own count deliveries here: pass the group to
+ * kafka_produce() and wait with kafka_wait_delivered().
+ */
+typedef struct KafkaDelivery
+{
+	int64		pending;		/* produced, not yet reported */
+	int64		delivered;
+	int64		failed;
+	rd_kafka_resp_err_t error;	/* the first failure */
+} KafkaDelivery;
+
 /* kappa.kafka_options parsing and validation */
 typedef struct KafkaOption
 {
@@ -57,6 +71,14 @@ extern int	kafka_client_serve(KafkaClient *client, int timeout_ms);
 extern void kafka_client_drain_wakeups(KafkaClient *client);
 extern rd_kafka_topic_t *kafka_client_topic(KafkaClient *client,
 											const char *topic);
+
+/* Producing with delivery groups */
+extern void kafka_produce(KafkaClient *client, const char *topic,
+						  const char *key, size_t keylen,
+						  const char *value, size_t len,
+						  KafkaDelivery *delivery);
+extern bool kafka_wait_delivered(KafkaClient *client, KafkaDelivery *delivery,
+								 int timeout_ms);
 
 /* Errors */
 extern int	kafka_sqlstate(rd_kafka_resp_err_t err);
