@@ -7,8 +7,17 @@
 # test/run-tests does all of this, packages included, from a fresh machine.
 
 EXTENSION = pg_kappa
+EXTVERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" pg_kappa.control)
 MODULE_big = pg_kappa
-DATA = $(wildcard sql/pg_kappa--*.sql)
+
+# The install script is assembled from the SQL of each component, which
+# lives next to its C code; released versions' scripts and the upgrade
+# scripts between them are kept in sql/ as they are.
+SQL_PARTS = src/pg_kappa.sql \
+	src/cdc/cdc.sql \
+	src/sources/sources.sql
+DATA_built = sql/pg_kappa--$(EXTVERSION).sql
+DATA = $(filter-out $(DATA_built),$(wildcard sql/pg_kappa--*.sql))
 
 SRCS = $(wildcard src/*.c src/*/*.c)
 OBJS = $(SRCS:.c=.o)
@@ -51,3 +60,6 @@ test/dev-broker: test/dev_broker.c
 	$(CC) $(CFLAGS) -Wall -Wextra -Werror -o $@ $< -lrdkafka
 
 installcheck: test/dev-broker
+
+sql/pg_kappa--$(EXTVERSION).sql: $(SQL_PARTS)
+	cat $^ > $@
