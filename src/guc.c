@@ -14,9 +14,11 @@
 #include "pg_kappa.h"
 
 #include <ctype.h>
+#include <limits.h>
 
 #include "kafka/kafka.h"
-#include "replication/slot.h"
+#include "pgtime.h"
+#include "stream/stream.h"
 #include "utils/guc.h"
 
 char	   *kappa_brokers = NULL;
@@ -32,6 +34,17 @@ char	   *kappa_cdc_slot_name = NULL;
 int			kappa_cdc_poll_interval = 200;
 int			kappa_cdc_max_backoff = 60;
 int			kappa_worker_restart_interval = 5;
+
+/* the stream side (declared in stream/stream.h) */
+char	   *kappa_window_time_zone = NULL;
+int			kappa_default_grace = 600;
+int			kappa_idle_timeout = 30;
+bool		kappa_stream_enabled = true;
+int			kappa_stream_workers = 1;
+char	   *kappa_stream_group = NULL;
+int			kappa_stream_batch_size = 20000;
+int			kappa_stream_batch_ms = 100;
+char	   *kappa_instance_id = NULL;
 
 /*
  * Kafka topic names: 1 to 249 characters from [a-zA-Z0-9._-], and not "."
@@ -182,6 +195,20 @@ check_slot_name(char **newval, void **extra, GucSource source)
 }
 
 static bool
+check_time_zone(char **newval, void **extra, GucSource source)
+{
+	pg_tz	   *tz = pg_tzset(*newval);
+
+	if (tz == NULL || !pg_tz_acceptable(tz))
+	{
+		GUC_check_errdetail("Time zone \"%s\" is not known to PostgreSQL (see pg_timezone_names).",
+							*newval);
+		return false;
+	}
+	return true;
+}
+
+static bool
 check_database(char **newval, void **extra, GucSource source)
 {
 	if (strlen(*newval) == 0 || strlen(*newval) >= NAMEDATALEN)
@@ -309,6 +336,79 @@ kappa_define_gucs(void)
 							5, 1, 3600,
 							PGC_POSTMASTER, GUC_UNIT_S,
 							NULL, NULL, NULL);
+
+	/* ---- the stream side ---- */
+	DefineCustomStringVariable("kappa.window_time_zone",
+							   "Time zone of calendar windows (days, weeks, months) whose ranking names none.",
+							   NULL,
+							   &kappa_window_time_zone,
+							   "UTC",
+							   PGC_SIGHUP, 0,
+							   check_time_zone, NULL, NULL);
+
+	DefineCustomIntVariable("kappa.default_grace",
+							"How long after a window ends late events are still counted, for rankings that set no grace.",
+							NULL,
+							&kappa_default_grace,
+							600, 0, INT_MAX / 2,
+							PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("kappa.idle_timeout",
+							"After this long without records, a partition's stream time follows the wall clock.",
+							"A quiet partition then no longer holds windows open; its stream time moves forward by the time that has passed, never to the current time.",
+							&kappa_idle_timeout,
+							30, 1, INT_MAX / 2,
+							PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("kappa.stream_enabled",
+							 "Runs the stream workers (rankings from sales-events).",
+							 NULL,
+							 &kappa_stream_enabled,
+							 true,
+							 PGC_SIGHUP, 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("kappa.stream_workers",
+							"Number of stream workers, members of one Kafka consumer group.",
+							NULL,
+							&kappa_stream_workers,
+							1, 0, 32,
+							PGC_POSTMASTER, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomStringVariable("kappa.stream_group",
+							   "Kafka consumer group of the stream workers (empty: pg_kappa-<kappa.database>).",
+							   NULL,
+							   &kappa_stream_group,
+							   "",
+							   PGC_POSTMASTER, 0,
+							   NULL, NULL, NULL);
+
+	DefineCustomIntVariable("kappa.stream_batch_size",
+							"Most messages a stream worker applies in one transaction.",
+							NULL,
+							&kappa_stream_batch_size,
+							20000, 1, 1000000,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("kappa.stream_batch_ms",
+							"Longest a stream worker gathers messages before applying them.",
+							NULL,
+							&kappa_stream_batch_ms,
+							100, 1, 60000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomStringVariable("kappa.instance_id",
+							   "Name of this pg_kappa instance in the window results it produces (empty: <kappa.database>@<system identifier>).",
+							   NULL,
+							   &kappa_instance_id,
+							   "",
+							   PGC_POSTMASTER, 0,
+							   NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("kappa");
 }

@@ -1,0 +1,77 @@
+-- Ranking definitions, their validation, and the SQL surface over
+-- hand-built results.
+SET timezone = 'UTC';
+
+SELECT name, input, source_topic, group_by, item, item_label, measure, measure_field,
+       window_size, window_kind, time_zone, grace, confirmed_only, results_topic
+  FROM kappa.ranking_definitions ORDER BY name;
+
+-- Validation
+SELECT kappa.create_ranking('Bad Name', ARRAY['city'], '1 day');
+SELECT kappa.create_ranking('top_sales_by_city', ARRAY['city'], '1 day');
+SELECT kappa.create_ranking('no_groups', ARRAY[]::text[], '1 day');
+SELECT kappa.create_ranking('bad_field', ARRAY['city; drop table x'], '1 day');
+SELECT kappa.create_ranking('bad_measure', ARRAY['city'], '1 day', measure => 'avg');
+SELECT kappa.create_ranking('sum_without_field', ARRAY['city'], '1 day', measure_field => NULL);
+SELECT kappa.create_ranking('bad_window', ARRAY['city'], '1 month', calendar => false);
+SELECT kappa.create_ranking('bad_zone', ARRAY['city'], '1 day', calendar => true, time_zone => 'Nowhere/Atlantis');
+SELECT kappa.create_ranking('bad_grace', ARRAY['city'], '1 day', grace => '-1 minute');
+SELECT kappa.create_ranking('bad_topic', ARRAY['city'], '1 day', results_topic => 'a topic');
+SELECT kappa.create_ranking('label_only', ARRAY['city'], '1 day', item_label => 'seller_name');
+SELECT kappa.create_ranking('sink_without_topic', ARRAY['city'], '1 day', input => 'results');
+
+-- A ranking of its own: count of sales per store and city, weekly in Madrid time.
+SELECT name, group_by, measure, measure_field, window_size, calendar, time_zone
+  FROM kappa.create_ranking('busiest_stores', ARRAY['city', 'store_id'], '1 week',
+                            measure => 'count', calendar => true, time_zone => 'Europe/Madrid',
+                            grace => '1 hour', results_topic => 'busiest-stores');
+SELECT * FROM kappa.ranking_window('busiest_stores', '2026-11-21 10:00+00');
+SELECT kappa.drop_ranking('busiest_stores');
+SELECT kappa.drop_ranking('busiest_stores');
+
+-- Hand-built results for the day of 2026-11-21 and the 30-day window around it.
+INSERT INTO kappa.ranking_windows VALUES
+  ('top_sales_by_city', '2026-11-21 00:00+00', '2026-11-22 00:00+00', false, NULL, NULL),
+  ('top_sales_by_city', '2026-11-20 00:00+00', '2026-11-21 00:00+00', true, now(), NULL),
+  ('top_salesman_by_country', '2026-11-03 00:00+00', '2026-12-03 00:00+00', false, NULL, NULL);
+INSERT INTO kappa.ranking_results (ranking, window_start, window_end, group_values, total, sale_count, is_final) VALUES
+  ('top_sales_by_city', '2026-11-21 00:00+00', '2026-11-22 00:00+00', '{Madrid}', 1234.50, 17, false),
+  ('top_sales_by_city', '2026-11-21 00:00+00', '2026-11-22 00:00+00', '{Barcelona}', 999.99, 3, false),
+  ('top_sales_by_city', '2026-11-21 00:00+00', '2026-11-22 00:00+00', '{Lisboa}', 999.99, 5, false),
+  ('top_sales_by_city', '2026-11-21 00:00+00', '2026-11-22 00:00+00', '{Porto}', 999.99, 5, false),
+  ('top_sales_by_city', '2026-11-21 00:00+00', '2026-11-22 00:00+00', '{Paris}', 10.00, 1, false),
+  ('top_sales_by_city', '2026-11-20 00:00+00', '2026-11-21 00:00+00', '{Madrid}', 5.00, 1, true);
+INSERT INTO kappa.ranking_results (ranking, window_start, window_end, group_values, item, item_label, total, sale_count) VALUES
+  ('top_salesman_by_country', '2026-11-03 00:00+00', '2026-12-03 00:00+00', '{ES}', 'S-17', 'Ana Ruiz', 500.00, 4),
+  ('top_salesman_by_country', '2026-11-03 00:00+00', '2026-12-03 00:00+00', '{ES}', 'S-22', 'Jordi Puig', 700.00, 2),
+  ('top_salesman_by_country', '2026-11-03 00:00+00', '2026-12-03 00:00+00', '{ES}', 'S-40', 'Eva Gil', 700.00, 2),
+  ('top_salesman_by_country', '2026-11-03 00:00+00', '2026-12-03 00:00+00', '{PT}', 'S-31', 'João Sá', 249.00, 1);
+
+-- Ties: total, then sale count, then name.
+SELECT * FROM kappa.top_sales_by_city('2026-11-21 12:00+00');
+SELECT * FROM kappa.top_sales_by_city('2026-11-21 12:00+00', n => 2);
+SELECT * FROM kappa.top_sales_by_city('2026-11-20 12:00+00');
+SELECT * FROM kappa.top_sales_by_city('2026-11-25 12:00+00');
+SELECT * FROM kappa.top_sales_by_city(n => 0);
+SELECT * FROM kappa.top_salesmen_by_country('ES', '2026-11-21 12:00+00', n => 2);
+SELECT * FROM kappa.top_salesmen_by_country(at => '2026-11-21 12:00+00', n => 1);
+SELECT rank, group_values, item, total FROM kappa.ranking('top_salesman_by_country', '2026-11-21 12:00+00', 3);
+SELECT * FROM kappa.top_sales_by_city ORDER BY window_start, rank, city;
+SELECT country, rank, seller_id, seller_name, total_sales FROM kappa.top_salesman_by_country ORDER BY country, rank, seller_id;
+
+-- Readers read, admins define, others do neither.
+CREATE ROLE kappa_test_reader IN ROLE kappa_reader;
+CREATE ROLE kappa_test_admin IN ROLE kappa_admin;
+CREATE ROLE kappa_test_nobody;
+SET ROLE kappa_test_reader;
+SELECT city, rank FROM kappa.top_sales_by_city('2026-11-21 12:00+00', 1);
+SELECT kappa.create_ranking('by_reader', ARRAY['city'], '1 day');
+SET ROLE kappa_test_admin;
+SELECT name FROM kappa.create_ranking('by_admin', ARRAY['city'], '1 day');
+SELECT kappa.drop_ranking('by_admin');
+SET ROLE kappa_test_nobody;
+SELECT * FROM kappa.top_sales_by_city('2026-11-21 12:00+00', 1);
+RESET ROLE;
+DROP ROLE kappa_test_reader, kappa_test_admin, kappa_test_nobody;
+
+DELETE FROM kappa.ranking_windows;

@@ -1,0 +1,235 @@
+/*-------------------------------------------------------------------------
+ *
+ * window.c
+ *	  Window arithmetic: which tumbling window an event time falls in.
+ *
+ * Two kinds of windows:
+ *
+ *	fixed		a fixed length of time aligned to an origin, as Kafka Streams
+ *				does (the default origin is the Unix epoch): '30 days' means
+ *				exactly 30 * 24 hours, whatever the calendar says.  A day is
+ *				24 hours here.
+ *	calendar	whole local days, weeks or months in a time zone: a '1 day'
+ *				window runs from local midnight to the next local midnight
+ *				(23 or 25 hours on DST days), '1 month' from the 1st to the
+ *				1st.  Multiples count from the origin's local date (weeks
+ *				start on the origin's weekday: the default origin,
+ *				1970-01-05, is a Monday).
+ *
+ * Both are half-open: [window_start, window_end).  Times before the origin
+ * fall in windows before it (floor division).  Infinite times have no
+ * window.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "pg_kappa.h"
+
+#include "funcapi.h"
+#include "pgtime.h"
+#include "stream/stream.h"
+#include "utils/builtins.h"
+#include "utils/datetime.h"
+#include "utils/timestamp.h"
+
+/* Default origins: the Unix epoch (fixed), Monday 1970-01-05 (calendar). */
+#define FIXED_DEFAULT_ORIGIN	((TimestampTz) -(int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * USECS_PER_DAY)
+
+static int64
+floor_div(int64 a, int64 b)
+{
+	int64		q = a / b;
+
+	if ((a % b != 0) && ((a < 0) != (b < 0)))
+		q--;
+	return q;
+}
+
+/*
+ * Prepare a window specification.  Returns false with *error set when the
+ * combination is not a valid window (the caller raises it).
+ */
+bool
+window_spec_init(KappaWindowSpec *spec, const Interval *size, bool calendar,
+				 bool origin_given, TimestampTz origin, const char *time_zone,
+				 const char **error)
+{
+	memset(spec, 0, sizeof(*spec));
+	spec->calendar = calendar;
+
+	if (!calendar)
+	{
+		int64		usecs;
+
+		if (size->month != 0)
+		{
+			*error = "A fixed window cannot be measured in months; use a calendar window for \"1 month\".";
+			return false;
+		}
+		if (pg_mul_s64_overflow((int64) size->day, USECS_PER_DAY, &usecs) ||
+			pg_add_s64_overflow(usecs, size->time, &usecs) || usecs <= 0)
+		{
+			*error = "A window size must be positive.";
+			return false;
+		}
+		spec->size_usecs = usecs;
+		spec->origin = origin_given ? origin : FIXED_DEFAULT_ORIGIN;
+		if (TIMESTAMP_NOT_FINITE(spec->origin))
+		{
+			*error = "The window origin must be finite.";
+			return false;
+		}
+		return true;
+	}
+
+	if (size->time != 0 || (size->month != 0) == (size->day != 0) ||
+		size->month < 0 || size->day < 0)
+	{
+		*error = "A calendar window is a whole number of days, weeks or months (for example '1 day', '1 week', '1 month').";
+		return false;
+	}
+	spec->months = size->month;
+	spec->days = size->day;
+
+	strlcpy(spec->tzname, time_zone ? time_zone : "UTC", sizeof(spec->tzname));
+	spec->tz = pg_tzset(spec->tzname);
+	if (spec->tz == NULL || !pg_tz_acceptable(spec->tz))
+	{
+		*error = "The time zone is not known to PostgreSQL (see pg_timezone_names).";
+		return false;
+	}
+
+	if (origin_given)
+	{
+		struct pg_tm tm;
+		fsec_t		fsec;
+		int			tzoff;
+
+		if (TIMESTAMP_NOT_FINITE(origin) ||
+			timestamp2tm(origin, &tzoff, &tm, &fsec, NULL, spec->tz) != 0)
+		{
+			*error = "The window origin must be finite.";
+			return false;
+		}
+		spec->origin_jd = date2j(tm.tm_year, tm.tm_mon, tm.tm_mday);
+		spec->origin_month = tm.tm_year * 12 + (tm.tm_mon - 1);
+	}
+	else
+	{
+		spec->origin_jd = date2j(1970, 1, 5);
+		spec->origin_month = 1970 * 12;
+	}
+	return true;
+}
+
+/* Julian day of the 1st of a month counted as year * 12 + (month - 1). */
+static int
+first_of_month(int month_index)
+{
+	int			year = (int) floor_div(month_index, 12);
+
+	return date2j(year, month_index - year * 12 + 1, 1);
+}
+
+/* Local midnight of Julian day jd in the spec's zone, as timestamptz. */
+static bool
+local_midnight(const KappaWindowSpec *spec, int jd, TimestampTz *result)
+{
+	struct pg_tm tm;
+	int			tzoff;
+
+	memset(&tm, 0, sizeof(tm));
+	j2date(jd, &tm.tm_year, &tm.tm_mon, &tm.tm_mday);
+	tzoff = DetermineTimeZoneOffset(&tm, spec->tz);
+	return tm2timestamp(&tm, 0, &tzoff, result) == 0;
+}
+
+/*
+ * The window containing t.  False when t is infinite (or the window would
+ * be out of the timestamp range).
+ */
+bool
+window_for(const KappaWindowSpec *spec, TimestampTz t,
+		   TimestampTz *start, TimestampTz *end)
+{
+	if (TIMESTAMP_NOT_FINITE(t))
+		return false;
+
+	if (!spec->calendar)
+	{
+		int64		n = floor_div(t - spec->origin, spec->size_usecs);
+
+		*start = spec->origin + n * spec->size_usecs;
+		*end = *start + spec->size_usecs;
+		return !TIMESTAMP_NOT_FINITE(*start) && !TIMESTAMP_NOT_FINITE(*end);
+	}
+	else
+	{
+		struct pg_tm tm;
+		fsec_t		fsec;
+		int			tzoff;
+
+		if (timestamp2tm(t, &tzoff, &tm, &fsec, NULL, spec->tz) != 0)
+			return false;
+
+		if (spec->months > 0)
+		{
+			int			month = tm.tm_year * 12 + (tm.tm_mon - 1);
+			int64		k = floor_div(month - spec->origin_month, spec->months);
+			int			first = spec->origin_month + (int) (k * spec->months);
+
+			return local_midnight(spec, first_of_month(first), start) &&
+				local_midnight(spec, first_of_month(first + spec->months), end);
+		}
+		else
+		{
+			int			jd = date2j(tm.tm_year, tm.tm_mon, tm.tm_mday);
+			int64		k = floor_div(jd - spec->origin_jd, spec->days);
+			int			first = spec->origin_jd + (int) (k * spec->days);
+
+			return local_midnight(spec, first, start) &&
+				local_midnight(spec, first + spec->days, end);
+		}
+	}
+}
+
+/*
+ * kappa.window_bounds(ts, size, calendar, origin, time_zone)
+ *	  -> (window_start, window_end); NULLs for an infinite ts.
+ */
+PG_FUNCTION_INFO_V1(kappa_window_bounds);
+
+Datum
+kappa_window_bounds(PG_FUNCTION_ARGS)
+{
+	TupleDesc	tupdesc;
+	KappaWindowSpec spec;
+	const char *error = NULL;
+	Datum		values[2];
+	bool		nulls[2] = {false, false};
+	TimestampTz start,
+				end;
+	char	   *tz = PG_ARGISNULL(4) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(4));
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		PG_RETURN_NULL();
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+
+	if (!window_spec_init(&spec, PG_GETARG_INTERVAL_P(1),
+						  PG_ARGISNULL(2) ? PG_GETARG_INTERVAL_P(1)->month != 0 : PG_GETARG_BOOL(2),
+						  !PG_ARGISNULL(3), PG_ARGISNULL(3) ? 0 : PG_GETARG_TIMESTAMPTZ(3),
+						  tz ? tz : kappa_window_time_zone, &error))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid window"),
+				 errdetail("%s", error)));
+
+	if (!window_for(&spec, PG_GETARG_TIMESTAMPTZ(0), &start, &end))
+		nulls[0] = nulls[1] = true;
+	else
+	{
+		values[0] = TimestampTzGetDatum(start);
+		values[1] = TimestampTzGetDatum(end);
+	}
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
