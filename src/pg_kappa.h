@@ -66,6 +66,8 @@ typedef void (*KappaShmemInitFn) (void);
 
 extern Size cdc_shmem_size(void);
 extern void cdc_shmem_init(void);
+extern Size stream_shmem_size(void);
+extern void stream_shmem_init(void);
 
 /* Background workers (src/workers.c) */
 extern void kappa_register_workers(void);
@@ -74,6 +76,7 @@ extern bool kappa_extension_installed(void);
 
 /* Entry points named in BackgroundWorker.bgw_function_name */
 extern PGDLLEXPORT void kappa_cdc_worker_main(Datum main_arg);
+extern PGDLLEXPORT void kappa_stream_worker_main(Datum main_arg);
 
 /* CDC commit wake-up, installed in every backend (src/cdc/cdc_worker.c) */
 extern void cdc_register_commit_wakeup(void);

@@ -14,6 +14,8 @@
  */
 #include "pg_kappa.h"
 
+#include "stream/stream.h"
+
 #include "access/xact.h"
 #include "commands/extension.h"
 #include "pgstat.h"
@@ -24,7 +26,7 @@
 #include "utils/snapmgr.h"
 
 static void
-register_worker(const char *function, const char *type)
+register_worker(const char *function, const char *type, const char *name, int arg)
 {
 	BackgroundWorker worker;
 
@@ -34,7 +36,8 @@ register_worker(const char *function, const char *type)
 	worker.bgw_restart_time = kappa_worker_restart_interval;
 	strlcpy(worker.bgw_library_name, KAPPA_EXTENSION_NAME, BGW_MAXLEN);
 	strlcpy(worker.bgw_function_name, function, BGW_MAXLEN);
-	snprintf(worker.bgw_name, BGW_MAXLEN, "%s", type);
+	snprintf(worker.bgw_name, BGW_MAXLEN, "%s", name);
+	worker.bgw_main_arg = Int32GetDatum(arg);
 	strlcpy(worker.bgw_type, type, BGW_MAXLEN);
 	RegisterBackgroundWorker(&worker);
 }
@@ -42,7 +45,11 @@ register_worker(const char *function, const char *type)
 void
 kappa_register_workers(void)
 {
-	register_worker("kappa_cdc_worker_main", "pg_kappa cdc publisher");
+	register_worker("kappa_cdc_worker_main", "pg_kappa cdc publisher",
+					"pg_kappa cdc publisher", 0);
+	for (int i = 0; i < kappa_stream_workers; i++)
+		register_worker("kappa_stream_worker_main", "pg_kappa stream worker",
+						psprintf("pg_kappa stream worker %d", i), i);
 }
 
 /*

@@ -278,8 +278,9 @@ kafka_error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 		client->last_error = rd_kafka_fatal_error(rk, fatal, sizeof(fatal));
 		strlcpy(client->last_error_text, fatal, sizeof(client->last_error_text));
 	}
-	kafka_log_push(client->fatal ? WARNING : LOG, client->role,
-				   rd_kafka_err2name(err), reason);
+	/* librdkafka logs the same through log_cb; only a fatal error is new */
+	if (client->fatal)
+		kafka_log_push(WARNING, client->role, rd_kafka_err2name(err), reason);
 }
 
 /*

@@ -108,14 +108,38 @@ CREATE INDEX ON kappa.late_events (ranking, received_at);
 -- Stream worker state: Kafka offsets and the memory of counted rows, both
 -- written in the transaction that applies a batch.
 -- -------------------------------------------------------------------------
+-- next_offset -2: from the beginning.  stream_time: the highest event time
+-- seen in the partition; last_record_at/caught_up: whether it is idle, for
+-- kappa.idle_timeout.
 CREATE TABLE kappa.stream_offsets (
     consumer_group text NOT NULL,
     topic text NOT NULL,
     partition integer NOT NULL,
     next_offset bigint NOT NULL,
     stream_time timestamptz,
+    last_record_at timestamptz,
+    caught_up boolean NOT NULL DEFAULT false,
+    high_watermark bigint,
+    owner_pid integer,
+    assigned_at timestamptz,
     updated_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (consumer_group, topic, partition)
+);
+
+-- Sink rankings: each producer's latest value per window, group and item.
+CREATE TABLE kappa.sink_partials (
+    ranking text NOT NULL REFERENCES kappa.rankings (name) ON DELETE CASCADE,
+    window_start timestamptz NOT NULL,
+    window_end timestamptz NOT NULL,
+    group_values text[] NOT NULL,
+    item text NOT NULL DEFAULT '',
+    item_label text,
+    producer text NOT NULL,
+    total numeric NOT NULL,
+    sale_count bigint NOT NULL,
+    final boolean NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (ranking, window_start, group_values, item, producer)
 );
 
 -- What the stream worker last counted for each row (sale) of a topic: the
@@ -477,6 +501,59 @@ SELECT s.key AS sale_id, s.topic, s.row_data::jsonb AS sale,
  WHERE NOT s.deleted;
 
 -- -------------------------------------------------------------------------
+-- Status
+-- -------------------------------------------------------------------------
+CREATE FUNCTION kappa.stream_worker_status(
+    OUT worker integer,
+    OUT pid integer,
+    OUT state text,
+    OUT consumer_group text,
+    OUT partitions integer,
+    OUT messages bigint,
+    OUT events_applied bigint,
+    OUT duplicates bigint,
+    OUT late_events bigint,
+    OUT dead_letters bigint,
+    OUT batches bigint,
+    OUT last_batch_at timestamptz,
+    OUT last_error text,
+    OUT last_error_at timestamptz,
+    OUT started_at timestamptz)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'kappa_stream_worker_status'
+LANGUAGE C STABLE;
+
+-- One row per partition the stream workers consume, with its worker.
+CREATE VIEW kappa.stat_consumers AS
+SELECT o.consumer_group, o.topic, o.partition, w.worker, o.owner_pid AS pid,
+       coalesce(w.state, 'not running') AS state,
+       o.next_offset, o.high_watermark,
+       CASE WHEN o.next_offset >= 0 AND o.high_watermark IS NOT NULL
+            THEN greatest(o.high_watermark - o.next_offset, 0) END AS lag,
+       o.stream_time, o.last_record_at, o.caught_up,
+       w.messages, w.events_applied, w.duplicates, w.late_events, w.dead_letters,
+       w.last_batch_at, w.last_error, w.last_error_at
+  FROM kappa.stream_offsets o
+  LEFT JOIN kappa.stream_worker_status() w ON w.pid = o.owner_pid;
+
+COMMENT ON VIEW kappa.stat_consumers IS
+    'Stream workers by partition: offsets, lag, stream time, events applied, late, dead letters, last error';
+
+CREATE VIEW kappa.stat_rankings AS
+SELECT r.name AS ranking, s.events_applied, s.late_events, s.finalized_through, s.last_event_at,
+       count(w.*) FILTER (WHERE NOT w.is_final) AS open_windows,
+       count(w.*) FILTER (WHERE w.is_final) AS final_windows,
+       count(w.*) FILTER (WHERE w.is_final AND w.produced_at IS NULL) AS results_pending,
+       max(w.window_start) AS latest_window
+  FROM kappa.rankings r
+  LEFT JOIN kappa.ranking_state s ON s.ranking = r.name
+  LEFT JOIN kappa.ranking_windows w ON w.ranking = r.name
+ GROUP BY r.name, s.events_applied, s.late_events, s.finalized_through, s.last_event_at;
+
+COMMENT ON VIEW kappa.stat_rankings IS
+    'Rankings: events applied, late events, open and final windows, results waiting to be produced';
+
+-- -------------------------------------------------------------------------
 -- The two shipped rankings
 -- -------------------------------------------------------------------------
 SELECT kappa.create_ranking('top_sales_by_city', ARRAY['city'], interval '1 day',
@@ -495,6 +572,9 @@ GRANT SELECT ON kappa.rankings, kappa.ranking_definitions, kappa.ranking_windows
                 kappa.top_sales_by_city, kappa.top_salesman_by_country,
                 kappa.payments, kappa.payment_history, kappa.sales_enriched
     TO kappa_reader;
+REVOKE ALL ON FUNCTION kappa.stream_worker_status() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION kappa.stream_worker_status() TO pg_monitor, kappa_reader;
+GRANT SELECT ON kappa.stat_consumers, kappa.stat_rankings, kappa.stream_offsets TO pg_monitor, kappa_reader;
 REVOKE ALL ON FUNCTION kappa.create_ranking, kappa.drop_ranking(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION kappa.create_ranking, kappa.drop_ranking(text) TO kappa_admin;
 REVOKE ALL ON FUNCTION kappa.ranking, kappa.top_sales_by_city, kappa.top_salesmen_by_country,

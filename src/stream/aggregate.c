@@ -1,0 +1,242 @@
+/*-------------------------------------------------------------------------
+ *
+ * aggregate.c
+ *	  A batch's changes to the rankings, pre-aggregated in memory and
+ *	  written to kappa.ranking_results with one statement.
+ *
+ * Ten thousand sales of one day in forty cities become forty row updates:
+ * the batch sums each (ranking, window, group, item) in a hash table, then
+ * upserts the sums.  Rows are written in key order, so stream workers that
+ * touch the same groups lock them in the same order and never deadlock.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "pg_kappa.h"
+
+#include "catalog/pg_type.h"
+#include "common/hashfn.h"
+#include "executor/spi.h"
+#include "stream/stream_internal.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+typedef struct AggKey
+{
+	int32		ranking_id;
+	TimestampTz window_start;
+	const char *group_key;
+	const char *item;
+} AggKey;
+
+typedef struct AggEntry
+{
+	AggKey		key;
+	TimestampTz window_end;
+	char	   *label;
+	KappaDecimal total;
+	int64		count;
+} AggEntry;
+
+static HTAB *agg_table = NULL;
+static MemoryContext agg_cxt = NULL;
+
+static uint32
+agg_hash(const void *key, Size keysize)
+{
+	const AggKey *k = key;
+	uint32		h = hash_bytes_uint32((uint32) k->ranking_id);
+
+	h = hash_combine(h, hash_bytes((const unsigned char *) &k->window_start, sizeof(TimestampTz)));
+	h = hash_combine(h, string_hash(k->group_key, 0));
+	return hash_combine(h, string_hash(k->item, 0));
+}
+
+static int
+agg_match(const void *a, const void *b, Size keysize)
+{
+	const AggKey *x = a;
+	const AggKey *y = b;
+
+	if (x->ranking_id != y->ranking_id || x->window_start != y->window_start)
+		return 1;
+	return strcmp(x->group_key, y->group_key) != 0 || strcmp(x->item, y->item) != 0;
+}
+
+void
+aggregate_reset(MemoryContext cxt)
+{
+	HASHCTL		ctl;
+
+	agg_cxt = cxt;
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(AggKey);
+	ctl.entrysize = sizeof(AggEntry);
+	ctl.hash = agg_hash;
+	ctl.match = agg_match;
+	ctl.hcxt = cxt;
+	agg_table = hash_create("pg_kappa batch aggregates", 1024, &ctl,
+							HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
+}
+
+int64
+aggregate_count(void)
+{
+	return agg_table ? hash_get_num_entries(agg_table) : 0;
+}
+
+/* Add (sign +1) or retract (sign -1) a contribution. */
+void
+aggregate_add(const KappaRanking *r, const Contribution *c, int sign)
+{
+	AggKey		key;
+	AggEntry   *e;
+	bool		found;
+
+	key.ranking_id = r->id;
+	key.window_start = c->window_start;
+	key.group_key = c->group_key;
+	key.item = c->item;
+	e = hash_search(agg_table, &key, HASH_ENTER, &found);
+	if (!found)
+	{
+		e->key.group_key = MemoryContextStrdup(agg_cxt, c->group_key);
+		e->key.item = MemoryContextStrdup(agg_cxt, c->item);
+		e->window_end = c->window_end;
+		e->label = NULL;
+		e->total.mantissa = 0;
+		e->total.scale = 0;
+		e->count = 0;
+	}
+	if (sign > 0 && c->label && (e->label == NULL || strcmp(e->label, c->label) != 0))
+		e->label = MemoryContextStrdup(agg_cxt, c->label);
+	if (!decimal_add(&e->total, &c->value, sign))
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("ranking \"%s\": a total exceeds 36 digits", r->name)));
+	e->count += sign;
+}
+
+static Datum
+text_array(Datum *elems, bool *nulls, int n)
+{
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+
+	return PointerGetDatum(construct_md_array(elems, nulls, 1, dims, lbs,
+											  TEXTOID, -1, false, TYPALIGN_INT));
+}
+
+static const char *
+ranking_name(List *rankings, int id)
+{
+	ListCell   *lc;
+
+	foreach(lc, rankings)
+	{
+		KappaRanking *r = lfirst(lc);
+
+		if (r->id == id)
+			return r->name;
+	}
+	elog(ERROR, "unknown ranking id %d", id);
+	return NULL;
+}
+
+/*
+ * Write the batch's sums: windows first (results reference them), then
+ * results, then remove groups whose count fell to zero.  Inside the batch's
+ * transaction.
+ */
+void
+aggregate_flush(List *rankings)
+{
+	int			n = (int) hash_get_num_entries(agg_table);
+	Datum	   *cols[8];
+	bool	   *label_nulls;
+	bool		any_retraction = false;
+	HASH_SEQ_STATUS status;
+	AggEntry   *e;
+	int			i = 0;
+	Datum		args[8];
+	Oid			types[8];
+	StringInfoData buf;
+
+	if (n == 0)
+		return;
+	for (int c = 0; c < 8; c++)
+	{
+		cols[c] = palloc(sizeof(Datum) * n);
+		types[c] = TEXTARRAYOID;
+	}
+	label_nulls = palloc0(sizeof(bool) * n);
+	initStringInfo(&buf);
+
+	hash_seq_init(&status, agg_table);
+	while ((e = hash_seq_search(&status)) != NULL)
+	{
+		/* a row added and retracted within the batch: nothing to write */
+		if (e->count == 0 && e->total.mantissa == 0)
+			continue;
+		cols[0][i] = CStringGetTextDatum(ranking_name(rankings, e->key.ranking_id));
+		cols[1][i] = DirectFunctionCall1(textin, DirectFunctionCall1(timestamptz_out, TimestampTzGetDatum(e->key.window_start)));
+		cols[2][i] = DirectFunctionCall1(textin, DirectFunctionCall1(timestamptz_out, TimestampTzGetDatum(e->window_end)));
+		cols[3][i] = CStringGetTextDatum(e->key.group_key);
+		cols[4][i] = CStringGetTextDatum(e->key.item);
+		if (e->label)
+			cols[5][i] = CStringGetTextDatum(e->label);
+		else
+		{
+			cols[5][i] = (Datum) 0;
+			label_nulls[i] = true;
+		}
+		resetStringInfo(&buf);
+		decimal_append(&buf, &e->total);
+		cols[6][i] = CStringGetTextDatum(buf.data);
+		resetStringInfo(&buf);
+		appendStringInfo(&buf, INT64_FORMAT, e->count);
+		cols[7][i] = CStringGetTextDatum(buf.data);
+		if (e->count < 0)
+			any_retraction = true;
+		i++;
+	}
+	n = i;
+	if (n == 0)
+		return;
+	for (int c = 0; c < 8; c++)
+		args[c] = text_array(cols[c], c == 5 ? label_nulls : NULL, n);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args(
+							  "INSERT INTO kappa.ranking_windows (ranking, window_start, window_end) "
+							  "SELECT DISTINCT r, ws::timestamptz, we::timestamptz "
+							  "  FROM unnest($1, $2, $3) AS d(r, ws, we) ORDER BY 1, 2 "
+							  "ON CONFLICT DO NOTHING",
+							  3, types, args, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not write kappa.ranking_windows");
+	if (SPI_execute_with_args(
+							  "INSERT INTO kappa.ranking_results AS res "
+							  "       (ranking, window_start, window_end, group_values, item, item_label, total, sale_count) "
+							  "SELECT r, ws::timestamptz, we::timestamptz, g::text[], i, l, t::numeric, c::bigint "
+							  "  FROM unnest($1, $2, $3, $4, $5, $6, $7, $8) AS d(r, ws, we, g, i, l, t, c) "
+							  " ORDER BY 1, 2, 4, 5 "
+							  "ON CONFLICT (ranking, window_start, group_values, item) DO UPDATE "
+							  "   SET total = res.total + EXCLUDED.total, "
+							  "       sale_count = res.sale_count + EXCLUDED.sale_count, "
+							  "       item_label = coalesce(EXCLUDED.item_label, res.item_label), "
+							  "       updated_at = now()",
+							  8, types, args, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not write kappa.ranking_results");
+	if (any_retraction &&
+		SPI_execute_with_args(
+							  "DELETE FROM kappa.ranking_results res "
+							  " USING unnest($1, $2, $4, $5) AS d(r, ws, g, i) "
+							  " WHERE res.ranking = d.r AND res.window_start = d.ws::timestamptz "
+							  "   AND res.group_values = d.g::text[] AND res.item = d.i "
+							  "   AND res.sale_count = 0",
+							  8, types, args, NULL, false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "could not clean kappa.ranking_results");
+	SPI_finish();
+}

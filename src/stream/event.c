@@ -1,0 +1,737 @@
+/*-------------------------------------------------------------------------
+ *
+ * event.c
+ *	  Reading change envelopes and window results off Kafka: a validating
+ *	  JSON scanner, exact decimals and ISO-8601 times.
+ *
+ * The stream worker reads hundreds of thousands of messages per second and
+ * needs a handful of fields from each, so instead of building a JSON tree
+ * this scanner validates a message in one pass and hands out spans (start
+ * and length) of the members asked for.  Malformed JSON is found on that
+ * pass and the message goes to the dead letters.
+ *
+ * Numbers are kept exact: amounts are read as decimal mantissa and scale
+ * (never as floating point), and summed as 128-bit integers.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "pg_kappa.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+
+#include "datatype/timestamp.h"
+#include "stream/event.h"
+#include "utils/datetime.h"
+#include "utils/timestamp.h"
+
+/* ---------------------------------------------------------------------
+ * Scanning
+ * ---------------------------------------------------------------------
+ */
+static const char *
+skip_ws(const char *p, const char *end)
+{
+	while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+		p++;
+	return p;
+}
+
+/* p at the opening quote; returns the position after the closing one. */
+static const char *
+skip_string(const char *p, const char *end)
+{
+	p++;
+	while (p < end)
+	{
+		unsigned char c = (unsigned char) *p;
+
+		if (c == '"')
+			return p + 1;
+		if (c == '\\')
+		{
+			if (p + 1 >= end)
+				return NULL;
+			switch (p[1])
+			{
+				case '"':
+				case '\\':
+				case '/':
+				case 'b':
+				case 'f':
+				case 'n':
+				case 'r':
+				case 't':
+					p += 2;
+					break;
+				case 'u':
+					if (p + 6 > end)
+						return NULL;
+					for (int i = 2; i < 6; i++)
+						if (!isxdigit((unsigned char) p[i]))
+							return NULL;
+					p += 6;
+					break;
+				default:
+					return NULL;
+			}
+			continue;
+		}
+		if (c < 0x20)
+			return NULL;
+		p++;
+	}
+	return NULL;
+}
+
+static const char *
+skip_number(const char *p, const char *end)
+{
+	const char *start;
+
+	if (p < end && *p == '-')
+		p++;
+	if (p >= end)
+		return NULL;
+	if (*p == '0')
+		p++;
+	else if (*p >= '1' && *p <= '9')
+		while (p < end && isdigit((unsigned char) *p))
+			p++;
+	else
+		return NULL;
+	if (p < end && *p == '.')
+	{
+		start = ++p;
+		while (p < end && isdigit((unsigned char) *p))
+			p++;
+		if (p == start)
+			return NULL;
+	}
+	if (p < end && (*p == 'e' || *p == 'E'))
+	{
+		p++;
+		if (p < end && (*p == '+' || *p == '-'))
+			p++;
+		start = p;
+		while (p < end && isdigit((unsigned char) *p))
+			p++;
+		if (p == start)
+			return NULL;
+	}
+	return p;
+}
+
+static const char *skip_value(const char *p, const char *end, int depth);
+
+static const char *
+skip_container(const char *p, const char *end, int depth, bool object)
+{
+	char		close = object ? '}' : ']';
+	bool		first = true;
+
+	if (depth > 64)
+		return NULL;
+	p = skip_ws(p + 1, end);
+	if (p < end && *p == close)
+		return p + 1;
+	for (;;)
+	{
+		if (!first)
+		{
+			p = skip_ws(p, end);
+			if (p >= end)
+				return NULL;
+			if (*p == close)
+				return p + 1;
+			if (*p != ',')
+				return NULL;
+			p = skip_ws(p + 1, end);
+		}
+		first = false;
+		if (object)
+		{
+			if (p >= end || *p != '"')
+				return NULL;
+			p = skip_string(p, end);
+			if (p == NULL)
+				return NULL;
+			p = skip_ws(p, end);
+			if (p >= end || *p != ':')
+				return NULL;
+			p = skip_ws(p + 1, end);
+		}
+		p = skip_value(p, end, depth + 1);
+		if (p == NULL)
+			return NULL;
+	}
+}
+
+static const char *
+skip_value(const char *p, const char *end, int depth)
+{
+	p = skip_ws(p, end);
+	if (p >= end)
+		return NULL;
+	switch (*p)
+	{
+		case '"':
+			return skip_string(p, end);
+		case '{':
+			return skip_container(p, end, depth, true);
+		case '[':
+			return skip_container(p, end, depth, false);
+		case 't':
+			return (end - p >= 4 && memcmp(p, "true", 4) == 0) ? p + 4 : NULL;
+		case 'f':
+			return (end - p >= 5 && memcmp(p, "false", 5) == 0) ? p + 5 : NULL;
+		case 'n':
+			return (end - p >= 4 && memcmp(p, "null", 4) == 0) ? p + 4 : NULL;
+		default:
+			return skip_number(p, end);
+	}
+}
+
+static JsonSpan
+make_span(const char *p, const char *after)
+{
+	JsonSpan	s;
+
+	s.p = p;
+	s.len = after - p;
+	switch (*p)
+	{
+		case '"':
+			s.type = JSON_SPAN_STRING;
+			break;
+		case '{':
+			s.type = JSON_SPAN_OBJECT;
+			break;
+		case '[':
+			s.type = JSON_SPAN_ARRAY;
+			break;
+		case 'n':
+			s.type = JSON_SPAN_NULL;
+			break;
+		case 't':
+		case 'f':
+			s.type = JSON_SPAN_BOOL;
+			break;
+		default:
+			s.type = JSON_SPAN_NUMBER;
+			break;
+	}
+	return s;
+}
+
+/*
+ * Find the members named in names[] (n of them) in the object spanning
+ * [obj, obj+len), which must be valid JSON.  found[i] gets the value's span
+ * (type JSON_SPAN_MISSING when absent).  Keys with escapes never match.
+ */
+void
+json_object_members(const char *obj, int len, int n, const char *const *names,
+					const int *namelens, JsonSpan *found)
+{
+	const char *p = obj;
+	const char *end = obj + len;
+
+	for (int i = 0; i < n; i++)
+		found[i].type = JSON_SPAN_MISSING;
+
+	p = skip_ws(p + 1, end);
+	if (p < end && *p == '}')
+		return;
+	for (;;)
+	{
+		const char *key = p + 1;
+		const char *keyend = skip_string(p, end);
+		const char *value;
+		const char *after;
+		int			keylen = (int) (keyend - key - 1);
+
+		p = skip_ws(keyend, end);
+		value = skip_ws(p + 1, end);
+		after = skip_value(value, end, 1);
+		for (int i = 0; i < n; i++)
+		{
+			if (found[i].type == JSON_SPAN_MISSING && namelens[i] == keylen &&
+				memcmp(names[i], key, keylen) == 0)
+			{
+				found[i] = make_span(value, after);
+				break;
+			}
+		}
+		p = skip_ws(after, end);
+		if (p >= end || *p == '}')
+			return;
+		p = skip_ws(p + 1, end);
+	}
+}
+
+/* Is [p, p+len) exactly one valid JSON value, an object? */
+bool
+json_is_object(const char *p, int len)
+{
+	const char *end = p + len;
+	const char *start = skip_ws(p, end);
+	const char *after;
+
+	if (start >= end || *start != '{')
+		return false;
+	after = skip_value(start, end, 0);
+	return after != NULL && skip_ws(after, end) == end;
+}
+
+/*
+ * The text of a string or number span, unescaped, as a palloc'd C string
+ * (NULL for null).  \u0000 is refused (PostgreSQL text cannot hold it).
+ */
+char *
+json_span_text(const JsonSpan *s)
+{
+	StringInfoData buf;
+	const char *p;
+	const char *end;
+
+	if (s->type == JSON_SPAN_NULL || s->type == JSON_SPAN_MISSING)
+		return NULL;
+	if (s->type != JSON_SPAN_STRING)
+		return pnstrdup(s->p, s->len);
+
+	p = s->p + 1;
+	end = s->p + s->len - 1;
+	/* the common case: nothing escaped */
+	if (memchr(p, '\\', end - p) == NULL)
+		return pnstrdup(p, end - p);
+
+	initStringInfo(&buf);
+	while (p < end)
+	{
+		if (*p != '\\')
+		{
+			appendStringInfoChar(&buf, *p++);
+			continue;
+		}
+		p++;
+		switch (*p)
+		{
+			case 'b':
+				appendStringInfoChar(&buf, '\b');
+				break;
+			case 'f':
+				appendStringInfoChar(&buf, '\f');
+				break;
+			case 'n':
+				appendStringInfoChar(&buf, '\n');
+				break;
+			case 'r':
+				appendStringInfoChar(&buf, '\r');
+				break;
+			case 't':
+				appendStringInfoChar(&buf, '\t');
+				break;
+			case 'u':
+				{
+					unsigned int cp = (unsigned int) strtoul(pnstrdup(p + 1, 4), NULL, 16);
+
+					p += 4;
+					/* a surrogate pair */
+					if (cp >= 0xD800 && cp <= 0xDBFF && p + 6 < end && p[1] == '\\' && p[2] == 'u')
+					{
+						unsigned int lo = (unsigned int) strtoul(pnstrdup(p + 3, 4), NULL, 16);
+
+						if (lo >= 0xDC00 && lo <= 0xDFFF)
+						{
+							cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+							p += 6;
+						}
+					}
+					if (cp == 0 || (cp >= 0xD800 && cp <= 0xDFFF))
+						return NULL;
+					if (cp < 0x80)
+						appendStringInfoChar(&buf, (char) cp);
+					else if (cp < 0x800)
+					{
+						appendStringInfoChar(&buf, (char) (0xC0 | (cp >> 6)));
+						appendStringInfoChar(&buf, (char) (0x80 | (cp & 0x3F)));
+					}
+					else if (cp < 0x10000)
+					{
+						appendStringInfoChar(&buf, (char) (0xE0 | (cp >> 12)));
+						appendStringInfoChar(&buf, (char) (0x80 | ((cp >> 6) & 0x3F)));
+						appendStringInfoChar(&buf, (char) (0x80 | (cp & 0x3F)));
+					}
+					else
+					{
+						appendStringInfoChar(&buf, (char) (0xF0 | (cp >> 18)));
+						appendStringInfoChar(&buf, (char) (0x80 | ((cp >> 12) & 0x3F)));
+						appendStringInfoChar(&buf, (char) (0x80 | ((cp >> 6) & 0x3F)));
+						appendStringInfoChar(&buf, (char) (0x80 | (cp & 0x3F)));
+					}
+				}
+				break;
+			default:
+				appendStringInfoChar(&buf, *p);
+				break;
+		}
+		p++;
+	}
+	return buf.data;
+}
+
+/* ---------------------------------------------------------------------
+ * Change envelopes
+ * ---------------------------------------------------------------------
+ */
+static bool
+parse_lsn(const JsonSpan *s, XLogRecPtr *lsn)
+{
+	char		text[40];
+	unsigned int hi,
+				lo;
+	int			n;
+
+	if (s->type != JSON_SPAN_STRING || s->len - 2 >= (int) sizeof(text))
+		return false;
+	memcpy(text, s->p + 1, s->len - 2);
+	text[s->len - 2] = '\0';
+	if (sscanf(text, "%X/%X%n", &hi, &lo, &n) != 2 || text[n] != '\0')
+		return false;
+	*lsn = ((uint64) hi << 32) | lo;
+	return true;
+}
+
+/*
+ * Parse a change envelope (DESIGN.md): op, before, after and what source
+ * says about the record's origin.  Returns false with *error on anything
+ * that is not a valid envelope.
+ */
+bool
+change_parse(const char *msg, size_t len, KappaChange *change, const char **error)
+{
+	static const char *const top[] = {"op", "before", "after", "source"};
+	static const int toplen[] = {2, 6, 5, 6};
+	static const char *const src[] = {"connector", "lsn", "seq", "file", "line", "sha256", "table"};
+	static const int srclen[] = {9, 3, 3, 4, 4, 6, 5};
+	JsonSpan	t[4];
+
+	memset(change, 0, sizeof(*change));
+	if (len > INT_MAX || !json_is_object(msg, (int) len))
+	{
+		*error = "message is not a JSON object";
+		return false;
+	}
+	json_object_members(msg, (int) len, 4, top, toplen, t);
+
+	if (t[0].type != JSON_SPAN_STRING || t[0].len != 3)
+	{
+		*error = "\"op\" is missing or not a one-letter string";
+		return false;
+	}
+	change->op = t[0].p[1];
+	if (strchr("curdt", change->op) == NULL)
+	{
+		*error = "unknown \"op\" (expected c, u, r, d or t)";
+		return false;
+	}
+	if (t[1].type == JSON_SPAN_OBJECT)
+		change->before = t[1];
+	else if (t[1].type != JSON_SPAN_NULL && t[1].type != JSON_SPAN_MISSING)
+	{
+		*error = "\"before\" is neither an object nor null";
+		return false;
+	}
+	if (t[2].type == JSON_SPAN_OBJECT)
+		change->after = t[2];
+	else if (t[2].type != JSON_SPAN_NULL && t[2].type != JSON_SPAN_MISSING)
+	{
+		*error = "\"after\" is neither an object nor null";
+		return false;
+	}
+	if (change->op != 'd' && change->op != 't' && change->after.type != JSON_SPAN_OBJECT)
+	{
+		*error = "\"after\" is missing for a create, update or read";
+		return false;
+	}
+	if (change->op == 'd' && change->before.type != JSON_SPAN_OBJECT &&
+		change->after.type == JSON_SPAN_OBJECT)
+	{
+		*error = "a delete carries \"after\"";
+		return false;
+	}
+
+	if (t[3].type == JSON_SPAN_OBJECT)
+	{
+		JsonSpan	s[7];
+
+		json_object_members(t[3].p, t[3].len, 7, src, srclen, s);
+		if (s[0].type == JSON_SPAN_STRING && s[0].len - 2 < (int) sizeof(change->connector))
+		{
+			memcpy(change->connector, s[0].p + 1, s[0].len - 2);
+			change->connector[s[0].len - 2] = '\0';
+		}
+		if (s[1].type != JSON_SPAN_MISSING && s[2].type == JSON_SPAN_NUMBER)
+		{
+			if (!parse_lsn(&s[1], &change->lsn))
+			{
+				*error = "\"source.lsn\" is not an LSN";
+				return false;
+			}
+			change->seq = strtoll(s[2].p, NULL, 10);
+			change->has_position = true;
+		}
+		if (s[3].type == JSON_SPAN_STRING)
+			change->file = s[3];
+		if (s[4].type == JSON_SPAN_NUMBER)
+			change->line = strtoll(s[4].p, NULL, 10);
+		if (s[6].type == JSON_SPAN_STRING)
+			change->table = s[6];
+	}
+	return true;
+}
+
+/* ---------------------------------------------------------------------
+ * Exact decimals
+ * ---------------------------------------------------------------------
+ */
+
+/*
+ * Read a decimal number (JSON number, or a string holding one such as
+ * "129.90") into mantissa and scale.  Exponents are refused: amounts are
+ * written as plain decimals.  Up to 36 significant digits.
+ */
+bool
+decimal_parse(const JsonSpan *s, KappaDecimal *d)
+{
+	const char *p = s->p;
+	const char *end = s->p + s->len;
+	bool		neg = false;
+	bool		dot = false;
+	int			digits = 0;
+	int128		m = 0;
+
+	if (s->type == JSON_SPAN_STRING)
+	{
+		p++;
+		end--;
+	}
+	else if (s->type != JSON_SPAN_NUMBER)
+		return false;
+	if (p < end && (*p == '-' || *p == '+'))
+		neg = (*p++ == '-');
+	if (p >= end)
+		return false;
+	d->scale = 0;
+	for (; p < end; p++)
+	{
+		if (*p == '.')
+		{
+			if (dot)
+				return false;
+			dot = true;
+			continue;
+		}
+		if (!isdigit((unsigned char) *p))
+			return false;
+		if (digits > 0 || *p != '0')
+			digits++;
+		if (digits > 36)
+			return false;
+		m = m * 10 + (*p - '0');
+		if (dot)
+			d->scale++;
+	}
+	if (dot && d->scale == 0)
+		return false;
+	d->mantissa = neg ? -m : m;
+	return true;
+}
+
+static int128
+pow10_128(int n)
+{
+	int128		r = 1;
+
+	while (n-- > 0)
+		r *= 10;
+	return r;
+}
+
+/* a += b, keeping the larger scale.  False on overflow of 36 digits. */
+bool
+decimal_add(KappaDecimal *a, const KappaDecimal *b, int sign)
+{
+	int128		bm = b->mantissa * sign;
+	int128		limit = pow10_128(36);
+
+	if (b->scale > a->scale)
+	{
+		a->mantissa *= pow10_128(b->scale - a->scale);
+		a->scale = b->scale;
+	}
+	else if (b->scale < a->scale)
+		bm *= pow10_128(a->scale - b->scale);
+	a->mantissa += bm;
+	return a->mantissa < limit && a->mantissa > -limit;
+}
+
+bool
+decimal_equal(const KappaDecimal *a, const KappaDecimal *b)
+{
+	KappaDecimal x = *a;
+
+	decimal_add(&x, b, -1);
+	return x.mantissa == 0;
+}
+
+/* The decimal as text with exactly its scale ("129.90", "-0.01"). */
+void
+decimal_append(StringInfo out, const KappaDecimal *d)
+{
+	char		buf[64];
+	int			pos = sizeof(buf);
+	int128		m = d->mantissa < 0 ? -d->mantissa : d->mantissa;
+	int			written = 0;
+
+	buf[--pos] = '\0';
+	do
+	{
+		buf[--pos] = '0' + (int) (m % 10);
+		m /= 10;
+		written++;
+		if (written == d->scale)
+			buf[--pos] = '.';
+	} while (m > 0 || written <= d->scale);
+	if (buf[pos] == '.')
+		buf[--pos] = '0';
+	if (d->mantissa < 0)
+		buf[--pos] = '-';
+	appendStringInfoString(out, buf + pos);
+}
+
+/* ---------------------------------------------------------------------
+ * Times
+ * ---------------------------------------------------------------------
+ */
+static int
+digits_at(const char *p, int n)
+{
+	int			v = 0;
+
+	for (int i = 0; i < n; i++)
+	{
+		if (!isdigit((unsigned char) p[i]))
+			return -1;
+		v = v * 10 + (p[i] - '0');
+	}
+	return v;
+}
+
+/*
+ * An ISO-8601 date-time with a zone: YYYY-MM-DD[T ]HH:MM[:SS[.fraction]]
+ * followed by Z, +HH, +HH:MM or +HHMM.  Numbers are microseconds since the
+ * Unix epoch (Debezium's MicroTimestamp).  Times without a zone are refused:
+ * an event time must be an instant.
+ */
+bool
+timestamp_parse(const JsonSpan *s, TimestampTz *result)
+{
+	const char *p;
+	const char *end;
+	struct pg_tm tm;
+	fsec_t		fsec = 0;
+	int			tz = 0;
+	Timestamp	ts;
+
+	if (s->type == JSON_SPAN_NUMBER)
+	{
+		char	   *endptr;
+		char		buf[32];
+		int64		us;
+
+		if (s->len >= (int) sizeof(buf))
+			return false;
+		memcpy(buf, s->p, s->len);
+		buf[s->len] = '\0';
+		errno = 0;
+		us = strtoll(buf, &endptr, 10);
+		if (errno != 0 || *endptr != '\0')
+			return false;
+		*result = us - (int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * USECS_PER_DAY;
+		return IS_VALID_TIMESTAMP(*result);
+	}
+	if (s->type != JSON_SPAN_STRING)
+		return false;
+	p = s->p + 1;
+	end = s->p + s->len - 1;
+	if (end - p < 16)
+		return false;
+
+	memset(&tm, 0, sizeof(tm));
+	tm.tm_year = digits_at(p, 4);
+	tm.tm_mon = digits_at(p + 5, 2);
+	tm.tm_mday = digits_at(p + 8, 2);
+	tm.tm_hour = digits_at(p + 11, 2);
+	tm.tm_min = digits_at(p + 14, 2);
+	if (tm.tm_year < 0 || tm.tm_mon < 1 || tm.tm_mon > 12 || tm.tm_mday < 1 ||
+		tm.tm_hour < 0 || tm.tm_hour > 23 || tm.tm_min < 0 || tm.tm_min > 59 ||
+		p[4] != '-' || p[7] != '-' || (p[10] != 'T' && p[10] != ' ') || p[13] != ':')
+		return false;
+	if (tm.tm_mday > day_tab[isleap(tm.tm_year)][tm.tm_mon - 1])
+		return false;
+	p += 16;
+	if (p < end && *p == ':')
+	{
+		if (end - p < 3 || (tm.tm_sec = digits_at(p + 1, 2)) < 0 || tm.tm_sec > 59)
+			return false;
+		p += 3;
+		if (p < end && *p == '.')
+		{
+			int			scale = 100000;
+
+			p++;
+			if (p >= end || !isdigit((unsigned char) *p))
+				return false;
+			while (p < end && isdigit((unsigned char) *p))
+			{
+				fsec += (*p - '0') * scale;
+				scale /= 10;
+				p++;
+			}
+		}
+	}
+	if (p >= end)
+		return false;			/* no zone */
+	if (*p == 'Z' || *p == 'z')
+	{
+		if (p + 1 != end)
+			return false;
+	}
+	else if (*p == '+' || *p == '-')
+	{
+		int			sign = (*p == '-') ? 1 : -1;	/* PostgreSQL: seconds west */
+		int			hh = digits_at(p + 1, 2),
+					mm = 0;
+		const char *q = p + 3;
+
+		if (end - p < 3 || hh < 0 || hh > 15)
+			return false;
+		if (q < end && *q == ':')
+			q++;
+		if (q < end)
+		{
+			if (end - q != 2 || (mm = digits_at(q, 2)) < 0 || mm > 59)
+				return false;
+		}
+		tz = sign * (hh * SECS_PER_HOUR + mm * SECS_PER_MINUTE);
+	}
+	else
+		return false;
+
+	if (tm2timestamp(&tm, fsec, &tz, &ts) != 0)
+		return false;
+	*result = ts;
+	return IS_VALID_TIMESTAMP(ts);
+}

@@ -1,0 +1,73 @@
+/*-------------------------------------------------------------------------
+ *
+ * event.h
+ *	  Spans of JSON messages, change envelopes, exact decimals and times
+ *	  (src/stream/event.c).
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef KAPPA_EVENT_H
+#define KAPPA_EVENT_H
+
+#include "access/xlogdefs.h"
+#include "datatype/timestamp.h"
+#include "lib/stringinfo.h"
+
+typedef enum JsonSpanType
+{
+	JSON_SPAN_MISSING,
+	JSON_SPAN_NULL,
+	JSON_SPAN_STRING,			/* p points at the opening quote */
+	JSON_SPAN_NUMBER,
+	JSON_SPAN_BOOL,
+	JSON_SPAN_OBJECT,
+	JSON_SPAN_ARRAY
+} JsonSpanType;
+
+/* A value inside a message: where it starts and how long it is. */
+typedef struct JsonSpan
+{
+	const char *p;
+	int			len;
+	JsonSpanType type;
+} JsonSpan;
+
+extern bool json_is_object(const char *p, int len);
+extern void json_object_members(const char *obj, int len, int n,
+								const char *const *names, const int *namelens,
+								JsonSpan *found);
+extern char *json_span_text(const JsonSpan *s);
+
+/* A change envelope (DESIGN.md) as spans into the message. */
+typedef struct KappaChange
+{
+	char		op;				/* c, u, r, d, t */
+	JsonSpan	before;			/* object, or type MISSING */
+	JsonSpan	after;
+	char		connector[32];
+	bool		has_position;	/* source.lsn and source.seq present */
+	XLogRecPtr	lsn;
+	int64		seq;
+	JsonSpan	file;			/* CSV origin, if any */
+	int64		line;
+	JsonSpan	table;
+} KappaChange;
+
+extern bool change_parse(const char *msg, size_t len, KappaChange *change,
+						 const char **error);
+
+/* An exact decimal: mantissa * 10^-scale. */
+typedef struct KappaDecimal
+{
+	int128		mantissa;
+	int			scale;
+} KappaDecimal;
+
+extern bool decimal_parse(const JsonSpan *s, KappaDecimal *d);
+extern bool decimal_add(KappaDecimal *a, const KappaDecimal *b, int sign);
+extern bool decimal_equal(const KappaDecimal *a, const KappaDecimal *b);
+extern void decimal_append(StringInfo out, const KappaDecimal *d);
+
+extern bool timestamp_parse(const JsonSpan *s, TimestampTz *result);
+
+#endif							/* KAPPA_EVENT_H */

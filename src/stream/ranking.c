@@ -1,0 +1,255 @@
+/*-------------------------------------------------------------------------
+ *
+ * ranking.c
+ *	  Ranking definitions as the stream worker uses them, and what one row
+ *	  contributes to one ranking: which window, group and item, how much.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "pg_kappa.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "stream/event.h"
+#include "stream/stream.h"
+#include "stream/stream_internal.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+static void
+add_field(KappaRanking *r, const char *name, int *index)
+{
+	for (int i = 0; i < r->nfields; i++)
+	{
+		if (strcmp(r->fields[i], name) == 0)
+		{
+			*index = i;
+			return;
+		}
+	}
+	r->fields[r->nfields] = pstrdup(name);
+	r->fieldlens[r->nfields] = strlen(name);
+	*index = r->nfields++;
+}
+
+static char *
+getvalue_or_null(HeapTuple tuple, TupleDesc desc, int col)
+{
+	return SPI_getvalue(tuple, desc, col);
+}
+
+/*
+ * Read every ranking (and where its windows are final) into cxt.  Runs in
+ * the caller's transaction, through SPI.
+ */
+List *
+rankings_load(MemoryContext cxt)
+{
+	List	   *result = NIL;
+	MemoryContext old;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute("SELECT r.id, r.name, r.input, "
+					"       coalesce(r.source_topic, current_setting('kappa.sales_topic')), "
+					"       r.group_by, r.item, r.item_label, r.measure, r.measure_field, "
+					"       r.event_time_field, r.window_size, r.calendar, r.window_origin, r.time_zone, "
+					"       extract(epoch FROM coalesce(r.grace, current_setting('kappa.default_grace')::interval)), "
+					"       r.confirmed_only, kappa.ranking_results_topic(r.name), s.finalized_through "
+					"  FROM kappa.rankings r LEFT JOIN kappa.ranking_state s ON s.ranking = r.name "
+					" ORDER BY r.id", true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read kappa.rankings");
+
+	old = MemoryContextSwitchTo(cxt);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tuple = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		KappaRanking *r = palloc0(sizeof(KappaRanking));
+		bool		isnull;
+		Datum		groups;
+		Datum	   *elems;
+		int			nelems;
+		char	   *s;
+		const char *error;
+		Datum		d;
+
+		r->id = DatumGetInt32(SPI_getbinval(tuple, desc, 1, &isnull));
+		r->name = SPI_getvalue(tuple, desc, 2);
+		r->results_input = strcmp(SPI_getvalue(tuple, desc, 3), "results") == 0;
+		r->source_topic = SPI_getvalue(tuple, desc, 4);
+		groups = SPI_getbinval(tuple, desc, 5, &isnull);
+		deconstruct_array(DatumGetArrayTypeP(groups), TEXTOID, -1, false, TYPALIGN_INT,
+						  &elems, NULL, &nelems);
+		r->ngroups = nelems;
+		r->nfields = 0;
+		r->fields = palloc0(sizeof(char *) * (nelems + 4));
+		r->fieldlens = palloc0(sizeof(int) * (nelems + 4));
+		r->group_fields = palloc(sizeof(char *) * nelems);
+		r->group_index = palloc(sizeof(int) * nelems);
+		for (int g = 0; g < nelems; g++)
+		{
+			r->group_fields[g] = TextDatumGetCString(elems[g]);
+			add_field(r, r->group_fields[g], &r->group_index[g]);
+		}
+		r->item_index = r->label_index = r->measure_index = -1;
+		if ((s = getvalue_or_null(tuple, desc, 6)) != NULL)
+		{
+			r->item_field = s;
+			add_field(r, s, &r->item_index);
+		}
+		if ((s = getvalue_or_null(tuple, desc, 7)) != NULL)
+		{
+			r->label_field = s;
+			add_field(r, s, &r->label_index);
+		}
+		r->measure_sum = strcmp(SPI_getvalue(tuple, desc, 8), "sum") == 0;
+		if ((s = getvalue_or_null(tuple, desc, 9)) != NULL)
+		{
+			r->measure_field = s;
+			add_field(r, s, &r->measure_index);
+		}
+		r->time_field = SPI_getvalue(tuple, desc, 10);
+		add_field(r, r->time_field, &r->time_index);
+
+		d = SPI_getbinval(tuple, desc, 13, &isnull);
+		if (!window_spec_init(&r->window,
+							  DatumGetIntervalP(SPI_getbinval(tuple, desc, 11, &isnull)),
+							  DatumGetBool(SPI_getbinval(tuple, desc, 12, &isnull)),
+							  !isnull, isnull ? 0 : DatumGetTimestampTz(d),
+							  SPI_getvalue(tuple, desc, 14), &error))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("ranking \"%s\" has an invalid window", r->name),
+					 errdetail("%s", error)));
+		r->grace_usecs = (int64) (strtod(SPI_getvalue(tuple, desc, 15), NULL) * USECS_PER_SEC);
+		r->confirmed_only = DatumGetBool(SPI_getbinval(tuple, desc, 16, &isnull));
+		r->results_topic = getvalue_or_null(tuple, desc, 17);
+		d = SPI_getbinval(tuple, desc, 18, &isnull);
+		r->finalized_through = isnull ? DT_NOBEGIN : DatumGetTimestampTz(d);
+		result = lappend(result, r);
+	}
+	MemoryContextSwitchTo(old);
+	SPI_finish();
+	return result;
+}
+
+/* Append s as one element of a PostgreSQL array literal, always quoted. */
+void
+stream_array_literal_append(StringInfo out, const char *s)
+{
+	appendStringInfoChar(out, '"');
+	for (; *s; s++)
+	{
+		if (*s == '"' || *s == '\\')
+			appendStringInfoChar(out, '\\');
+		appendStringInfoChar(out, *s);
+	}
+	appendStringInfoChar(out, '"');
+}
+
+static bool
+span_is_value(const JsonSpan *s)
+{
+	return s->type == JSON_SPAN_STRING || s->type == JSON_SPAN_NUMBER ||
+		s->type == JSON_SPAN_BOOL;
+}
+
+/*
+ * What row (a JSON object: the event's "after") contributes to ranking r.
+ * False with *error when a field the ranking needs is missing or of the
+ * wrong type; the caller dead-letters the event.  Allocates in the current
+ * memory context.
+ */
+bool
+contribution_compute(const KappaRanking *r, const char *row, int rowlen,
+					 Contribution *c, const char **error)
+{
+	JsonSpan	spans[16];
+	StringInfoData group;
+
+	Assert(r->nfields <= 16);
+	json_object_members(row, rowlen, r->nfields, (const char *const *) r->fields,
+						r->fieldlens, spans);
+
+	if (!timestamp_parse(&spans[r->time_index], &c->event_time))
+	{
+		*error = spans[r->time_index].type == JSON_SPAN_MISSING ?
+			"the event time field is missing" :
+			"the event time is not an ISO-8601 time with a zone";
+		return false;
+	}
+	if (!window_for(&r->window, c->event_time, &c->window_start, &c->window_end))
+	{
+		*error = "the event time has no window (infinite or out of range)";
+		return false;
+	}
+
+	initStringInfo(&group);
+	appendStringInfoChar(&group, '{');
+	for (int g = 0; g < r->ngroups; g++)
+	{
+		JsonSpan   *s = &spans[r->group_index[g]];
+		char	   *v;
+
+		if (!span_is_value(s) || (v = json_span_text(s)) == NULL)
+		{
+			*error = s->type == JSON_SPAN_MISSING ? "a group-by field is missing" :
+				"a group-by field is null or not a scalar";
+			return false;
+		}
+		if (g > 0)
+			appendStringInfoChar(&group, ',');
+		stream_array_literal_append(&group, v);
+	}
+	appendStringInfoChar(&group, '}');
+	c->group_key = group.data;
+
+	c->item = "";
+	c->label = NULL;
+	if (r->item_index >= 0)
+	{
+		JsonSpan   *s = &spans[r->item_index];
+
+		if (!span_is_value(s) || (c->item = json_span_text(s)) == NULL)
+		{
+			*error = "the item field is missing, null or not a scalar";
+			return false;
+		}
+	}
+	if (r->label_index >= 0 && span_is_value(&spans[r->label_index]))
+		c->label = json_span_text(&spans[r->label_index]);
+
+	if (r->measure_sum)
+	{
+		if (!decimal_parse(&spans[r->measure_index], &c->value))
+		{
+			*error = spans[r->measure_index].type == JSON_SPAN_MISSING ?
+				"the measure field is missing" :
+				"the measure is not a decimal number";
+			return false;
+		}
+	}
+	else
+	{
+		c->value.mantissa = 1;
+		c->value.scale = 0;
+	}
+	c->valid = true;
+	return true;
+}
+
+/* Same window, group, item and value? */
+bool
+contribution_equal(const Contribution *a, const Contribution *b)
+{
+	return a->window_start == b->window_start &&
+		strcmp(a->group_key, b->group_key) == 0 &&
+		strcmp(a->item, b->item) == 0 &&
+		decimal_equal(&a->value, &b->value) &&
+		((a->label == NULL && b->label == NULL) ||
+		 (a->label && b->label && strcmp(a->label, b->label) == 0));
+}

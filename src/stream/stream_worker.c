@@ -1,0 +1,1512 @@
+/*-------------------------------------------------------------------------
+ *
+ * stream_worker.c
+ *	  The stream worker: consumes sales-events (and payment confirmations,
+ *	  and window results for sink rankings) as a member of a Kafka consumer
+ *	  group, and keeps the rankings in PostgreSQL, exactly once.
+ *
+ * Exactly once: the offsets consumed live in kappa.stream_offsets and are
+ * written in the same transaction as everything a batch changes (ranking
+ * results, the memory of counted rows, payments, late events, dead
+ * letters).  On assignment the worker seeks to the stored offsets; a
+ * revoked partition's pending batch is applied before it is let go; and
+ * every offset update checks that the stored offset is still the one this
+ * worker started from, so a worker that lost a partition without noticing
+ * (a "zombie") cannot apply it twice.
+ *
+ * A batch: poll up to kappa.stream_batch_size messages or for
+ * kappa.stream_batch_ms, load and lock the rows they touch with one query
+ * per topic, apply the messages in order in memory (pre-aggregating the
+ * ranking changes), then write everything back with a few set-based
+ * statements and commit once.
+ *
+ * Time: each partition's stream time is the highest event time seen in it.
+ * An event is late for a ranking when its window ended more than the grace
+ * before its partition's stream time, or when the window is already final;
+ * late events are recorded in kappa.late_events and change nothing.  A
+ * window becomes final when the lowest stream time over all partitions of
+ * the topic has passed window_end + grace (so a backlog read one partition
+ * after the other never turns on-time events late); a partition idle for
+ * kappa.idle_timeout then moves forward with the wall clock.  Final windows
+ * are produced to the ranking's results topic (emit.c).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "pg_kappa.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "kafka/kafka.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/pmsignal.h"
+#include "storage/shmem.h"
+#include "storage/spin.h"
+#include "stream/stream_internal.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#define MAX_STREAM_WORKERS	32
+#define TICK_MS				1000	/* finalization and idle checks */
+#define RANKINGS_RELOAD_MS	2000	/* noticing new or dropped rankings */
+
+/* ---------------------------------------------------------------------
+ * Shared state, for kappa.stat_consumers
+ * ---------------------------------------------------------------------
+ */
+typedef struct StreamWorkerStatus
+{
+	slock_t		mutex;
+	pid_t		pid;
+	char		state[128];
+	char		group[NAMEDATALEN * 2];
+	int			partitions;
+	int64		messages;
+	int64		applied;
+	int64		duplicates;
+	int64		late;
+	int64		dead_letters;
+	int64		batches;
+	TimestampTz last_batch_at;
+	char		last_error[512];
+	TimestampTz last_error_at;
+	TimestampTz started_at;
+} StreamWorkerStatus;
+
+static StreamWorkerStatus *stream_status = NULL;
+
+Size
+stream_shmem_size(void)
+{
+	return mul_size(sizeof(StreamWorkerStatus), MAX_STREAM_WORKERS);
+}
+
+void
+stream_shmem_init(void)
+{
+	bool		found;
+
+	stream_status = ShmemInitStruct("pg_kappa stream workers", stream_shmem_size(), &found);
+	if (!found)
+	{
+		memset(stream_status, 0, stream_shmem_size());
+		for (int i = 0; i < MAX_STREAM_WORKERS; i++)
+			SpinLockInit(&stream_status[i].mutex);
+	}
+}
+
+/* ---------------------------------------------------------------------
+ * The worker's private state
+ * ---------------------------------------------------------------------
+ */
+typedef struct PartitionState
+{
+	char	   *topic;
+	int32		partition;
+	int64		committed;		/* next offset as stored (the fence) */
+	int64		next;			/* next offset once the batch is applied */
+	TimestampTz stream_time;	/* DT_NOBEGIN: no event yet */
+	TimestampTz last_record_at;
+	bool		caught_up;
+	int64		high_watermark;
+	bool		touched;		/* in the batch being applied */
+	bool		idle_dirty;		/* caught_up/high watermark changed */
+} PartitionState;
+
+typedef struct LateEvent
+{
+	const char *ranking;
+	PartitionState *ps;
+	int64		offset;
+	char	   *key;
+	Contribution c;
+	TimestampTz stream_time;
+	const char *reason;
+} LateEvent;
+
+static struct
+{
+	int			index;
+	StreamWorkerStatus *status;
+	char		group[NAMEDATALEN * 2];
+	KafkaClient *consumer;
+	KafkaClient *producer;
+	WaitEventSet *waitset;
+	List	   *partitions;		/* PartitionState *, assigned */
+	List	   *subscribed;		/* topic names (String) */
+
+	MemoryContext rankings_cxt;
+	List	   *rankings;
+	TimestampTz rankings_loaded_at;
+
+	rd_kafka_message_t **batch;
+	int			batch_count;
+	int			batch_cap;
+	TimestampTz batch_started;
+	MemoryContext batch_cxt;
+
+	TimestampTz last_tick;
+
+	/* the batch's late events and counters */
+	List	   *late;
+	int64		applied;
+	int64		duplicates;
+	int64		dead;
+} sw;
+
+static void apply_batch(void);
+
+static void
+set_state(const char *fmt,...) pg_attribute_printf(1, 2);
+
+static void
+set_state(const char *fmt,...)
+{
+	char		buf[128];
+	va_list		ap;
+
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	SpinLockAcquire(&sw.status->mutex);
+	strlcpy(sw.status->state, buf, sizeof(sw.status->state));
+	SpinLockRelease(&sw.status->mutex);
+	pgstat_report_activity(STATE_RUNNING, buf);
+}
+
+static void
+record_error(const char *message)
+{
+	SpinLockAcquire(&sw.status->mutex);
+	strlcpy(sw.status->last_error, message, sizeof(sw.status->last_error));
+	sw.status->last_error_at = GetCurrentTimestamp();
+	SpinLockRelease(&sw.status->mutex);
+}
+
+static PartitionState *
+find_partition(const char *topic, int32 partition)
+{
+	ListCell   *lc;
+
+	foreach(lc, sw.partitions)
+	{
+		PartitionState *ps = lfirst(lc);
+
+		if (ps->partition == partition && strcmp(ps->topic, topic) == 0)
+			return ps;
+	}
+	return NULL;
+}
+
+/* ---------------------------------------------------------------------
+ * Rankings and the topics they need
+ * ---------------------------------------------------------------------
+ */
+
+/* Load rankings in the current transaction, locking their state rows. */
+static void
+load_rankings(void)
+{
+	MemoryContextReset(sw.rankings_cxt);
+	sw.rankings = rankings_load(sw.rankings_cxt);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	/* finalization (its own transaction) waits for batches in flight */
+	if (SPI_execute("SELECT 1 FROM kappa.ranking_state ORDER BY ranking FOR SHARE", false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not lock kappa.ranking_state");
+	SPI_finish();
+	sw.rankings_loaded_at = GetCurrentTimestamp();
+}
+
+static List *
+wanted_topics(void)
+{
+	List	   *topics = NIL;
+	ListCell   *lc;
+
+	foreach(lc, sw.rankings)
+	{
+		KappaRanking *r = lfirst(lc);
+
+		if (!list_member(topics, makeString(r->source_topic)))
+			topics = lappend(topics, makeString(pstrdup(r->source_topic)));
+	}
+	if (topics != NIL && !list_member(topics, makeString(kappa_payments_topic)))
+		topics = lappend(topics, makeString(pstrdup(kappa_payments_topic)));
+	return topics;
+}
+
+static bool
+topics_equal(List *a, List *b)
+{
+	ListCell   *lc;
+
+	if (list_length(a) != list_length(b))
+		return false;
+	foreach(lc, a)
+		if (!list_member(b, lfirst(lc)))
+			return false;
+	return true;
+}
+
+static void
+subscribe(List *topics)
+{
+	rd_kafka_topic_partition_list_t *list;
+	rd_kafka_resp_err_t err;
+	ListCell   *lc;
+	MemoryContext old;
+
+	if (topics == NIL)
+	{
+		rd_kafka_unsubscribe(sw.consumer->rk);
+		set_state("waiting for a ranking");
+	}
+	else
+	{
+		list = rd_kafka_topic_partition_list_new(list_length(topics));
+		foreach(lc, topics)
+			rd_kafka_topic_partition_list_add(list, strVal(lfirst(lc)), RD_KAFKA_PARTITION_UA);
+		err = rd_kafka_subscribe(sw.consumer->rk, list);
+		rd_kafka_topic_partition_list_destroy(list);
+		if (err)
+			ereport(ERROR,
+					(errcode(kafka_sqlstate(err)),
+					 errmsg("could not subscribe to the ranking topics: %s", rd_kafka_err2str(err))));
+		set_state("consuming");
+	}
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	sw.subscribed = NIL;
+	foreach(lc, topics)
+		sw.subscribed = lappend(sw.subscribed, makeString(pstrdup(strVal(lfirst(lc)))));
+	MemoryContextSwitchTo(old);
+}
+
+static bool
+is_payments_topic(const char *topic)
+{
+	return strcmp(topic, kappa_payments_topic) == 0;
+}
+
+/* ---------------------------------------------------------------------
+ * Assignment: offsets come from PostgreSQL
+ * ---------------------------------------------------------------------
+ */
+static void
+assign_partitions(rd_kafka_topic_partition_list_t *parts)
+{
+	MemoryContext old;
+
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	for (int i = 0; i < parts->cnt; i++)
+	{
+		rd_kafka_topic_partition_t *tp = &parts->elems[i];
+		Oid			types[4] = {TEXTOID, TEXTOID, INT4OID, INT4OID};
+		Datum		args[4] = {CStringGetTextDatum(sw.group), CStringGetTextDatum(tp->topic),
+		Int32GetDatum(tp->partition), Int32GetDatum(MyProcPid)};
+		PartitionState *ps;
+		bool		isnull;
+		Datum		d;
+
+		if (SPI_execute_with_args("INSERT INTO kappa.stream_offsets AS o "
+								  "       (consumer_group, topic, partition, next_offset, owner_pid, assigned_at) "
+								  "VALUES ($1, $2, $3, -2, $4, now()) "
+								  "ON CONFLICT (consumer_group, topic, partition) DO UPDATE "
+								  "   SET owner_pid = EXCLUDED.owner_pid, assigned_at = now() "
+								  "RETURNING next_offset, stream_time, last_record_at",
+								  4, types, args, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
+			elog(ERROR, "could not read kappa.stream_offsets");
+
+		old = MemoryContextSwitchTo(TopMemoryContext);
+		ps = palloc0(sizeof(PartitionState));
+		ps->topic = pstrdup(tp->topic);
+		ps->partition = tp->partition;
+		ps->committed = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		ps->next = ps->committed;
+		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+		ps->stream_time = isnull ? DT_NOBEGIN : DatumGetTimestampTz(d);
+		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
+		ps->last_record_at = isnull ? 0 : DatumGetTimestampTz(d);
+		ps->high_watermark = -1;
+		sw.partitions = lappend(sw.partitions, ps);
+		MemoryContextSwitchTo(old);
+
+		tp->offset = ps->committed >= 0 ? ps->committed : RD_KAFKA_OFFSET_BEGINNING;
+	}
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+
+	rd_kafka_assign(sw.consumer->rk, parts);
+	SpinLockAcquire(&sw.status->mutex);
+	sw.status->partitions = list_length(sw.partitions);
+	SpinLockRelease(&sw.status->mutex);
+	ereport(LOG,
+			(errmsg("pg_kappa stream worker %d: assigned %d partitions of group \"%s\"",
+					sw.index, parts->cnt, sw.group)));
+}
+
+static void
+revoke_partitions(void)
+{
+	/* what was read from these partitions is applied before letting go */
+	if (sw.batch_count > 0)
+		apply_batch();
+	rd_kafka_assign(sw.consumer->rk, NULL);
+	list_free_deep(sw.partitions);
+	sw.partitions = NIL;
+	SpinLockAcquire(&sw.status->mutex);
+	sw.status->partitions = 0;
+	SpinLockRelease(&sw.status->mutex);
+}
+
+/* Runs inside rd_kafka_consume_batch_queue, on this process's thread. */
+static void
+stream_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+					rd_kafka_topic_partition_list_t *parts, void *opaque)
+{
+	if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS)
+		assign_partitions(parts);
+	else
+		revoke_partitions();
+}
+
+/* ---------------------------------------------------------------------
+ * Applying one change event
+ * ---------------------------------------------------------------------
+ */
+static bool
+list_has(List *l, int id)
+{
+	return list_member_int(l, id);
+}
+
+static bool
+window_final(const KappaRanking *r, TimestampTz window_end, const PartitionState *ps)
+{
+	if (window_end <= r->finalized_through)
+		return true;
+	return ps->stream_time != DT_NOBEGIN &&
+		window_end <= ps->stream_time - r->grace_usecs;
+}
+
+static void
+note_late(const KappaRanking *r, PartitionState *ps, int64 offset, const char *key,
+		  const Contribution *c, const char *reason)
+{
+	LateEvent  *le = palloc(sizeof(LateEvent));
+
+	le->ranking = r->name;
+	le->ps = ps;
+	le->offset = offset;
+	le->key = pstrdup(key);
+	le->c = *c;
+	le->stream_time = ps->stream_time;
+	le->reason = reason;
+	sw.late = lappend(sw.late, le);
+	((KappaRanking *) r)->batch_late++;
+}
+
+static void
+dead_letter(rd_kafka_message_t *msg, const char *error)
+{
+	KappaDeadLetter dl = {
+		.source = "stream",
+		.topic = rd_kafka_topic_name(msg->rkt),
+		.partition = msg->partition,
+		.offset = msg->offset,
+		.file = NULL,
+		.line = -1,
+		.raw = msg->payload,
+		.rawlen = msg->len,
+		.error = error
+	};
+
+	kappa_dead_letter(&dl);
+	sw.dead++;
+}
+
+/* The sale's payment status lets it count in confirmed-only rankings. */
+static bool
+payment_confirmed(const char *key)
+{
+	PaymentState *p = payments_get(key);
+
+	return p && p->known && strcmp(p->status, "CONFIRMED") == 0;
+}
+
+/*
+ * Move row s of ranking r from its old contribution (if it counts) to new
+ * (if given).  Lateness: if the old contribution is in a final window the
+ * row is frozen for this ranking; if the new one is, it is not counted.
+ */
+static void
+move_contribution(KappaRanking *r, RowState *s, const Contribution *oldc,
+				  const Contribution *newc, PartitionState *ps, int64 offset)
+{
+	if (list_has(s->excluded, r->id))
+	{
+		note_late(r, ps, offset, s->key, newc ? newc : oldc,
+				  "the row was frozen in a final window of this ranking");
+		return;
+	}
+	if (oldc && newc && contribution_equal(oldc, newc))
+		return;
+	if (oldc && window_final(r, oldc->window_end, ps))
+	{
+		note_late(r, ps, offset, s->key, oldc, "the window the row counted in is final");
+		s->counted = list_delete_int(s->counted, r->id);
+		s->excluded = lappend_int(s->excluded, r->id);
+		return;
+	}
+	if (oldc)
+	{
+		aggregate_add(r, oldc, -1);
+		s->counted = list_delete_int(s->counted, r->id);
+	}
+	if (newc && window_final(r, newc->window_end, ps))
+	{
+		note_late(r, ps, offset, s->key, newc, "the event's window is final");
+		return;
+	}
+	if (newc)
+	{
+		aggregate_add(r, newc, +1);
+		s->counted = lappend_int(s->counted, r->id);
+	}
+	r->batch_applied++;
+}
+
+static int
+position_cmp(XLogRecPtr lsn1, int64 seq1, XLogRecPtr lsn2, int64 seq2)
+{
+	if (lsn1 != lsn2)
+		return lsn1 < lsn2 ? -1 : 1;
+	if (seq1 != seq2)
+		return seq1 < seq2 ? -1 : 1;
+	return 0;
+}
+
+/* Event time of a row, by the first ranking on the topic, for stream time. */
+static bool
+row_event_time(const char *topic, const char *row, int rowlen, TimestampTz *t)
+{
+	ListCell   *lc;
+
+	foreach(lc, sw.rankings)
+	{
+		KappaRanking *r = lfirst(lc);
+		JsonSpan	span;
+		const char *name = r->time_field;
+		int			len = strlen(name);
+
+		if (r->results_input || strcmp(r->source_topic, topic) != 0)
+			continue;
+		json_object_members(row, rowlen, 1, &name, &len, &span);
+		return timestamp_parse(&span, t);
+	}
+	return false;
+}
+
+static void
+apply_change(rd_kafka_message_t *msg, const char *topic, const char *key,
+			 const KappaChange *ch, PartitionState *ps)
+{
+	RowState   *s = rows_get(topic, key);
+	const char *newrow = ch->after.type == JSON_SPAN_OBJECT ? ch->after.p : NULL;
+	int			newlen = ch->after.len;
+	Contribution *olds;
+	Contribution *news;
+	int			nrank = list_length(sw.rankings);
+	ListCell   *lc;
+	int			i;
+	const char *error = NULL;
+	TimestampTz t;
+
+	/* replays change nothing */
+	if (ch->has_position && s->has_position &&
+		position_cmp(ch->lsn, ch->seq, s->lsn, s->seq) <= 0)
+	{
+		sw.duplicates++;
+		return;
+	}
+	if (!ch->has_position && newrow && s->row_data && !s->deleted &&
+		(int) strlen(s->row_data) == newlen && memcmp(s->row_data, newrow, newlen) == 0)
+	{
+		sw.duplicates++;
+		return;
+	}
+	if (ch->op == 't')
+	{
+		dead_letter(msg, "TRUNCATE events are not applied to rankings; rebuild them from the source if needed");
+		return;
+	}
+	if (ch->op == 'd')
+		newrow = NULL;
+
+	/* every ranking's new contribution must be computable, or nothing happens */
+	olds = palloc0(sizeof(Contribution) * nrank);
+	news = palloc0(sizeof(Contribution) * nrank);
+	i = 0;
+	foreach(lc, sw.rankings)
+	{
+		KappaRanking *r = lfirst(lc);
+
+		if (!r->results_input && strcmp(r->source_topic, topic) == 0)
+		{
+			if (list_has(s->counted, r->id) && s->row_data &&
+				!contribution_compute(r, s->row_data, strlen(s->row_data), &olds[i], &error))
+				olds[i].valid = false;
+			if (newrow && (!r->confirmed_only || payment_confirmed(key)) &&
+				!contribution_compute(r, newrow, newlen, &news[i], &error))
+			{
+				char	   *reason = psprintf("ranking \"%s\": %s", r->name, error);
+
+				dead_letter(msg, reason);
+				return;
+			}
+		}
+		i++;
+	}
+
+	/* stream time first (as Kafka Streams does), then lateness */
+	if (newrow && row_event_time(topic, newrow, newlen, &t) && t > ps->stream_time)
+		ps->stream_time = t;
+
+	i = 0;
+	foreach(lc, sw.rankings)
+	{
+		KappaRanking *r = lfirst(lc);
+
+		if (!r->results_input && strcmp(r->source_topic, topic) == 0 &&
+			(olds[i].valid || news[i].valid))
+			move_contribution(r, s, olds[i].valid ? &olds[i] : NULL,
+							  news[i].valid ? &news[i] : NULL, ps, msg->offset);
+		i++;
+	}
+
+	s->row_data = newrow ? pnstrdup(newrow, newlen) : NULL;
+	s->deleted = (newrow == NULL);
+	if (ch->has_position)
+	{
+		s->has_position = true;
+		s->lsn = ch->lsn;
+		s->seq = ch->seq;
+	}
+	s->dirty = true;
+}
+
+/* A payment confirmation: record it, and count or uncount the sale. */
+static void
+apply_payment(rd_kafka_message_t *msg, const char *key, PartitionState *ps)
+{
+	PaymentState *p = NULL;
+	TimestampTz event_time;
+	bool		changed;
+	const char *error;
+	ListCell   *lc;
+
+	if (!payments_record(msg->payload, msg->len, rd_kafka_topic_name(msg->rkt),
+						 &p, &event_time, &changed, &error))
+	{
+		dead_letter(msg, error);
+		return;
+	}
+	if (event_time > ps->stream_time)
+		ps->stream_time = event_time;
+	if (!changed)
+		return;
+
+	foreach(lc, sw.rankings)
+	{
+		KappaRanking *r = lfirst(lc);
+		RowState   *s;
+		bool		should = strcmp(p->status, "CONFIRMED") == 0;
+		bool		counted;
+		Contribution c;
+
+		if (!r->confirmed_only || r->results_input)
+			continue;
+		s = rows_get(r->source_topic, key);
+		if (s->row_data == NULL || s->deleted)
+			continue;			/* the sale has not arrived yet: counted then */
+		counted = list_has(s->counted, r->id);
+		if (should == counted)
+			continue;
+		if (!contribution_compute(r, s->row_data, strlen(s->row_data), &c, &error))
+			continue;			/* the sale was dead-lettered for this ranking */
+		if (should)
+			move_contribution(r, s, NULL, &c, ps, msg->offset);
+		else
+			move_contribution(r, s, &c, NULL, ps, msg->offset);
+		s->dirty = true;
+	}
+}
+
+/* ---------------------------------------------------------------------
+ * Batches
+ * ---------------------------------------------------------------------
+ */
+
+/* The message key as text: a JSON key object {"sale_id":1001} gives "1001". */
+static char *
+message_key(rd_kafka_message_t *msg)
+{
+	const char *k = msg->key;
+	size_t		len = msg->key_len;
+
+	if (k == NULL || len == 0 || memchr(k, '\0', len) != NULL ||
+		!pg_verifymbstr(k, (int) len, true))
+		return NULL;
+	if (k[0] == '{' && json_is_object(k, (int) len))
+	{
+		JsonSpan	s;
+		const char *p = k + 1;
+
+		/* exactly one member: its value */
+		while (*p == ' ')
+			p++;
+		if (*p == '"')
+		{
+			const char *name = p + 1;
+			const char *q = memchr(name, '"', len - (name - k));
+
+			if (q)
+			{
+				int			nlen = q - name;
+
+				json_object_members(k, (int) len, 1, &name, &nlen, &s);
+				if (s.type == JSON_SPAN_STRING || s.type == JSON_SPAN_NUMBER)
+					return json_span_text(&s);
+			}
+		}
+		return NULL;
+	}
+	return pnstrdup(k, len);
+}
+
+typedef struct Parsed
+{
+	int			kind;			/* 0 skip, 1 change, 2 payment, 3 sink */
+	char	   *key;
+	KappaChange change;
+	PartitionState *ps;
+} Parsed;
+
+static void
+store_offsets(void)
+{
+	ArrayBuildState *cols[8];
+	Oid			types[8];
+	Datum		args[8];
+	int			n = 0;
+	ListCell   *lc;
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	for (int c = 0; c < 8; c++)
+	{
+		cols[c] = initArrayResult(TEXTOID, CurrentMemoryContext, false);
+		types[c] = TEXTARRAYOID;
+	}
+	foreach(lc, sw.partitions)
+	{
+		PartitionState *ps = lfirst(lc);
+		char	   *v[8];
+
+		if (!ps->touched && !ps->idle_dirty)
+			continue;
+		v[0] = ps->topic;
+		v[1] = psprintf("%d", ps->partition);
+		v[2] = psprintf(INT64_FORMAT, ps->committed);
+		v[3] = psprintf(INT64_FORMAT, ps->next);
+		v[4] = ps->stream_time == DT_NOBEGIN ? NULL :
+			DatumGetCString(DirectFunctionCall1(timestamptz_out, TimestampTzGetDatum(ps->stream_time)));
+		v[5] = ps->last_record_at == 0 ? NULL :
+			DatumGetCString(DirectFunctionCall1(timestamptz_out, TimestampTzGetDatum(ps->last_record_at)));
+		v[6] = ps->caught_up ? "t" : "f";
+		v[7] = ps->high_watermark < 0 ? NULL : psprintf(INT64_FORMAT, ps->high_watermark);
+		for (int c = 0; c < 8; c++)
+			accumArrayResult(cols[c], v[c] ? CStringGetTextDatum(v[c]) : (Datum) 0, v[c] == NULL,
+							 TEXTOID, CurrentMemoryContext);
+		n++;
+	}
+	if (n == 0)
+		return;
+	for (int c = 0; c < 8; c++)
+		args[c] = makeArrayResult(cols[c], CurrentMemoryContext);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	{
+		Oid			all[9];
+		Datum		allargs[9];
+
+		memcpy(all, types, sizeof(types));
+		memcpy(allargs, args, sizeof(args));
+		all[8] = TEXTOID;
+		allargs[8] = CStringGetTextDatum(sw.group);
+		if (SPI_execute_with_args("UPDATE kappa.stream_offsets o "
+								  "   SET next_offset = u.nx::bigint, stream_time = u.st::timestamptz, "
+								  "       last_record_at = u.lr::timestamptz, caught_up = u.cu::boolean, "
+								  "       high_watermark = u.hw::bigint, updated_at = now() "
+								  "  FROM unnest($1, $2, $3, $4, $5, $6, $7, $8) AS u(t, p, ex, nx, st, lr, cu, hw) "
+								  " WHERE o.consumer_group = $9 AND o.topic = u.t AND o.partition = u.p::int "
+								  "   AND o.next_offset = u.ex::bigint",
+								  9, all, allargs, NULL, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "could not write kappa.stream_offsets");
+	}
+	if ((int) SPI_processed != n)
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("stream worker %d lost ownership of a partition", sw.index),
+				 errdetail("Another member of consumer group \"%s\" stored offsets for it since this worker read them; the batch is discarded and read again.",
+						   sw.group)));
+	SPI_finish();
+}
+
+static void
+store_late_events(void)
+{
+	ArrayBuildState *cols[10];
+	Oid			types[10];
+	Datum		args[10];
+	ListCell   *lc;
+
+	if (sw.late == NIL)
+		return;
+	for (int c = 0; c < 10; c++)
+	{
+		cols[c] = initArrayResult(TEXTOID, CurrentMemoryContext, false);
+		types[c] = TEXTARRAYOID;
+	}
+	foreach(lc, sw.late)
+	{
+		LateEvent  *le = lfirst(lc);
+		char	   *v[10];
+
+		v[0] = (char *) le->ranking;
+		v[1] = le->ps->topic;
+		v[2] = psprintf("%d", le->ps->partition);
+		v[3] = psprintf(INT64_FORMAT, le->offset);
+		v[4] = le->key;
+		v[5] = DatumGetCString(DirectFunctionCall1(timestamptz_out, TimestampTzGetDatum(le->c.event_time)));
+		v[6] = DatumGetCString(DirectFunctionCall1(timestamptz_out, TimestampTzGetDatum(le->c.window_start)));
+		v[7] = DatumGetCString(DirectFunctionCall1(timestamptz_out, TimestampTzGetDatum(le->c.window_end)));
+		v[8] = le->stream_time == DT_NOBEGIN ? NULL :
+			DatumGetCString(DirectFunctionCall1(timestamptz_out, TimestampTzGetDatum(le->stream_time)));
+		v[9] = (char *) le->reason;
+		for (int c = 0; c < 10; c++)
+			accumArrayResult(cols[c], v[c] ? CStringGetTextDatum(v[c]) : (Datum) 0, v[c] == NULL,
+							 TEXTOID, CurrentMemoryContext);
+	}
+	for (int c = 0; c < 10; c++)
+		args[c] = makeArrayResult(cols[c], CurrentMemoryContext);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args("INSERT INTO kappa.late_events "
+							  "       (ranking, topic, partition, \"offset\", key, event_time, "
+							  "        window_start, window_end, stream_time, reason) "
+							  "SELECT r, t, p::int, o::bigint, k, e::timestamptz, ws::timestamptz, "
+							  "       we::timestamptz, st::timestamptz, re "
+							  "  FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
+							  "       AS u(r, t, p, o, k, e, ws, we, st, re)",
+							  10, types, args, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not write kappa.late_events");
+	SPI_finish();
+}
+
+static void
+store_ranking_counters(void)
+{
+	ListCell   *lc;
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	foreach(lc, sw.rankings)
+	{
+		KappaRanking *r = lfirst(lc);
+		Oid			types[3] = {TEXTOID, INT8OID, INT8OID};
+		Datum		args[3];
+
+		if (r->batch_applied == 0 && r->batch_late == 0)
+			continue;
+		args[0] = CStringGetTextDatum(r->name);
+		args[1] = Int64GetDatum(r->batch_applied);
+		args[2] = Int64GetDatum(r->batch_late);
+		if (SPI_execute_with_args("UPDATE kappa.ranking_state "
+								  "   SET events_applied = events_applied + $2, "
+								  "       late_events = late_events + $3, last_event_at = now() "
+								  " WHERE ranking = $1",
+								  3, types, args, NULL, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "could not update kappa.ranking_state");
+		r->batch_applied = r->batch_late = 0;
+	}
+	SPI_finish();
+}
+
+/*
+ * Apply the messages held in sw.batch in one transaction, then let them go.
+ */
+static void
+apply_batch(void)
+{
+	MemoryContext old = MemoryContextSwitchTo(sw.batch_cxt);
+	Parsed	   *parsed = palloc0(sizeof(Parsed) * sw.batch_count);
+	int			count = sw.batch_count;
+	ListCell   *lc;
+	TimestampTz now = GetCurrentTimestamp();
+
+	set_state("applying %d messages", count);
+	sw.late = NIL;
+	sw.applied = sw.duplicates = sw.dead = 0;
+
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	load_rankings();
+	aggregate_reset(sw.batch_cxt);
+	rows_reset(sw.batch_cxt);
+	payments_reset(sw.batch_cxt);
+	sink_reset(sw.batch_cxt);
+
+	/* first pass: parse, and name the rows and payments to load */
+	for (int i = 0; i < count; i++)
+	{
+		rd_kafka_message_t *msg = sw.batch[i];
+		const char *topic = rd_kafka_topic_name(msg->rkt);
+		Parsed	   *p = &parsed[i];
+		const char *error = NULL;
+		bool		events_topic = false;
+		bool		sink_topic = false;
+		bool		confirmed_only = false;
+
+		p->ps = find_partition(topic, msg->partition);
+		if (p->ps == NULL)
+			continue;			/* revoked meanwhile: not ours to apply */
+		p->ps->touched = true;
+		p->ps->next = msg->offset + 1;
+		p->ps->last_record_at = now;
+
+		foreach(lc, sw.rankings)
+		{
+			KappaRanking *r = lfirst(lc);
+
+			if (strcmp(r->source_topic, topic) != 0)
+				continue;
+			if (r->results_input)
+				sink_topic = true;
+			else
+			{
+				events_topic = true;
+				confirmed_only |= r->confirmed_only;
+			}
+		}
+
+		if (events_topic || is_payments_topic(topic))
+		{
+			if (msg->payload == NULL || msg->len == 0)
+				error = "message has no value";
+			else if ((p->key = message_key(msg)) == NULL)
+				error = "message has no usable key (the row's primary key, as text)";
+		}
+		if (error == NULL && events_topic)
+		{
+			if (change_parse(msg->payload, msg->len, &p->change, &error))
+			{
+				p->kind = 1;
+				rows_want(topic, p->key);
+				if (confirmed_only)
+					payments_want(p->key);
+			}
+		}
+		else if (error == NULL && is_payments_topic(topic))
+		{
+			p->kind = 2;
+			payments_want(p->key);
+			foreach(lc, sw.rankings)
+			{
+				KappaRanking *r = lfirst(lc);
+
+				if (r->confirmed_only && !r->results_input)
+					rows_want(r->source_topic, p->key);
+			}
+		}
+		else if (error == NULL && sink_topic)
+			p->kind = 3;
+
+		if (error)
+		{
+			dead_letter(msg, error);
+			p->kind = 0;
+		}
+	}
+
+	rows_load();
+	payments_load();
+
+	/* second pass: apply in order */
+	for (int i = 0; i < count; i++)
+	{
+		rd_kafka_message_t *msg = sw.batch[i];
+		Parsed	   *p = &parsed[i];
+		const char *error;
+
+		switch (p->kind)
+		{
+			case 1:
+				apply_change(msg, rd_kafka_topic_name(msg->rkt), p->key, &p->change, p->ps);
+				break;
+			case 2:
+				apply_payment(msg, p->key, p->ps);
+				break;
+			case 3:
+				foreach(lc, sw.rankings)
+				{
+					KappaRanking *r = lfirst(lc);
+
+					if (r->results_input && strcmp(r->source_topic, rd_kafka_topic_name(msg->rkt)) == 0 &&
+						!sink_apply(r, msg->payload, msg->len, &error))
+					{
+						dead_letter(msg, psprintf("ranking \"%s\": %s", r->name, error));
+						break;
+					}
+				}
+				break;
+			default:
+				break;
+		}
+		CHECK_FOR_INTERRUPTS();
+	}
+
+	aggregate_flush(sw.rankings);
+	rows_flush();
+	payments_flush();
+	sink_flush();
+	store_late_events();
+	foreach(lc, sw.rankings)
+		sw.applied += ((KappaRanking *) lfirst(lc))->batch_applied;
+	store_ranking_counters();
+	store_offsets();
+
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+
+	/* committed: the stored offsets are ours now */
+	foreach(lc, sw.partitions)
+	{
+		PartitionState *ps = lfirst(lc);
+
+		if (ps->touched || ps->idle_dirty)
+			ps->committed = ps->next;
+		ps->touched = ps->idle_dirty = false;
+	}
+	for (int i = 0; i < count; i++)
+		rd_kafka_message_destroy(sw.batch[i]);
+	sw.batch_count = 0;
+
+	SpinLockAcquire(&sw.status->mutex);
+	sw.status->messages += count;
+	sw.status->applied += sw.applied;
+	sw.status->duplicates += sw.duplicates;
+	sw.status->late += list_length(sw.late);
+	sw.status->dead_letters += sw.dead;
+	sw.status->batches++;
+	sw.status->last_batch_at = GetCurrentTimestamp();
+	SpinLockRelease(&sw.status->mutex);
+
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(sw.batch_cxt);
+	sw.late = NIL;
+	set_state("consuming");
+}
+
+/* ---------------------------------------------------------------------
+ * The tick: idle partitions, finalization, final results
+ * ---------------------------------------------------------------------
+ */
+
+/* Note which partitions are caught up (for the idle rule). */
+static bool
+refresh_watermarks(void)
+{
+	ListCell   *lc;
+	bool		changed = false;
+
+	foreach(lc, sw.partitions)
+	{
+		PartitionState *ps = lfirst(lc);
+		int64		lo,
+					hi;
+		bool		caught_up;
+
+		if (rd_kafka_get_watermark_offsets(sw.consumer->rk, ps->topic, ps->partition,
+										   &lo, &hi) != RD_KAFKA_RESP_ERR_NO_ERROR ||
+			hi < 0)
+			continue;			/* not fetched yet: unknown, not idle */
+		caught_up = ps->committed >= 0 ? ps->committed >= hi : hi == lo;
+		if (caught_up != ps->caught_up || hi != ps->high_watermark)
+		{
+			ps->caught_up = caught_up;
+			ps->high_watermark = hi;
+			ps->idle_dirty = true;
+			changed = true;
+		}
+	}
+	return changed;
+}
+
+/*
+ * Store idle-state changes, then finalize windows of every events ranking
+ * whose topic's watermark passed window_end + grace.  Own transaction.
+ */
+static void
+finalize_windows(void)
+{
+	ListCell   *lc;
+
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	store_offsets();
+	foreach(lc, sw.partitions)
+	{
+		PartitionState *ps = lfirst(lc);
+
+		ps->idle_dirty = false;
+	}
+	MemoryContextReset(sw.rankings_cxt);
+	sw.rankings = rankings_load(sw.rankings_cxt);
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	foreach(lc, sw.rankings)
+	{
+		KappaRanking *r = lfirst(lc);
+		Oid			types[4] = {TEXTOID, TEXTOID, INT4OID, INT8OID};
+		Datum		args[4];
+		bool		isnull;
+		TimestampTz watermark;
+		TimestampTz cutoff;
+		Datum		d;
+
+		if (r->results_input)
+			continue;
+		args[0] = CStringGetTextDatum(sw.group);
+		args[1] = CStringGetTextDatum(r->source_topic);
+		args[2] = Int32GetDatum(kappa_idle_timeout);
+		args[3] = Int64GetDatum(r->grace_usecs);
+		if (SPI_execute_with_args(
+								  "SELECT min(CASE WHEN o.caught_up AND now() - coalesce(o.last_record_at, o.assigned_at) "
+								  "                                   > make_interval(secs => $3) "
+								  "                THEN coalesce(o.stream_time + (now() - coalesce(o.last_record_at, o.assigned_at)), "
+								  "                              'infinity') "
+								  "                ELSE coalesce(o.stream_time, '-infinity') END) "
+								  "  FROM kappa.stream_offsets o WHERE o.consumer_group = $1 AND o.topic = $2",
+								  4, types, args, NULL, true, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not read kappa.stream_offsets");
+		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		if (isnull)
+			continue;
+		watermark = DatumGetTimestampTz(d);
+		if (TIMESTAMP_NOT_FINITE(watermark))
+			continue;
+		cutoff = watermark - r->grace_usecs;
+		if (cutoff <= r->finalized_through)
+			continue;
+		{
+			Oid			ftypes[2] = {TEXTOID, TIMESTAMPTZOID};
+			Datum		fargs[2] = {CStringGetTextDatum(r->name), TimestampTzGetDatum(cutoff)};
+
+			/* the state row first: batches hold it FOR SHARE */
+			if (SPI_execute_with_args("UPDATE kappa.ranking_state "
+									  "   SET finalized_through = greatest(coalesce(finalized_through, '-infinity'), $2) "
+									  " WHERE ranking = $1",
+									  2, ftypes, fargs, NULL, false, 0) != SPI_OK_UPDATE ||
+				SPI_execute_with_args("WITH f AS (UPDATE kappa.ranking_windows "
+									  "              SET is_final = true, finalized_at = now() "
+									  "            WHERE ranking = $1 AND NOT is_final AND window_end <= $2 "
+									  "        RETURNING window_start) "
+									  "UPDATE kappa.ranking_results res SET is_final = true "
+									  "  FROM f WHERE res.ranking = $1 AND res.window_start = f.window_start",
+									  2, ftypes, fargs, NULL, false, 0) != SPI_OK_UPDATE)
+				elog(ERROR, "could not finalize windows of ranking \"%s\"", r->name);
+		}
+		r->finalized_through = cutoff;
+	}
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+}
+
+static void
+ensure_producer(void)
+{
+	if (sw.producer == NULL)
+		sw.producer = kafka_client_create(kafka_conf_for(RD_KAFKA_PRODUCER, "stream"),
+										  RD_KAFKA_PRODUCER, "stream", NULL);
+}
+
+static void
+tick(void)
+{
+	int			n;
+
+	refresh_watermarks();
+	finalize_windows();
+	ensure_producer();
+	do
+	{
+		n = emit_final_results(sw.producer, 100);
+		CHECK_FOR_INTERRUPTS();
+	} while (n == 100);
+	sw.last_tick = GetCurrentTimestamp();
+}
+
+/* ---------------------------------------------------------------------
+ * Polling
+ * ---------------------------------------------------------------------
+ */
+static void
+handle_consumer_error(rd_kafka_message_t *msg)
+{
+	char		buf[512];
+
+	if (msg->err == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET ||
+		msg->err == RD_KAFKA_RESP_ERR_OFFSET_OUT_OF_RANGE)
+	{
+		/* the stored offset was deleted by retention: say so, then go on */
+		const char *topic = msg->rkt ? rd_kafka_topic_name(msg->rkt) : "?";
+		PartitionState *ps = msg->rkt ? find_partition(topic, msg->partition) : NULL;
+		rd_kafka_topic_partition_list_t *list;
+
+		snprintf(buf, sizeof(buf),
+				 "offset " INT64_FORMAT " of %s[%d] no longer exists at the broker (retention): the messages before the earliest remaining offset were never applied",
+				 ps ? ps->committed : msg->offset, topic, msg->partition);
+		ereport(WARNING, (errmsg("pg_kappa stream worker: %s", buf),
+						  errhint("Consume faster than the topic's retention, or raise retention.ms.")));
+		record_error(buf);
+		if (ps)
+		{
+			StartTransactionCommand();
+			PushActiveSnapshot(GetTransactionSnapshot());
+			{
+				KappaDeadLetter dl = {.source = "stream",.topic = topic,.partition = msg->partition,
+					.offset = ps->committed,.file = NULL,.line = -1,.raw = NULL,.rawlen = 0,
+				.error = buf};
+
+				kappa_dead_letter(&dl);
+			}
+			PopActiveSnapshot();
+			CommitTransactionCommand();
+			list = rd_kafka_topic_partition_list_new(1);
+			rd_kafka_topic_partition_list_add(list, topic, msg->partition)->offset = RD_KAFKA_OFFSET_BEGINNING;
+			{
+				rd_kafka_error_t *err = rd_kafka_seek_partitions(sw.consumer->rk, list, 5000);
+
+				if (err)
+				{
+					record_error(rd_kafka_error_string(err));
+					rd_kafka_error_destroy(err);
+				}
+			}
+			rd_kafka_topic_partition_list_destroy(list);
+		}
+		return;
+	}
+	snprintf(buf, sizeof(buf), "kafka: %s", rd_kafka_message_errstr(msg));
+	if (msg->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+		record_error(buf);
+}
+
+/* Gather messages; returns true when a batch is ready. */
+static bool
+collect(void)
+{
+	int			base = sw.batch_count;
+	ssize_t		n;
+
+	kafka_client_drain_wakeups(sw.consumer);
+	n = rd_kafka_consume_batch_queue(sw.consumer->queue, 0, sw.batch + base,
+									 sw.batch_cap - base);
+	kafka_flush_log();
+	if (n < 0)
+		n = 0;
+
+	/*
+	 * A revocation inside that call applied the batch held so far (see
+	 * revoke_partitions); what the call returned moves to the front.
+	 */
+	if (sw.batch_count != base)
+	{
+		memmove(sw.batch + sw.batch_count, sw.batch + base, sizeof(rd_kafka_message_t *) * n);
+		base = sw.batch_count;
+	}
+	for (ssize_t i = 0; i < n; i++)
+	{
+		rd_kafka_message_t *msg = sw.batch[base + i];
+
+		if (msg->err)
+		{
+			handle_consumer_error(msg);
+			rd_kafka_message_destroy(msg);
+			/* keep the array dense */
+			memmove(&sw.batch[base + i], &sw.batch[base + i + 1],
+					sizeof(rd_kafka_message_t *) * (n - i - 1));
+			n--;
+			i--;
+		}
+	}
+	if (n > 0 && base == 0)
+		sw.batch_started = GetCurrentTimestamp();
+	sw.batch_count = base + (int) n;
+
+	return sw.batch_count >= sw.batch_cap ||
+		(sw.batch_count > 0 &&
+		 TimestampDifferenceExceeds(sw.batch_started, GetCurrentTimestamp(), kappa_stream_batch_ms));
+}
+
+static void
+wait_for_messages(long timeout_ms)
+{
+	WaitEvent	event;
+
+	(void) WaitEventSetWait(sw.waitset, timeout_ms, &event, 1, PG_WAIT_EXTENSION);
+	ResetLatch(MyLatch);
+	CHECK_FOR_INTERRUPTS();
+}
+
+static void
+create_consumer(void)
+{
+	rd_kafka_conf_t *conf = kafka_conf_for(RD_KAFKA_CONSUMER, "stream");
+	char		errstr[256];
+
+	if (rd_kafka_conf_set(conf, "group.id", sw.group, errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK ||
+		rd_kafka_conf_set(conf, "auto.offset.reset", "error", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK ||
+		rd_kafka_conf_set(conf, "isolation.level", "read_committed", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK)
+		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("%s", errstr)));
+	rd_kafka_conf_set_rebalance_cb(conf, stream_rebalance_cb);
+	sw.consumer = kafka_client_create(conf, RD_KAFKA_CONSUMER, "stream", NULL);
+
+	if (sw.waitset)
+		FreeWaitEventSet(sw.waitset);
+	sw.waitset = CreateWaitEventSet(TopMemoryContext, 3);
+	AddWaitEventToSet(sw.waitset, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+	AddWaitEventToSet(sw.waitset, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+	AddWaitEventToSet(sw.waitset, WL_SOCKET_READABLE, sw.consumer->wake_fd[0], NULL, NULL);
+}
+
+static void
+stream_worker_shutdown(int code, Datum arg)
+{
+	SpinLockAcquire(&sw.status->mutex);
+	sw.status->pid = 0;
+	sw.status->partitions = 0;
+	strlcpy(sw.status->state, "stopped", sizeof(sw.status->state));
+	SpinLockRelease(&sw.status->mutex);
+	/* leave the group at once instead of after the session timeout */
+	if (sw.consumer && code == 0)
+		kafka_client_destroy(sw.consumer, 0);
+}
+
+void
+kappa_stream_worker_main(Datum main_arg)
+{
+	sw.index = DatumGetInt32(main_arg);
+	sw.status = &stream_status[sw.index];
+	kappa_worker_begin(psprintf("pg_kappa stream worker %d", sw.index));
+
+	SpinLockAcquire(&sw.status->mutex);
+	sw.status->pid = MyProcPid;
+	sw.status->started_at = GetCurrentTimestamp();
+	sw.status->messages = sw.status->applied = sw.status->duplicates = 0;
+	sw.status->late = sw.status->dead_letters = sw.status->batches = 0;
+	SpinLockRelease(&sw.status->mutex);
+	before_shmem_exit(stream_worker_shutdown, (Datum) 0);
+
+	if (kappa_stream_group[0])
+		strlcpy(sw.group, kappa_stream_group, sizeof(sw.group));
+	else
+		snprintf(sw.group, sizeof(sw.group), "pg_kappa-%s", kappa_database);
+	SpinLockAcquire(&sw.status->mutex);
+	strlcpy(sw.status->group, sw.group, sizeof(sw.status->group));
+	SpinLockRelease(&sw.status->mutex);
+
+	sw.rankings_cxt = AllocSetContextCreate(TopMemoryContext, "pg_kappa rankings",
+											ALLOCSET_DEFAULT_SIZES);
+	sw.batch_cxt = AllocSetContextCreate(TopMemoryContext, "pg_kappa stream batch",
+										 ALLOCSET_DEFAULT_SIZES);
+
+	PG_TRY();
+	{
+		/* wait for the extension */
+		sw.waitset = CreateWaitEventSet(TopMemoryContext, 2);
+		AddWaitEventToSet(sw.waitset, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+		AddWaitEventToSet(sw.waitset, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+		while (!kappa_extension_installed() || !kappa_stream_enabled)
+		{
+			set_state(kappa_stream_enabled ?
+					  "waiting for CREATE EXTENSION pg_kappa" :
+					  "disabled (kappa.stream_enabled = off)");
+			wait_for_messages(5000);
+			if (ConfigReloadPending)
+			{
+				ConfigReloadPending = false;
+				ProcessConfigFile(PGC_SIGHUP);
+			}
+		}
+
+		sw.batch_cap = kappa_stream_batch_size;
+		sw.batch = MemoryContextAlloc(TopMemoryContext, sizeof(rd_kafka_message_t *) * sw.batch_cap);
+		create_consumer();
+
+		for (;;)
+		{
+			bool		ready;
+
+			CHECK_FOR_INTERRUPTS();
+			if (ConfigReloadPending)
+			{
+				ConfigReloadPending = false;
+				ProcessConfigFile(PGC_SIGHUP);
+			}
+			if (!kappa_stream_enabled)
+			{
+				/* switched off: apply what is held, leave the group, idle */
+				if (sw.batch_count > 0)
+					apply_batch();
+				kafka_client_destroy(sw.consumer, 0);
+				sw.consumer = NULL;
+				list_free_deep(sw.partitions);
+				sw.partitions = NIL;
+				sw.subscribed = NIL;
+				sw.rankings_loaded_at = 0;
+				FreeWaitEventSet(sw.waitset);
+				sw.waitset = CreateWaitEventSet(TopMemoryContext, 2);
+				AddWaitEventToSet(sw.waitset, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+				AddWaitEventToSet(sw.waitset, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+				while (!kappa_stream_enabled)
+				{
+					set_state("disabled (kappa.stream_enabled = off)");
+					wait_for_messages(5000);
+					if (ConfigReloadPending)
+					{
+						ConfigReloadPending = false;
+						ProcessConfigFile(PGC_SIGHUP);
+					}
+				}
+				create_consumer();
+				continue;
+			}
+
+			/* new or dropped rankings change the subscription */
+			if (sw.rankings_loaded_at == 0 ||
+				TimestampDifferenceExceeds(sw.rankings_loaded_at, GetCurrentTimestamp(), RANKINGS_RELOAD_MS))
+			{
+				List	   *topics;
+
+				if (sw.batch_count > 0)
+					apply_batch();
+				StartTransactionCommand();
+				PushActiveSnapshot(GetTransactionSnapshot());
+				load_rankings();
+				topics = wanted_topics();
+				if (!topics_equal(topics, sw.subscribed))
+					subscribe(topics);
+				PopActiveSnapshot();
+				CommitTransactionCommand();
+			}
+
+			ready = collect();
+			if (ready)
+				apply_batch();
+
+			if (TimestampDifferenceExceeds(sw.last_tick, GetCurrentTimestamp(), TICK_MS) &&
+				sw.batch_count == 0)
+				tick();
+
+			if (!ready)
+			{
+				long		timeout = 100;
+
+				if (sw.batch_count > 0)
+					timeout = Max(1, kappa_stream_batch_ms -
+								  TimestampDifferenceMilliseconds(sw.batch_started, GetCurrentTimestamp()));
+				wait_for_messages(timeout);
+			}
+		}
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(TopMemoryContext);
+		edata = CopyErrorData();
+		record_error(edata->message);
+		FreeErrorData(edata);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+}
+
+/* ---------------------------------------------------------------------
+ * kappa.stream_worker_status(): one row per stream worker
+ * ---------------------------------------------------------------------
+ */
+PG_FUNCTION_INFO_V1(kappa_stream_worker_status);
+
+Datum
+kappa_stream_worker_status(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+
+	InitMaterializedSRF(fcinfo, 0);
+	for (int i = 0; i < kappa_stream_workers && i < MAX_STREAM_WORKERS; i++)
+	{
+		StreamWorkerStatus s;
+		Datum		values[15];
+		bool		nulls[15];
+
+		SpinLockAcquire(&stream_status[i].mutex);
+		memcpy(&s, &stream_status[i], sizeof(s));
+		SpinLockRelease(&stream_status[i].mutex);
+
+		memset(nulls, 0, sizeof(nulls));
+		values[0] = Int32GetDatum(i);
+		values[1] = Int32GetDatum(s.pid);
+		nulls[1] = s.pid == 0;
+		values[2] = CStringGetTextDatum(s.state[0] ? s.state : "not started");
+		values[3] = CStringGetTextDatum(s.group);
+		nulls[3] = s.group[0] == '\0';
+		values[4] = Int32GetDatum(s.partitions);
+		values[5] = Int64GetDatum(s.messages);
+		values[6] = Int64GetDatum(s.applied);
+		values[7] = Int64GetDatum(s.duplicates);
+		values[8] = Int64GetDatum(s.late);
+		values[9] = Int64GetDatum(s.dead_letters);
+		values[10] = Int64GetDatum(s.batches);
+		values[11] = TimestampTzGetDatum(s.last_batch_at);
+		nulls[11] = s.last_batch_at == 0;
+		values[12] = CStringGetTextDatum(s.last_error);
+		nulls[12] = s.last_error[0] == '\0';
+		values[13] = TimestampTzGetDatum(s.last_error_at);
+		nulls[13] = s.last_error_at == 0;
+		values[14] = TimestampTzGetDatum(s.started_at);
+		nulls[14] = s.started_at == 0;
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
