@@ -16,6 +16,8 @@
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
 #include "executor/spi.h"
+#include "miscadmin.h"
+#include "storage/lmgr.h"
 #include "stream/stream_internal.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -206,6 +208,19 @@ aggregate_flush(List *rankings)
 		return;
 	for (int c = 0; c < 8; c++)
 		args[c] = text_array(cols[c], c == 5 ? label_nulls : NULL, n);
+
+	/*
+	 * Stream workers write the shared results one at a time: concurrent
+	 * ON CONFLICT inserts of the same new windows can deadlock otherwise.
+	 * Held until the batch commits; everything before (parsing, the rows'
+	 * memory) still runs in parallel.
+	 */
+	{
+		LOCKTAG		tag;
+
+		SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, 0x6b617070, 3, 2);
+		(void) LockAcquire(&tag, ExclusiveLock, false, false);
+	}
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");

@@ -46,6 +46,7 @@
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/lmgr.h"
 #include "storage/pmsignal.h"
 #include "storage/shmem.h"
 #include "storage/spin.h"
@@ -214,18 +215,26 @@ find_partition(const char *topic, int32 partition)
  * ---------------------------------------------------------------------
  */
 
-/* Load rankings in the current transaction, locking their state rows. */
+/*
+ * Batches hold this lock shared and finalization exclusively: a window is
+ * never made final while a batch that read it as open is in flight.
+ */
+static void
+lock_finalization(LOCKMODE mode)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, 0x6b617070, 4, 2);
+	(void) LockAcquire(&tag, mode, false, false);
+}
+
+/* Load rankings (and where their windows are final) in this transaction. */
 static void
 load_rankings(void)
 {
+	lock_finalization(ShareLock);
 	MemoryContextReset(sw.rankings_cxt);
 	sw.rankings = rankings_load(sw.rankings_cxt);
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	/* finalization (its own transaction) waits for batches in flight */
-	if (SPI_execute("SELECT 1 FROM kappa.ranking_state ORDER BY ranking FOR SHARE", false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not lock kappa.ranking_state");
-	SPI_finish();
 	sw.rankings_loaded_at = GetCurrentTimestamp();
 }
 
@@ -360,12 +369,16 @@ assign_partitions(rd_kafka_topic_partition_list_t *parts)
 					sw.index, parts->cnt, sw.group)));
 }
 
+/*
+ * Messages read but not applied are dropped: their offsets were not stored,
+ * so the partitions' next owner reads them again.
+ */
 static void
 revoke_partitions(void)
 {
-	/* what was read from these partitions is applied before letting go */
-	if (sw.batch_count > 0)
-		apply_batch();
+	for (int i = 0; i < sw.batch_count; i++)
+		rd_kafka_message_destroy(sw.batch[i]);
+	sw.batch_count = 0;
 	rd_kafka_assign(sw.consumer->rk, NULL);
 	list_free_deep(sw.partitions);
 	sw.partitions = NIL;
@@ -877,6 +890,8 @@ apply_batch(void)
 
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
+	/* the batch's working memory outlives the transaction until it is let go */
+	MemoryContextSwitchTo(sw.batch_cxt);
 	load_rankings();
 	aggregate_reset(sw.batch_cxt);
 	rows_reset(sw.batch_cxt);
@@ -897,6 +912,12 @@ apply_batch(void)
 		p->ps = find_partition(topic, msg->partition);
 		if (p->ps == NULL)
 			continue;			/* revoked meanwhile: not ours to apply */
+		if (msg->offset < p->ps->next)
+		{
+			/* read before a reassignment moved the position back */
+			p->ps = NULL;
+			continue;
+		}
 		p->ps->touched = true;
 		p->ps->next = msg->offset + 1;
 		p->ps->last_record_at = now;
@@ -1079,6 +1100,7 @@ finalize_windows(void)
 	ListCell   *lc;
 
 	StartTransactionCommand();
+	lock_finalization(ExclusiveLock);
 	PushActiveSnapshot(GetTransactionSnapshot());
 	store_offsets();
 	foreach(lc, sw.partitions)
@@ -1130,7 +1152,6 @@ finalize_windows(void)
 			Oid			ftypes[2] = {TEXTOID, TIMESTAMPTZOID};
 			Datum		fargs[2] = {CStringGetTextDatum(r->name), TimestampTzGetDatum(cutoff)};
 
-			/* the state row first: batches hold it FOR SHARE */
 			if (SPI_execute_with_args("UPDATE kappa.ranking_state "
 									  "   SET finalized_through = greatest(coalesce(finalized_through, '-infinity'), $2) "
 									  " WHERE ranking = $1",
@@ -1246,7 +1267,7 @@ collect(void)
 		n = 0;
 
 	/*
-	 * A revocation inside that call applied the batch held so far (see
+	 * A revocation inside that call dropped the batch held so far (see
 	 * revoke_partitions); what the call returned moves to the front.
 	 */
 	if (sw.batch_count != base)
@@ -1318,8 +1339,9 @@ stream_worker_shutdown(int code, Datum arg)
 	strlcpy(sw.status->state, "stopped", sizeof(sw.status->state));
 	SpinLockRelease(&sw.status->mutex);
 	/* leave the group at once instead of after the session timeout */
-	if (sw.consumer && code == 0)
+	if (sw.consumer)
 		kafka_client_destroy(sw.consumer, 0);
+	sw.consumer = NULL;
 }
 
 void

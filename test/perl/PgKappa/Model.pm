@@ -20,6 +20,9 @@ use strict;
 use warnings;
 
 use JSON::PP;
+
+# the XS parser when installed: the models read tens of thousands of messages
+my $json = eval { require Cpanel::JSON::XS; Cpanel::JSON::XS->new } || JSON::PP->new;
 use POSIX ();
 use Time::Local qw(timegm);
 
@@ -130,7 +133,7 @@ sub apply
 	my $dead = sub { push @{ $self->{dead} }, [ $o, $_[0] ]; return; };
 
 	return $dead->('no key') if !defined $m->{key} || $m->{key} eq '';
-	my $msg = eval { JSON::PP->new->decode($m->{value}) };
+	my $msg = eval { $json->decode($m->{value}) };
 	return $dead->('json') unless ref $msg eq 'HASH';
 	my $op = $msg->{op};
 	return $dead->('op') unless defined $op && !ref $op && $op =~ /^[curdt]$/;
