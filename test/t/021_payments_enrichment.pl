@@ -1,0 +1,86 @@
+# Payment confirmations enrich sales: kappa.payments keeps each sale's
+# latest status (by confirmation time, whatever the arrival order), and a
+# confirmed-only ranking counts a sale once its payment is CONFIRMED and
+# retracts it on REFUNDED, whether the sale or the confirmation comes first.
+use strict;
+use warnings;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use PgKappa::Test;
+
+my $broker = start_dev_broker(topics => [ 'sales-events:2', 'payment-confirmations:2' ]);
+my $node = kappa_node('payments', $broker, conf => q{
+kappa.idle_timeout = '1h'
+kappa.default_grace = '3650d'
+kappa.stream_batch_ms = 20
+kappa.cdc_enabled = off
+});
+$node->safe_psql('shop', q{SELECT kappa.create_ranking('confirmed_sales_by_city', ARRAY['city'], '1 day',
+                                                      calendar => true, confirmed_only => true)});
+
+sub sale
+{
+	my ($id, $city, $amount) = @_;
+	return [ $id, qq({"op":"c","before":null,"after":{"sale_id":"$id","store_id":"ST","seller_id":"S-1","seller_name":"Ana","city":"$city","country":"ES","amount":"$amount","currency":"EUR","sold_at":"2026-11-21T10:00:00Z"},"source":{"connector":"test"}}) ];
+}
+
+sub payment
+{
+	my ($pay, $sale, $status, $amount, $at) = @_;
+	return [ $sale, qq({"op":"c","before":null,"after":{"payment_id":"$pay","sale_id":"$sale","status":"$status","amount":"$amount","currency":"EUR","confirmed_at":"$at"},"source":{"connector":"soap","endpoint":"http://pay","page":""},"ts_ms":1}) ];
+}
+
+sub applied
+{
+	my ($sql, $want, $what) = @_;
+	wait_until(sub { $node->safe_psql('shop', $sql) eq $want }, $what);
+	return;
+}
+
+# a confirmation before its sale
+kcat_produce($broker, 'payment-confirmations', [ payment('PAY-5', 1005, 'CONFIRMED', '7.00', '2026-11-21T10:05:00Z') ]);
+applied(q{SELECT status FROM kappa.payments WHERE sale_id = '1005'}, 'CONFIRMED', 'confirmation stored');
+
+# sales
+kcat_produce($broker, 'sales-events', [
+	sale(1001, 'Madrid', '100.00'), sale(1002, 'Madrid', '50.00'), sale(1003, 'Lisboa', '30.00'),
+	sale(1004, 'Lisboa', '20.00'), sale(1005, 'Madrid', '7.00') ]);
+applied(q{SELECT count(*) FROM kappa.stream_rows}, '5', 'sales consumed');
+
+# confirmations after their sales; a refund; statuses arriving out of order;
+# the same confirmation twice
+kcat_produce($broker, 'payment-confirmations', [
+	payment('PAY-1', 1001, 'CONFIRMED', '100.00', '2026-11-21T10:01:00Z'),
+	payment('PAY-2', 1002, 'DECLINED', '50.00', '2026-11-21T10:02:00Z'),
+	payment('PAY-3', 1003, 'CONFIRMED', '30.00', '2026-11-21T10:03:00Z'),
+	payment('PAY-3', 1003, 'REFUNDED', '-30.00', '2026-11-21T11:00:00Z'),
+	payment('PAY-4', 1004, 'REFUNDED', '-20.00', '2026-11-21T12:00:00Z'),
+	payment('PAY-4', 1004, 'CONFIRMED', '20.00', '2026-11-21T10:04:00Z'),
+	payment('PAY-1', 1001, 'CONFIRMED', '100.00', '2026-11-21T10:01:00Z') ]);
+applied(q{SELECT count(*) FROM kappa.payment_history}, '7', 'confirmations consumed');
+
+is($node->safe_psql('shop', q{SELECT string_agg(sale_id || '=' || status, ',' ORDER BY sale_id) FROM kappa.payments}),
+	'1001=CONFIRMED,1002=DECLINED,1003=REFUNDED,1004=REFUNDED,1005=CONFIRMED',
+	'latest status per sale, by confirmation time');
+is($node->safe_psql('shop', q{SELECT string_agg(group_values[1] || '=' || total || '/' || sale_count, ',' ORDER BY 1)
+  FROM kappa.ranking_results WHERE ranking = 'confirmed_sales_by_city'}),
+	'Madrid=107.00/2', 'confirmed-only ranking: confirmed sales only, refunds retracted');
+is($node->safe_psql('shop', q{SELECT string_agg(group_values[1] || '=' || total || '/' || sale_count, ',' ORDER BY 1)
+  FROM kappa.ranking_results WHERE ranking = 'top_sales_by_city'}),
+	'Lisboa=50.00/2,Madrid=157.00/3', 'the ordinary ranking counts every sale');
+is($node->safe_psql('shop', q{SELECT string_agg(sale_id || ':' || payment_status, ',' ORDER BY sale_id) FROM kappa.sales_enriched}),
+	'1001:CONFIRMED,1002:DECLINED,1003:REFUNDED,1004:REFUNDED,1005:CONFIRMED', 'kappa.sales_enriched');
+
+# a late confirmation of the declined sale counts it; a malformed one is a dead letter
+kcat_produce($broker, 'payment-confirmations', [
+	payment('PAY-2b', 1002, 'CONFIRMED', '50.00', '2026-11-21T13:00:00Z'),
+	payment('PAY-x', 1002, 'MAYBE', '1.00', '2026-11-21T13:01:00Z') ]);
+applied(q{SELECT total FROM kappa.ranking_results WHERE ranking = 'confirmed_sales_by_city' AND group_values = '{Madrid}'},
+	'157.00', 'the newly confirmed sale counted');
+like($node->safe_psql('shop', q{SELECT error FROM kappa.dead_letters WHERE topic = 'payment-confirmations'}),
+	qr/unknown payment status/, 'a confirmation with an unknown status is a dead letter');
+
+$node->stop;
+done_testing();

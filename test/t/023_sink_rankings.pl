@@ -1,0 +1,68 @@
+# Sink rankings: window results computed elsewhere written into the same
+# results.  Partial results of several producers (instances that each
+# aggregate a share of the partitions) add up; a producer's newer value
+# replaces its older one; this instance's own final results, read back from
+# top-sales-by-city, reproduce its ranking.
+use strict;
+use warnings;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use PgKappa::Test;
+
+my $broker = start_dev_broker(topics => [ 'sales-events:1', 'payment-confirmations:1',
+	'top-sales-by-city:1', 'top-salesman-by-country:1', 'partial-city-totals:2' ]);
+my $node = kappa_node('sink', $broker, conf => q{
+kappa.idle_timeout = '1h'
+kappa.default_grace = '10min'
+kappa.stream_batch_ms = 20
+kappa.cdc_enabled = off
+});
+$node->safe_psql('shop', q{
+SELECT kappa.create_ranking('city_from_partials', ARRAY['city'], '1 day', calendar => true,
+                            input => 'results', source_topic => 'partial-city-totals');
+SELECT kappa.create_ranking('city_from_own_results', ARRAY['city'], '1 day', calendar => true,
+                            input => 'results', source_topic => 'top-sales-by-city');
+});
+
+sub result
+{
+	my ($producer, $city, $total, $count, $final) = @_;
+	return [ "2026-11-21T00:00:00.000000Z|$city",
+		qq({"ranking":"top_sales_by_city","window_start":"2026-11-21T00:00:00.000000Z","window_end":"2026-11-22T00:00:00.000000Z","group":{"city":"$city"},"total_sales":"$total","sale_count":$count,"final":$final,"producer":"$producer"}) ];
+}
+
+kcat_produce($broker, 'partial-city-totals', [
+	result('A', 'Madrid', '10.00', 1, 'true'),
+	result('B', 'Madrid', '5.50', 2, 'true'),
+	result('A', 'Lisboa', '3.00', 1, 'false'),
+	result('A', 'Madrid', '12.00', 2, 'true'),      # A's newer value
+	[ 'x', '{"window_start":"nonsense"}' ] ]);
+wait_until(sub {
+	$node->safe_psql('shop', q{SELECT count(*) FROM kappa.dead_letters WHERE topic = 'partial-city-totals'}) eq '1'
+}, 'partials consumed');
+is($node->safe_psql('shop', q{SELECT string_agg(group_values[1] || '=' || total || '/' || sale_count || '/' || is_final, ',' ORDER BY 1)
+  FROM kappa.ranking_results WHERE ranking = 'city_from_partials'}),
+	'Lisboa=3.00/1/false,Madrid=17.50/4/true', 'partials of two producers add up; newer values replace older');
+is($node->safe_psql('shop', q{SELECT is_final FROM kappa.ranking_windows WHERE ranking = 'city_from_partials'}),
+	'f', 'the window is final only once every producer said so');
+
+# This instance's own results, through Kafka and back.
+kcat_produce($broker, 'sales-events', [ map {
+	[ $_, sprintf('{"op":"c","before":null,"after":{"sale_id":"%d","seller_id":"S","seller_name":"S","city":"%s","country":"ES","amount":"%d.25","sold_at":"2026-11-20T1%d:00:00Z"},"source":{"connector":"test"}}',
+		$_, $_ % 2 ? 'Madrid' : 'Sevilla', $_, $_ % 10) ] } 1 .. 20 ]);
+kcat_produce($broker, 'sales-events', [ [ 99, '{"op":"c","before":null,"after":{"sale_id":"99","seller_id":"S","seller_name":"S","city":"Cadiz","country":"ES","amount":"1.00","sold_at":"2026-11-21T01:00:00Z"},"source":{"connector":"test"}}' ] ]);
+wait_until(sub {
+	$node->safe_psql('shop', q{SELECT count(*) FROM kappa.ranking_results WHERE ranking = 'city_from_own_results'}) eq '2'
+}, 'final results of 2026-11-20 read back');
+is($node->safe_psql('shop', q{
+SELECT string_agg(s.group_values[1] || '=' || s.total || '/' || s.sale_count, ',' ORDER BY 1)
+  FROM kappa.ranking_results s WHERE s.ranking = 'city_from_own_results'}),
+	$node->safe_psql('shop', q{
+SELECT string_agg(group_values[1] || '=' || total || '/' || sale_count, ',' ORDER BY 1)
+  FROM kappa.ranking_results WHERE ranking = 'top_sales_by_city' AND is_final}),
+	'a sink of our own final results reproduces the ranking');
+
+$node->stop;
+done_testing();
