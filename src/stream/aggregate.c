@@ -42,6 +42,21 @@ typedef struct AggEntry
 } AggEntry;
 
 static HTAB *agg_table = NULL;
+
+/*
+ * Stream workers write the shared results one at a time: concurrent
+ * ON CONFLICT inserts of the same new windows can deadlock otherwise.  Held
+ * until the batch commits; everything before (parsing, the rows' memory)
+ * runs in parallel.
+ */
+void
+stream_lock_shared_writes(void)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, 0x6b617070, 3, 2);
+	(void) LockAcquire(&tag, ExclusiveLock, false, false);
+}
 static MemoryContext agg_cxt = NULL;
 
 static uint32
@@ -167,6 +182,7 @@ aggregate_flush(List *rankings)
 
 	if (n == 0)
 		return;
+	stream_lock_shared_writes();
 	for (int c = 0; c < 8; c++)
 	{
 		cols[c] = palloc(sizeof(Datum) * n);
@@ -208,19 +224,6 @@ aggregate_flush(List *rankings)
 		return;
 	for (int c = 0; c < 8; c++)
 		args[c] = text_array(cols[c], c == 5 ? label_nulls : NULL, n);
-
-	/*
-	 * Stream workers write the shared results one at a time: concurrent
-	 * ON CONFLICT inserts of the same new windows can deadlock otherwise.
-	 * Held until the batch commits; everything before (parsing, the rows'
-	 * memory) still runs in parallel.
-	 */
-	{
-		LOCKTAG		tag;
-
-		SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, 0x6b617070, 3, 2);
-		(void) LockAcquire(&tag, ExclusiveLock, false, false);
-	}
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");

@@ -115,9 +115,9 @@ payments_load(void)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	if (SPI_execute_with_args("SELECT sale_id, payment_id, status, amount, currency, confirmed_at "
-							  "  FROM kappa.payments WHERE sale_id = ANY ($1) "
-							  " ORDER BY sale_id FOR UPDATE",
+	if (SPI_execute_with_args("SELECT p.sale_id, p.payment_id, p.status, p.amount, p.currency, p.confirmed_at "
+							  "  FROM (SELECT id FROM unnest($1) AS k(id) ORDER BY 1) k, "
+							  "       LATERAL (SELECT * FROM kappa.payments x WHERE x.sale_id = k.id FOR UPDATE) p",
 							  1, types, args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read kappa.payments");
 	old = MemoryContextSwitchTo(payment_cxt);

@@ -21,7 +21,17 @@
 
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
+#include "access/table.h"
+#include "access/xact.h"
+#include "access/genam.h"
+#include "access/tableam.h"
+#include "catalog/index.h"
+#include "miscadmin.h"
+#include "utils/rel.h"
+#include "catalog/namespace.h"
 #include "executor/spi.h"
+#include "executor/tuptable.h"
+#include "utils/lsyscache.h"
 #include "stream/stream_internal.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -119,6 +129,12 @@ int_list_from_array(Datum d)
 	return result;
 }
 
+static int
+cstring_cmp(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *) a, *(const char *const *) b);
+}
+
 /* Load (and lock) every wanted row, one query per topic, in key order. */
 void
 rows_load(void)
@@ -146,20 +162,30 @@ rows_load(void)
 		Oid			types[2] = {TEXTOID, TEXTARRAYOID};
 		Datum		args[2];
 		MemoryContext old;
+		const char **sorted = palloc(sizeof(char *) * hash_get_num_entries(row_table));
+		int			nkeys = 0;
 
+		/* probed in key order: neighbouring keys share index pages */
 		hash_seq_init(&status, row_table);
 		while ((e = hash_seq_search(&status)) != NULL)
 		{
 			if (!e->loaded && strcmp(e->hkey.topic, topic) == 0)
-				accumArrayResult(keys, CStringGetTextDatum(e->hkey.key), false, TEXTOID,
-								 CurrentMemoryContext);
+				sorted[nkeys++] = e->hkey.key;
 		}
+		qsort(sorted, nkeys, sizeof(char *), cstring_cmp);
+		for (int k = 0; k < nkeys; k++)
+			accumArrayResult(keys, CStringGetTextDatum(sorted[k]), false, TEXTOID,
+							 CurrentMemoryContext);
 		args[0] = CStringGetTextDatum(topic);
 		args[1] = makeArrayResult(keys, CurrentMemoryContext);
-		if (SPI_execute_with_args("SELECT key, lsn, seq, deleted, row_data, counted, excluded "
-								  "  FROM kappa.stream_rows "
-								  " WHERE topic = $1 AND key = ANY ($2) "
-								  " ORDER BY key FOR UPDATE",
+		/*
+		 * One index probe per key, in key order (LATERAL keeps the planner
+		 * from scanning a table that only grows), each row locked as found.
+		 */
+		if (SPI_execute_with_args("SELECT s.key, s.lsn, s.seq, s.deleted, s.row_data, s.counted, s.excluded "
+								  "  FROM unnest($2) AS k(key), "
+								  "       LATERAL (SELECT * FROM kappa.stream_rows r "
+								  "                 WHERE r.topic = $1 AND r.key = k.key FOR UPDATE) s",
 								  2, types, args, NULL, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not read kappa.stream_rows");
 
@@ -213,7 +239,119 @@ append_int_list(StringInfo out, List *l)
 	appendStringInfoChar(out, '}');
 }
 
-/* Write every changed row back, with one statement. */
+static Datum
+int_list_array(List *l)
+{
+	int			n = list_length(l);
+	Datum	   *elems = palloc(sizeof(Datum) * (n + 1));
+	int			i = 0;
+	ListCell   *lc;
+
+	foreach(lc, l)
+		elems[i++] = Int32GetDatum(lfirst_int(lc));
+	return PointerGetDatum(construct_array(elems, n, INT4OID, 4, true, TYPALIGN_INT));
+}
+
+/*
+ * Rows seen for the first time (most of them: every new sale) go in with
+ * the heap's multi-insert, as COPY does, and one index insertion each, in
+ * key order so that consecutive insertions land on the same index pages.
+ * Their keys were looked up under lock in rows_load, so they are new; a
+ * concurrent insert of the same key fails the unique index and the batch is
+ * applied again.
+ */
+static int
+row_state_cmp(const void *a, const void *b)
+{
+	const RowState *x = *(RowState *const *) a;
+	const RowState *y = *(RowState *const *) b;
+	int			c = strcmp(x->topic, y->topic);
+
+	return c != 0 ? c : strcmp(x->key, y->key);
+}
+
+static void
+rows_insert_new(void)
+{
+	HASH_SEQ_STATUS status;
+	RowEntry   *e;
+	Oid			relid = get_relname_relid("stream_rows", get_namespace_oid(KAPPA_SCHEMA_NAME, false));
+	Relation	rel;
+	Relation	index;
+	IndexInfo  *indexInfo;
+	TupleDesc	desc;
+	RowState  **news;
+	int			nnew = 0;
+	TupleTableSlot **slots;
+	int			cap = 1000;
+	CommandId	cid = GetCurrentCommandId(true);
+	TimestampTz now = GetCurrentTimestamp();
+
+	news = palloc(sizeof(RowState *) * hash_get_num_entries(row_table));
+	hash_seq_init(&status, row_table);
+	while ((e = hash_seq_search(&status)) != NULL)
+	{
+		if (e->state.dirty && !e->state.in_db)
+			news[nnew++] = &e->state;
+	}
+	if (nnew == 0)
+		return;
+	qsort(news, nnew, sizeof(RowState *), row_state_cmp);
+
+	rel = table_open(relid, RowExclusiveLock);
+	desc = RelationGetDescr(rel);
+	index = index_open(RelationGetPrimaryKeyIndex(rel), RowExclusiveLock);
+	indexInfo = BuildIndexInfo(index);
+	slots = palloc(sizeof(TupleTableSlot *) * cap);
+	for (int i = 0; i < cap; i++)
+		slots[i] = table_slot_create(rel, NULL);
+
+	for (int start = 0; start < nnew; start += cap)
+	{
+		int			n = Min(cap, nnew - start);
+
+		for (int i = 0; i < n; i++)
+		{
+			RowState   *s = news[start + i];
+			TupleTableSlot *slot = slots[i];
+
+			ExecClearTuple(slot);
+			memset(slot->tts_isnull, 0, sizeof(bool) * desc->natts);
+			slot->tts_values[0] = CStringGetTextDatum(s->topic);
+			slot->tts_values[1] = CStringGetTextDatum(s->key);
+			slot->tts_values[2] = LSNGetDatum(s->lsn);
+			slot->tts_values[3] = Int64GetDatum(s->seq);
+			slot->tts_isnull[2] = slot->tts_isnull[3] = !s->has_position;
+			slot->tts_values[4] = BoolGetDatum(s->deleted);
+			if (s->row_data)
+				slot->tts_values[5] = CStringGetTextDatum(s->row_data);
+			else
+				slot->tts_isnull[5] = true;
+			slot->tts_values[6] = int_list_array(s->counted);
+			slot->tts_values[7] = int_list_array(s->excluded);
+			slot->tts_values[8] = TimestampTzGetDatum(now);
+			ExecStoreVirtualTuple(slot);
+			s->dirty = false;
+		}
+		table_multi_insert(rel, slots, n, cid, 0, NULL);
+		for (int i = 0; i < n; i++)
+		{
+			Datum		key[2] = {slots[i]->tts_values[0], slots[i]->tts_values[1]};
+			bool		isnull[2] = {false, false};
+
+			index_insert(index, key, isnull, &slots[i]->tts_tid, rel,
+						 UNIQUE_CHECK_YES, false, indexInfo);
+		}
+		CHECK_FOR_INTERRUPTS();
+	}
+	for (int i = 0; i < cap; i++)
+		ExecDropSingleTupleTableSlot(slots[i]);
+	index_close(index, NoLock);
+	table_close(rel, NoLock);
+	CommandCounterIncrement();
+}
+
+/* Write every changed row back: new ones in bulk, known ones with one statement. */
 void
 rows_flush(void)
 {
@@ -227,12 +365,15 @@ rows_flush(void)
 	Datum		args[8];
 	StringInfoData buf;
 
+	rows_insert_new();
+
 	hash_seq_init(&status, row_table);
 	while ((e = hash_seq_search(&status)) != NULL)
 		if (e->state.dirty)
 			n++;
 	if (n == 0)
 		return;
+	/* (only rows already in kappa.stream_rows are left dirty) */
 
 	for (int c = 0; c < 8; c++)
 	{

@@ -165,6 +165,7 @@ sink_flush(void)
 
 	if (sink_rows == NIL)
 		return;
+	stream_lock_shared_writes();
 	for (int c = 0; c < 10; c++)
 	{
 		cols[c] = initArrayResult(TEXTOID, CurrentMemoryContext, false);

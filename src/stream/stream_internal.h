@@ -74,6 +74,7 @@ extern void aggregate_reset(MemoryContext cxt);
 extern void aggregate_add(const KappaRanking *r, const Contribution *c, int sign);
 extern void aggregate_flush(List *rankings);
 extern int64 aggregate_count(void);
+extern void stream_lock_shared_writes(void);
 
 /* ---- rows.c: what was counted for each row ---- */
 typedef struct RowState
