@@ -367,6 +367,8 @@ kafka_conf_for(rd_kafka_type_t type, const char *role)
 		conf_set_or_error(conf, "enable.auto.offset.store", "false", NULL);
 		conf_set_or_error(conf, "enable.partition.eof", "false", NULL);
 		conf_set_or_error(conf, "auto.offset.reset", "earliest", NULL);
+		/* rankings are read while they change: do not sit on an idle fetch */
+		conf_set_or_error(conf, "fetch.wait.max.ms", "100", NULL);
 	}
 
 	opts = kafka_options_parse(kappa_kafka_options, &error);
