@@ -1341,7 +1341,9 @@ create_consumer(void)
 
 	if (rd_kafka_conf_set(conf, "group.id", sw.group, errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK ||
 		rd_kafka_conf_set(conf, "auto.offset.reset", "error", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK ||
-		rd_kafka_conf_set(conf, "isolation.level", "read_committed", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK)
+		rd_kafka_conf_set(conf, "isolation.level", "read_committed", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK ||
+		/* a batch is in memory already: prefetch less than the default 64 MB */
+		rd_kafka_conf_set(conf, "queued.max.messages.kbytes", "16384", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK)
 		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("%s", errstr)));
 	rd_kafka_conf_set_rebalance_cb(conf, stream_rebalance_cb);
 	sw.consumer = kafka_client_create(conf, RD_KAFKA_CONSUMER, "stream", NULL);
