@@ -20,53 +20,11 @@
 set -euo pipefail
 
 rows=${1:-1000000}
-here=$(cd "$(dirname "$0")/../.." && pwd)
-bindir=/usr/lib/postgresql/15/bin
-port=${BENCH_PORT:-55432}
+. "$(dirname "$0")/lib.sh"
 
-if [ "$(id -u)" -eq 0 ]; then
-	run() { runuser -u postgres -- "$@"; }
-	owner=postgres
-else
-	run() { "$@"; }
-	owner=$(id -un)
-fi
-work=$(mktemp -d /tmp/pg_kappa-bench.XXXXXX)
-chown "$owner" "$work"
-cleanup() {
-	run "$bindir/pg_ctl" -D "$work/data" -m immediate stop >/dev/null 2>&1 || true
-	[ -n "${broker_pid:-}" ] && kill "$broker_pid" 2>/dev/null || true
-	rm -rf "$work"
-}
-trap cleanup EXIT
-
-# broker
-"$here/test/dev-broker" --topic sales-events:32 --bootstrap-file "$work/bootstrap" >/dev/null &
-broker_pid=$!
-for _ in $(seq 50); do [ -s "$work/bootstrap" ] && break; sleep 0.1; done
-bootstrap=$(cat "$work/bootstrap")
-
-# cluster
-run "$bindir/initdb" -D "$work/data" -A trust --encoding=UTF8 --locale=C >/dev/null
-cat >> "$work/data/postgresql.conf" <<EOF
-port = $port
-unix_socket_directories = '$work'
-listen_addresses = ''
-shared_preload_libraries = 'pg_kappa'
-wal_level = logical
-output_plugin_libraries = 'pgoutput, pg_kappa, wal2json'
-shared_buffers = 512MB
-max_wal_size = 16GB
-checkpoint_timeout = 30min
-kappa.database = 'bench'
-kappa.brokers = '$bootstrap'
-kappa.cdc_enabled = off
-EOF
-run "$bindir/pg_ctl" -D "$work/data" -l "$work/log" -w start >/dev/null
-psql() { run "$bindir/psql" -X -q -h "$work" -p "$port" -v ON_ERROR_STOP=1 "$@"; }
-psql -d postgres -c 'CREATE DATABASE bench'
+bench_start "kappa.cdc_enabled = off
+kappa.stream_enabled = off" sales-events:32
 psql -d bench -At <<'EOF' >/dev/null
-CREATE EXTENSION pg_kappa;
 CREATE TABLE sales (sale_id bigint PRIMARY KEY, store_id text NOT NULL, seller_id text NOT NULL,
   seller_name text NOT NULL, city text NOT NULL, country char(2) NOT NULL,
   amount numeric(12,2) NOT NULL, currency char(3) NOT NULL DEFAULT 'EUR',

@@ -16,6 +16,7 @@ work=$(mktemp -d /tmp/pg_kappa-bench.XXXXXX)
 chown "$owner" "$work"
 bench_cleanup() {
 	run "$bindir/pg_ctl" -D "$work/data" -m immediate stop >/dev/null 2>&1 || true
+	[ -n "${BENCH_KEEP_LOG:-}" ] && cp "$work/log" "$BENCH_KEEP_LOG" 2>/dev/null
 	[ -n "${broker_pid:-}" ] && kill "$broker_pid" 2>/dev/null || true
 	rm -rf "$work"
 }

@@ -20,58 +20,16 @@ set -euo pipefail
 events=${1:-1000000}
 rounds=${2:-5}
 workers=${3:-1}
-here=$(cd "$(dirname "$0")/../.." && pwd)
-pg_config=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
-bindir=$($pg_config --bindir)
-port=${BENCH_PORT:-55433}
+. "$(dirname "$0")/lib.sh"
 
-if [ "$(id -u)" -eq 0 ]; then
-	run() { runuser -u postgres -- "$@"; }
-	owner=postgres
-else
-	run() { "$@"; }
-	owner=$(id -un)
-fi
-work=$(mktemp -d /tmp/pg_kappa-bench.XXXXXX)
-chown "$owner" "$work"
-cleanup() {
-	run "$bindir/pg_ctl" -D "$work/data" -m immediate stop >/dev/null 2>&1 || true
-	[ -n "${broker_pid:-}" ] && kill "$broker_pid" 2>/dev/null || true
-	[ -n "${BENCH_KEEP_LOG:-}" ] && cp "$work/log" "$BENCH_KEEP_LOG"
-	rm -rf "$work"
-}
-trap cleanup EXIT
-
-"$here/test/dev-broker" --topic sales-events:64 --topic payment-confirmations:4 \
-	--bootstrap-file "$work/bootstrap" >/dev/null &
-broker_pid=$!
-for _ in $(seq 50); do [ -s "$work/bootstrap" ] && break; sleep 0.1; done
-bootstrap=$(cat "$work/bootstrap")
-
-run "$bindir/initdb" -D "$work/data" -A trust --encoding=UTF8 --locale=C >/dev/null
-cat >> "$work/data/postgresql.conf" <<EOF
-port = $port
-unix_socket_directories = '$work'
-listen_addresses = ''
-shared_preload_libraries = 'pg_kappa'
-shared_buffers = 1GB
-max_wal_size = 16GB
-checkpoint_timeout = 30min
-kappa.database = 'bench'
-kappa.brokers = '$bootstrap'
+bench_start "shared_buffers = 1GB
 kappa.cdc_enabled = off
 kappa.stream_enabled = off
 kappa.stream_workers = $workers
 kappa.stream_batch_size = 50000
 kappa.stream_batch_ms = 500
 kappa.idle_timeout = '1h'
-kappa.worker_restart_interval = 1
-log_min_messages = ${BENCH_LOG_LEVEL:-warning}
-EOF
-run "$bindir/pg_ctl" -D "$work/data" -l "$work/log" -w start >/dev/null
-psql() { run "$bindir/psql" -X -q -h "$work" -p "$port" -v ON_ERROR_STOP=1 "$@"; }
-psql -d postgres -c 'CREATE DATABASE bench'
-psql -d bench -c 'CREATE EXTENSION pg_kappa'
+log_min_messages = ${BENCH_LOG_LEVEL:-warning}" sales-events:64 payment-confirmations:4
 
 # One round of events: new sales with distinct keys, 50 a second, 50 cities.
 generate() {
