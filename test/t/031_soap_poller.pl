@@ -29,7 +29,7 @@ my $secrets = write_secrets(PostgreSQL::Test::Utils::tempdir() . '/kappa.secrets
 my $node = kappa_node('soap', $broker, conf => qq{
 kappa.soap_username = 'kappa'
 kappa.secrets_file = '$secrets'
-kappa.soap_poll_interval = '1s'
+kappa.soap_poll_interval = '1h'
 kappa.soap_max_backoff = '4s'
 kappa.soap_timeout = '5s'
 });
@@ -133,6 +133,8 @@ is(join(',', @$st{qw(pages ingested rejected errors)}), '2,3,0,0',
 	'kappa.stat_sources: 2 pages, 3 rows ingested, none rejected, no error');
 
 # ---- an overlapping poll: Since is inclusive, nothing is sent twice ---------
+# (one poll only so far: the interval was an hour; from now on, a second)
+set_soap_conf($node, soap_poll_interval => '1s');
 wait_until(sub { scalar(@{ $soap->requests('/fixtures') }) >= 5 && soap_status($node)->{pages} >= 5 },
 	'three more polls');
 $reqs = $soap->requests('/fixtures');
