@@ -267,6 +267,34 @@ wait_until(sub { soap_status($node)->{state} eq 'waiting for the next poll' }, '
 like(slurp_file($node->logfile, $log_offset), qr/polling succeeded after \d+ failed attempts/,
 	'recovery is logged');
 
+# ---- Kafka away: the page is not recorded until Kafka has it -----------------
+my $outage = $soap->url('bench/300');
+soap_stop_polling($node);
+set_soap_conf($node, kafka_options => 'message.timeout.ms=1500', soap_page_size => 100);
+$broker->control('down all');
+$before = soap_status($node);
+set_soap_conf($node, soap_url => $outage);
+wait_until(sub { soap_status($node)->{errors} >= $before->{errors} + 2 }, 'delivery failures');
+like(soap_status($node)->{last_error}, qr/^kafka delivery failed: /, 'a failed delivery is the poll\'s error');
+is(state_of($outage), '1970-01-01 00:00:00|{}|<null>|f', 'no progress stored while Kafka is away');
+ok(!grep({ defined $_->{page_token} } @{ $soap->requests('/bench/300') }),
+	'the first page is asked for again, not the next one');
+$broker->control('up all');
+wait_until(sub { state_of($outage) =~ /^2026-11-21 00:04:59\.299\|\{PAY-0000300\}\|<null>\|t$/ },
+	'the poll completes once Kafka is back');
+$msgs = payments($outage);
+my %seen;
+my $differ = 0;
+for my $m (@$msgs)
+{
+	my $id = decode_json($m->{value})->{after}{payment_id};
+	$differ++ if exists $seen{$id} && $seen{$id} ne content($m->{value});
+	$seen{$id} = content($m->{value});
+}
+is(scalar(keys %seen), 300, 'every confirmation reached the topic after the outage');
+is($differ, 0, 'a confirmation sent twice is the same message (same payment_id, same content)');
+set_soap_conf($node, kafka_options => undef, soap_page_size => undef);
+
 my $shown = join("\n",
 	slurp_file($node->logfile),
 	$node->safe_psql('shop', 'SELECT * FROM kappa.stat_sources'),
