@@ -16,7 +16,8 @@ MODULE_big = pg_kappa
 SQL_PARTS = src/pg_kappa.sql \
 	src/cdc/cdc.sql \
 	src/sources/sources.sql \
-	src/stream/stream.sql
+	src/stream/stream.sql \
+	src/sources/soap.sql
 DATA_built = sql/pg_kappa--$(EXTVERSION).sql
 DATA = $(filter-out $(DATA_built),$(wildcard sql/pg_kappa--*.sql))
 
@@ -36,7 +37,7 @@ SHLIB_LINK = -lrdkafka -lcurl $(shell xml2-config --libs 2>/dev/null || echo -lx
 
 # pg_regress: everything that needs no broker, in a temporary instance
 # configured for logical decoding.
-REGRESS = guc decoder_types decoder_changes decoder_options publish windows rankings
+REGRESS = guc decoder_types decoder_changes decoder_options publish windows rankings soap
 REGRESS_OPTS = --temp-instance=$(CURDIR)/tmp_regress \
 	--temp-config=$(srcdir)/test/regress.conf --encoding=UTF8 --no-locale
 

@@ -409,6 +409,7 @@ kappa_define_gucs(void)
 							   "",
 							   PGC_POSTMASTER, 0,
 							   NULL, NULL, NULL);
+	soap_define_gucs();
 
 	MarkGUCPrefixReserved("kappa");
 }

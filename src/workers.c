@@ -50,6 +50,8 @@ kappa_register_workers(void)
 	for (int i = 0; i < kappa_stream_workers; i++)
 		register_worker("kappa_stream_worker_main", "pg_kappa stream worker",
 						psprintf("pg_kappa stream worker %d", i), i);
+	register_worker("kappa_soap_worker_main", "pg_kappa soap poller",
+					"pg_kappa soap poller", 0);
 }
 
 /*

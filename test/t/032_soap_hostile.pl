@@ -1,0 +1,135 @@
+# The SOAP poller against a misbehaving or hostile service: slow answers
+# (timeout; SIGTERM in the middle of a transfer), truncated XML, oversized
+# responses (with and without Content-Length), billion laughs, external
+# entities to a file and to a watched port, redirects, a page token that
+# never changes, and TLS (verification on by default, kappa.soap_ca_file
+# for a private CA).  Each is an error in kappa.stat_sources; nothing is
+# produced, nothing outside is read or contacted, and the worker stays up.
+use strict;
+use warnings;
+
+use JSON::PP;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time);
+use PgKappa::Test;
+use PgKappa::Soap;
+
+my ($cert, $key) = make_tls_cert();
+my $broker = start_dev_broker(topics => ['payment-confirmations:2']);
+my $soap = start_soap_server(username => 'kappa', password => 'h0stile-Test-Pw',
+	tls => { cert => $cert, key => $key });
+my $secrets = write_secrets(PostgreSQL::Test::Utils::tempdir() . '/kappa.secrets',
+	"soap.password = h0stile-Test-Pw\n");
+
+my $node = kappa_node('soap_hostile', $broker, conf => qq{
+kappa.soap_username = 'kappa'
+kappa.secrets_file = '$secrets'
+kappa.soap_poll_interval = '1s'
+kappa.soap_max_backoff = '2s'
+kappa.soap_timeout = '1s'
+kappa.soap_max_response_size = '1MB'
+});
+wait_until(sub { soap_status($node)->{state} eq 'idle (kappa.soap_url is not set)' }, 'poller idle');
+my $pid = soap_status($node)->{pid};
+
+# Point the poller at a scenario and return the error it records.
+sub error_of
+{
+	my ($path, %settings) = @_;
+	my $before = soap_switch($node, $soap->url($path), %settings);
+	wait_until(sub { soap_status($node)->{errors} > $before->{errors} }, "an error from /$path");
+	return soap_status($node)->{last_error};
+}
+
+sub vm_kb
+{
+	my ($pid, $field) = @_;
+	open my $fh, '<', "/proc/$pid/status" or return -1;
+	my ($kb) = map { /^$field:\s+(\d+)/ ? $1 : () } <$fh>;
+	close $fh;
+	return $kb;
+}
+
+# ---- slow service: the timeout ----------------------------------------------
+is(error_of('slow?delay=4'), 'timeout after 1000 ms waiting for the SOAP service',
+	'an answer slower than kappa.soap_timeout is a timeout');
+
+# ---- truncated and oversized responses ---------------------------------------
+is(error_of('truncated'), 'could not parse the SOAP response', 'truncated XML is a parse error');
+like(slurp_file($node->logfile), qr/could not parse the SOAP response\n.*DETAIL:  Line \d+: [^\n]+\.\n/,
+	'... with libxml2\'s reason and the line in the log');
+is(error_of('oversized?kb=2048'), 'SOAP response larger than kappa.soap_max_response_size (1024 kB)',
+	'a response with a Content-Length above the limit is refused');
+is(error_of('chunked?kb=2048'), 'SOAP response larger than kappa.soap_max_response_size (1024 kB)',
+	'a chunked response (no Content-Length) is cut at the limit');
+
+# ---- entity expansion and external entities ----------------------------------
+my $passwd_line = do { open my $fh, '<', '/etc/passwd' or die $!; my $l = <$fh>; chomp $l; $l };
+my $log_offset = -s $node->logfile;
+my $anon_before = vm_kb($pid, 'RssAnon');
+is(error_of('billion'), 'SOAP response has a document type declaration',
+	'billion laughs: refused at the DOCTYPE');
+my $anon_after = vm_kb($pid, 'RssAnon');
+ok($anon_after - $anon_before < 50_000,
+	"no entity expansion: private memory grew by @{[ $anon_after - $anon_before ]} kB (limit 50 MB)");
+is(soap_worker_pid($node), $pid, '... and the worker is alive');
+for my $path (qw(xxe-file xxe-http xxe-param xxe-dtd))
+{
+	is(error_of($path), 'SOAP response has a document type declaration', "$path: refused");
+}
+is(scalar(@{ $soap->watch_hits }), 0, 'no request ever reached the watched port');
+my $everything = join("\n",
+	slurp_file($node->logfile, $log_offset),
+	$node->safe_psql('shop', 'SELECT * FROM kappa.stat_sources'),
+	$node->safe_psql('shop', q{SELECT convert_from(raw, 'UTF8') || error FROM kappa.dead_letters}),
+	map { $_->{value} } @{ consume_all($broker, 'payment-confirmations') });
+ok(index($everything, $passwd_line) < 0,
+	'no /etc/passwd content in the log, the status, dead letters or the topic');
+is($node->safe_psql('shop', 'SELECT count(*) FROM kappa.dead_letters'), '0', 'no dead letters');
+
+# ---- redirects are not followed; a page token that never changes -------------
+is(error_of('redirect'), 'http 302 Found from the SOAP service', 'a redirect is an error');
+is(scalar(@{ $soap->requests('/fixtures') }), 0, '... not followed');
+is(error_of('loop'), 'the SOAP service returned the page token it was asked for',
+	'a page token that never changes stops the poll');
+is($node->safe_psql('shop',
+	"SELECT page_token FROM kappa.soap_state WHERE endpoint = '" . $soap->url('loop') . "'"),
+	'again', 'the last good page token is kept');
+
+# ---- TLS ---------------------------------------------------------------------
+my $https = $soap->url('fixtures', tls => 1);
+my $before = soap_switch($node, $https);
+wait_until(sub { soap_status($node)->{errors} > $before->{errors} }, 'TLS error');
+is(soap_status($node)->{last_error}, 'could not establish a verified TLS connection to the SOAP service',
+	'verification is on by default: a certificate from an unknown CA is refused');
+is(scalar(@{ $soap->requests('/fixtures') }), 0, 'no request was sent over it');
+set_soap_conf($node, soap_ca_file => $cert);
+wait_until(sub {
+	$node->safe_psql('shop', "SELECT since = '2026-11-21T11:02:00Z' FROM kappa.soap_state WHERE endpoint = '$https'") eq 't'
+}, 'polled over TLS with kappa.soap_ca_file');
+my @over_tls = grep { index($_->{value}, $https) >= 0 } @{ consume_all($broker, 'payment-confirmations') };
+is(scalar(@over_tls), 3, 'with the CA in kappa.soap_ca_file the fixtures arrive over TLS');
+ok((grep { $_->{tls} } @{ $soap->requests('/fixtures') }) >= 2, 'the requests came over TLS');
+is(soap_worker_pid($node), $pid, 'the same poller process lived through every error');
+
+# ---- SIGTERM during a slow transfer ------------------------------------------
+my $slow = 'slow?delay=60';
+soap_switch($node, $soap->url($slow), soap_timeout => '120s');
+wait_until(sub { scalar(@{ $soap->requests("/$slow") }) > 0 }, 'a slow transfer under way');
+ok(soap_status($node)->{state} =~ /^polling/, 'the poller waits for the answer');
+my $t = time();
+$node->safe_psql('shop', "SELECT pg_terminate_backend($pid)");
+wait_until(sub { soap_worker_pid($node) ne $pid }, 'poller gone after SIGTERM', 10);
+my $took = time() - $t;
+ok($took < 10, sprintf('SIGTERM ends the poller within %.1f s while the service takes 60 s', $took));
+my $newpid = wait_until(sub { my $p = soap_worker_pid($node); $p ne '' && $p ne $pid ? $p : 0 },
+	'poller restarted');
+ok($newpid, 'the postmaster started a new poller');
+is($node->safe_psql('shop', 'SELECT 1'), '1', 'the server kept running');
+
+$node->stop;
+$soap->stop;
+$broker->stop;
+done_testing();
