@@ -24,6 +24,10 @@ what it answers:
   /loop             a next page token that never changes
   /bench/N          N generated confirmations, paged by PageSize, filtered
                     by Since
+  /ledger           the confirmations in --ledger (JSON lines with payment_id,
+                    sale_id, status, amount, currency, confirmed_at, appended
+                    by whoever plays the shop: test/demo), at or after Since,
+                    in time order, paged by PageSize
 
 Every request's WS-Security header is checked against --username and
 --password; a wrong or missing one gets the fault fixture with HTTP 500
@@ -145,6 +149,29 @@ def bench_page(n, since, offset, size):
             inner += "<p:NextPageToken>o%d</p:NextPageToken>\n" % (offset + size)
         bench_cache[key] = envelope(inner)
     return bench_cache[key]
+
+
+def ledger_page(since, offset, size):
+    entries = []
+    try:
+        with open(args.ledger) as f:
+            for line in f:
+                try:
+                    e = json.loads(line)
+                    t = parse_time(e["confirmed_at"])
+                except (ValueError, KeyError):
+                    continue
+                if t >= since:
+                    entries.append((t, e))
+    except FileNotFoundError:
+        pass
+    entries.sort(key=lambda te: (te[0], te[1]["payment_id"]))
+    page = entries[offset:offset + size]
+    inner = "".join(confirmation(e["payment_id"], e["sale_id"], e["status"], e["amount"],
+                                 e.get("currency", "EUR"), e["confirmed_at"]) for _, e in page)
+    if offset + size < len(entries):
+        inner += "<p:NextPageToken>o%d</p:NextPageToken>\n" % (offset + size)
+    return envelope(inner)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -298,6 +325,9 @@ class Handler(BaseHTTPRequestHandler):
             n = int(parts[1]) if len(parts) > 1 else 10000
             offset = int(token[1:]) if token else 0
             return self.send_body(200, bench_page(n, since_t, offset, page_size or 500))
+        if scenario == "ledger" and args.ledger:
+            offset = int(token[1:]) if token else 0
+            return self.send_body(200, ledger_page(since_t, offset, page_size or 500))
         return self.send_body(404, b"no such scenario\n", "text/plain")
 
 
@@ -342,6 +372,7 @@ def main():
     p.add_argument("--username", default="kappa")
     p.add_argument("--password", default="secret")
     p.add_argument("--ready-file")
+    p.add_argument("--ledger", help="JSON lines served by /ledger")
     args = p.parse_args()
 
     # Started from a test harness that may hold locks (test/run-tests runs
