@@ -15,7 +15,8 @@ MODULE_big = pg_kappa
 # scripts between them are kept in sql/ as they are.
 SQL_PARTS = src/pg_kappa.sql \
 	src/cdc/cdc.sql \
-	src/sources/sources.sql
+	src/sources/sources.sql \
+	src/sources/csv.sql
 DATA_built = sql/pg_kappa--$(EXTVERSION).sql
 DATA = $(filter-out $(DATA_built),$(wildcard sql/pg_kappa--*.sql))
 
@@ -35,7 +36,7 @@ SHLIB_LINK = -lrdkafka -lcurl $(shell xml2-config --libs 2>/dev/null || echo -lx
 
 # pg_regress: everything that needs no broker, in a temporary instance
 # configured for logical decoding.
-REGRESS = guc decoder_types decoder_changes decoder_options publish
+REGRESS = guc decoder_types decoder_changes decoder_options publish csv_inbox
 REGRESS_OPTS = --temp-instance=$(CURDIR)/tmp_regress \
 	--temp-config=$(srcdir)/test/regress.conf --encoding=UTF8 --no-locale
 

@@ -310,5 +310,7 @@ kappa_define_gucs(void)
 							PGC_POSTMASTER, GUC_UNIT_S,
 							NULL, NULL, NULL);
 
+	csv_define_gucs();
+
 	MarkGUCPrefixReserved("kappa");
 }

@@ -39,6 +39,7 @@ extern int	kappa_cdc_max_backoff;
 extern int	kappa_worker_restart_interval;
 
 extern void kappa_define_gucs(void);
+extern void csv_define_gucs(void);	/* src/sources/csv_worker.c */
 
 /* Secrets (src/secrets.c): KafkaOption pairs whose keys start with prefix */
 extern List *kappa_read_secrets(const char *prefix);
@@ -74,6 +75,7 @@ extern bool kappa_extension_installed(void);
 
 /* Entry points named in BackgroundWorker.bgw_function_name */
 extern PGDLLEXPORT void kappa_cdc_worker_main(Datum main_arg);
+extern PGDLLEXPORT void kappa_csv_worker_main(Datum main_arg);
 
 /* CDC commit wake-up, installed in every backend (src/cdc/cdc_worker.c) */
 extern void cdc_register_commit_wakeup(void);

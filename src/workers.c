@@ -43,6 +43,7 @@ void
 kappa_register_workers(void)
 {
 	register_worker("kappa_cdc_worker_main", "pg_kappa cdc publisher");
+	register_worker("kappa_csv_worker_main", "pg_kappa csv inbox");
 }
 
 /*
