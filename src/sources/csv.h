@@ -39,6 +39,8 @@ typedef struct CsvEnvelopeSource
 {
 	char	   *before_line;	/* ...,"source":{"connector":"csv","file":"x","line": */
 	char	   *after_line;		/* ,"sha256":"..."},"ts_ms": */
+	int			before_len;
+	int			after_len;
 } CsvEnvelopeSource;
 
 extern char *csv_map_header(const CsvRecord *header, CsvSalesMap *map);

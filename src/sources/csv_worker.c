@@ -91,6 +91,7 @@ static int	kappa_csv_stable_ms = 2000;
 #define CSV_SERVE_EVERY		1024	/* rows between delivery-report polls */
 #define CSV_STATE_EVERY_MS	250
 #define CSV_MAX_BACKOFF_MS	60000
+#define CSV_MAX_PENDING_FILES 4	/* files awaiting acknowledgements at once */
 
 static bool
 check_csv_inbox(char **newval, void **extra, GucSource source)
@@ -227,6 +228,7 @@ typedef struct CsvWorker
 	bool		extension_seen;
 	char		problem[512];	/* last problem, logged once */
 	MemoryContext saved_cxt;	/* the context around a ledger transaction */
+	long		backoff_ms;		/* after a Kafka delivery failure */
 } CsvWorker;
 
 static CsvWorker worker;
@@ -246,6 +248,8 @@ typedef struct CsvFile
 	int64		rows_sent;
 	int64		rows_rejected;
 	BufFile    *dead_letters;	/* line, raw record, reason of refused rows */
+	KafkaDelivery delivery;		/* the file's rows in flight */
+	MemoryContext cxt;			/* everything of the file's */
 } CsvFile;
 
 /* What a refused row leaves in CsvFile.dead_letters, before its bytes. */
@@ -981,6 +985,7 @@ send_rows(CsvFile *f, KafkaDelivery *delivery, char **reason)
 	StringInfoData value;
 	TimestampTz last_state = 0;
 	int64		rows = 0;
+	int64		ts_ms = 0;
 
 	if (lseek(f->fd, 0, SEEK_SET) != 0)
 		ereport(ERROR,
@@ -1012,10 +1017,11 @@ send_rows(CsvFile *f, KafkaDelivery *delivery, char **reason)
 	{
 		char	   *refused;
 
+		/* when the envelope was made: to the millisecond, read now and then */
+		if (rows % 64 == 0)
+			ts_ms = envelope_unix_ms(GetCurrentTimestamp());
 		MemoryContextSwitchTo(row_cxt);
-		refused = csv_sales_envelope(&map, &rec, &src,
-									 envelope_unix_ms(GetCurrentTimestamp()),
-									 &key, &value);
+		refused = csv_sales_envelope(&map, &rec, &src, ts_ms, &key, &value);
 		MemoryContextSwitchTo(cxt);
 		if (refused)
 			keep_dead_letter(f, &rec, refused);
@@ -1076,136 +1082,243 @@ file_changed(CsvFile *f)
 	return st.st_size != f->st.st_size || stat_mtime_ns(&st) != stat_mtime_ns(&f->st);
 }
 
-/* Send the file's rows until Kafka has them all, then record it. */
+/*
+ * Files whose rows are produced and whose acknowledgements are awaited,
+ * oldest first.  The next file is read while Kafka acknowledges the last
+ * ones, so the producer never runs dry between files; each file still has
+ * its own delivery group and is recorded only when all of its rows are
+ * acknowledged.
+ */
+static List *pending_files = NIL;
+
+static void send_file(CsvFile *f);
+
 static void
-ingest_file(CsvFile *f)
+close_file(CsvFile *f)
 {
-	KafkaDelivery delivery;
-	long		backoff_ms = 0;
-	char	   *reason = NULL;
+	if (f->dead_letters)
+		BufFileClose(f->dead_letters);
+	if (f->fd >= 0)
+		close(f->fd);
+	if (f->processed_fd >= 0)
+		close(f->processed_fd);
+	if (f->failed_fd >= 0)
+		close(f->failed_fd);
+	if (f->dirfd >= 0)
+		close(f->dirfd);
+	MemoryContextDelete(f->cxt);
+}
 
-	for (;;)
-	{
-		if (send_rows(f, &delivery, &reason) == CSV_UNREADABLE)
-		{
-			fail_file(f, reason);
-			return;
-		}
-		source_stats_set_state(worker.stats, "waiting for Kafka to acknowledge %s: %lld rows",
-							   f->name, (long long) f->rows_sent);
-		(void) kafka_wait_delivered(worker.producer, &delivery, -1);
-		serve_kafka();
-		if (delivery.failed == 0 && !worker.producer->fatal)
-			break;
-
-		/* Kafka refused some: everything is sent again after a while */
-		{
-			char		msg[400];
-
-			snprintf(msg, sizeof(msg), "%s: %lld rows could not be delivered to Kafka (%s); sending the file again",
-					 f->name, (long long) delivery.failed,
-					 worker.producer->fatal ? worker.producer->last_error_text :
-					 rd_kafka_err2str(delivery.error));
-			source_stats_error(worker.stats, msg);
-			ereport(LOG, (errmsg("pg_kappa csv inbox: %s", msg)));
-		}
-		if (worker.producer->fatal)
-			drop_producer();
-		backoff_ms = backoff_ms == 0 ? 1000 : Min(backoff_ms * 2, CSV_MAX_BACKOFF_MS);
-		source_stats_set_state(worker.stats, "sending %s again in %ld ms after a Kafka delivery failure",
-							   f->name, backoff_ms);
-		backoff(backoff_ms);
-	}
+/* Every row acknowledged: record the file and move it. */
+static void
+complete_file(CsvFile *f)
+{
+	MemoryContext old = MemoryContextSwitchTo(f->cxt);
 
 	if (file_changed(f))
 	{
 		report_problem("\"%s\" changed while it was read; it will be read again once it is stable",
 					   f->name);
 		forget_candidate(f->name);
-		return;
 	}
-	finish_file(f);
+	else
+		finish_file(f);
+	worker.backoff_ms = 0;
+	MemoryContextSwitchTo(old);
+	close_file(f);
 }
 
-/* Everything about one file of the inbox, from opening it to moving it. */
+/*
+ * Kafka refused rows of some files: let every pending file be reported,
+ * record those that are complete, and send the others again after a
+ * backoff, from their start (identical replays).
+ */
 static void
-process_file(const char *name)
+resend_failed_files(void)
 {
-	CsvFile		f;
-	int64		size;
-	char	   *reason;
+	List	   *failed = NIL;
+	ListCell   *lc;
 
-	memset(&f, 0, sizeof(f));
-	f.name = name;
-	f.dirfd = f.processed_fd = f.failed_fd = f.fd = -1;
-
-	f.dirfd = open(kappa_csv_inbox, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (f.dirfd < 0)
+	foreach(lc, pending_files)
+		(void) kafka_wait_delivered(worker.producer, &((CsvFile *) lfirst(lc))->delivery, -1);
+	serve_kafka();
+	foreach(lc, pending_files)
 	{
-		report_problem("could not open inbox directory \"%s\": %m", kappa_csv_inbox);
+		CsvFile    *f = lfirst(lc);
+		char		msg[400];
+
+		if (f->delivery.failed == 0)
+		{
+			complete_file(f);
+			continue;
+		}
+		snprintf(msg, sizeof(msg), "%s: %lld rows could not be delivered to Kafka (%s); sending the file again",
+				 f->name, (long long) f->delivery.failed,
+				 worker.producer->fatal ? worker.producer->last_error_text :
+				 rd_kafka_err2str(f->delivery.error));
+		source_stats_error(worker.stats, msg);
+		ereport(LOG, (errmsg("pg_kappa csv inbox: %s", msg)));
+		failed = lappend(failed, f);
+	}
+	list_free(pending_files);
+	pending_files = NIL;
+
+	if (worker.producer->fatal)
+		drop_producer();
+	worker.backoff_ms = worker.backoff_ms == 0 ? 1000 :
+		Min(worker.backoff_ms * 2, CSV_MAX_BACKOFF_MS);
+	if (failed != NIL)
+	{
+		source_stats_set_state(worker.stats, "sending %s again in %ld ms after a Kafka delivery failure",
+							   ((CsvFile *) linitial(failed))->name, worker.backoff_ms);
+		backoff(worker.backoff_ms);
+	}
+	foreach(lc, failed)
+		send_file(lfirst(lc));
+	list_free(failed);
+}
+
+/*
+ * Record the pending files whose rows are all acknowledged, oldest first,
+ * waiting as long as more than keep files are pending.
+ */
+static void
+finish_pending_files(int keep)
+{
+	serve_kafka();
+	while (pending_files != NIL)
+	{
+		CsvFile    *f = linitial(pending_files);
+
+		if (f->delivery.pending > 0)
+		{
+			if (list_length(pending_files) <= keep)
+				return;
+			source_stats_set_state(worker.stats, "waiting for Kafka to acknowledge %s: %lld of %lld rows",
+								   f->name, (long long) f->delivery.delivered,
+								   (long long) f->rows_sent);
+			(void) kafka_wait_delivered(worker.producer, &f->delivery, -1);
+			serve_kafka();
+		}
+		if (f->delivery.failed > 0 || worker.producer->fatal)
+		{
+			resend_failed_files();
+			continue;
+		}
+		pending_files = list_delete_first(pending_files);
+		complete_file(f);
+	}
+}
+
+/* Produce the file's rows; it joins the pending files. */
+static void
+send_file(CsvFile *f)
+{
+	MemoryContext old = MemoryContextSwitchTo(f->cxt);
+	char	   *reason = NULL;
+
+	if (send_rows(f, &f->delivery, &reason) == CSV_UNREADABLE)
+	{
+		fail_file(f, reason);
+		MemoryContextSwitchTo(old);
+		close_file(f);
 		return;
 	}
-	f.fd = openat(f.dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-	if (f.fd < 0)
+	MemoryContextSwitchTo(old);
+	pending_files = lappend(pending_files, f);
+}
+
+/*
+ * A file of the inbox, from opening it to sending its rows (or moving it
+ * at once).  Allocates the file's state in a context of its own under cxt.
+ */
+static void
+start_file(const char *name, MemoryContext cxt)
+{
+	CsvFile    *f;
+	MemoryContext old;
+	int64		size;
+	char	   *reason;
+	ListCell   *lc;
+	bool		read = false;
+
+	f = MemoryContextAllocZero(cxt, sizeof(CsvFile));
+	f->cxt = AllocSetContextCreate(cxt, "pg_kappa csv file", ALLOCSET_DEFAULT_SIZES);
+	old = MemoryContextSwitchTo(f->cxt);
+	f->name = pstrdup(name);
+	f->dirfd = f->processed_fd = f->failed_fd = f->fd = -1;
+
+	f->dirfd = open(kappa_csv_inbox, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (f->dirfd < 0)
+	{
+		report_problem("could not open inbox directory \"%s\": %m", kappa_csv_inbox);
+		goto done;
+	}
+	f->fd = openat(f->dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (f->fd < 0)
 	{
 		if (errno != ENOENT && errno != ELOOP)
 		{
 			report_problem("could not open file \"%s\" of the inbox: %m", name);
 			mark_unreadable(name);
 		}
-		close(f.dirfd);
-		return;
+		goto done;
 	}
 	/* what was opened is what the scan saw: a plain file, here */
-	if (fstat(f.fd, &f.st) != 0 || !S_ISREG(f.st.st_mode) || f.st.st_nlink != 1)
-	{
-		close(f.fd);
-		close(f.dirfd);
-		return;
-	}
-	f.processed_fd = open_subdir(f.dirfd, "processed");
-	f.failed_fd = open_subdir(f.dirfd, "failed");
+	if (fstat(f->fd, &f->st) != 0 || !S_ISREG(f->st.st_mode) || f->st.st_nlink != 1)
+		goto done;
+	f->processed_fd = open_subdir(f->dirfd, "processed");
+	f->failed_fd = open_subdir(f->dirfd, "failed");
 
 	source_stats_set_state(worker.stats, "checking %s", name);
-	reason = hash_and_verify(&f, &size);
-	if (size != f.st.st_size || file_changed(&f))
+	reason = hash_and_verify(f, &size);
+	if (size != f->st.st_size || file_changed(f))
 	{
 		report_problem("\"%s\" changed while it was read; it will be read again once it is stable",
 					   name);
 		forget_candidate(name);
+		goto done;
 	}
-	else
-	{
-		switch (ledger_begin(&f, size))
-		{
-			case CSV_LEDGER_DONE:
-				break;
-			case CSV_LEDGER_GIVE_UP:
-				{
-					char		last_error[512];
 
-					SpinLockAcquire(&worker.stats->mutex);
-					strlcpy(last_error, worker.stats->last_error, sizeof(last_error));
-					SpinLockRelease(&worker.stats->mutex);
-					fail_file(&f, psprintf("gave up after %d attempts; the last error was: %s",
-										   f.attempts - 1, last_error[0] ? last_error : "unknown"));
-				}
-				break;
-			case CSV_LEDGER_READ:
-				if (reason)
-					fail_file(&f, reason);
-				else
-					ingest_file(&f);
-				break;
+	/* the same content in flight: let it be recorded first */
+	foreach(lc, pending_files)
+	{
+		if (strcmp(((CsvFile *) lfirst(lc))->sha256, f->sha256) == 0)
+		{
+			finish_pending_files(0);
+			break;
 		}
 	}
 
-	if (f.dead_letters)
-		BufFileClose(f.dead_letters);
-	close(f.fd);
-	close(f.processed_fd);
-	close(f.failed_fd);
-	close(f.dirfd);
+	switch (ledger_begin(f, size))
+	{
+		case CSV_LEDGER_DONE:
+			break;
+		case CSV_LEDGER_GIVE_UP:
+			{
+				char		last_error[512];
+
+				SpinLockAcquire(&worker.stats->mutex);
+				strlcpy(last_error, worker.stats->last_error, sizeof(last_error));
+				SpinLockRelease(&worker.stats->mutex);
+				fail_file(f, psprintf("gave up after %d attempts; the last error was: %s",
+									  f->attempts - 1, last_error[0] ? last_error : "unknown"));
+			}
+			break;
+		case CSV_LEDGER_READ:
+			if (reason)
+				fail_file(f, reason);
+			else
+				read = true;
+			break;
+	}
+
+done:
+	MemoryContextSwitchTo(old);
+	if (read)
+		send_file(f);
+	else
+		close_file(f);
 }
 
 /* ---------------------------------------------------------------------
@@ -1333,17 +1446,13 @@ kappa_csv_worker_main(Datum main_arg)
 			ready = scan_inbox();
 			foreach(lc, ready)
 			{
-				MemoryContext file_cxt = AllocSetContextCreate(loop_cxt, "pg_kappa csv file",
-															   ALLOCSET_DEFAULT_SIZES);
-
-				MemoryContextSwitchTo(file_cxt);
-				process_file(lfirst(lc));
-				MemoryContextSwitchTo(loop_cxt);
-				MemoryContextDelete(file_cxt);
+				start_file(lfirst(lc), loop_cxt);
+				finish_pending_files(CSV_MAX_PENDING_FILES - 1);
 				CHECK_FOR_INTERRUPTS();
 				if (ConfigReloadPending)
 					break;
 			}
+			finish_pending_files(0);
 			MemoryContextSwitchTo(old);
 			if (ready == NIL)
 			{
