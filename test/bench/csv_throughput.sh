@@ -12,7 +12,9 @@
 # Figures:
 #   kcat -P     the data rows of all files (header lines dropped) as one
 #               message per line, lz4 like pg_kappa's producer; kcat exits
-#               once every message is acknowledged
+#               once every message is acknowledged.  Then, to tell Kafka's
+#               cost from the worker's, the envelopes pg_kappa makes of the
+#               same rows (generated here), keyed by sale_id
 #   pg_kappa    the files are put in the inbox while the worker is switched
 #               off; the clock runs from the reload that switches it on
 #               until every file is recorded as processed (which happens
@@ -48,7 +50,8 @@ trap cleanup EXIT
 # ---- the files -------------------------------------------------------------
 mkdir "$work/inbox"
 files=$(( (rows + per_file - 1) / per_file ))
-awk -v rows="$rows" -v per="$per_file" -v dir="$work/inbox" 'BEGIN {
+awk -v rows="$rows" -v per="$per_file" -v dir="$work/inbox" -v envelopes="$work/envelopes" \
+	-v sha=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef 'BEGIN {
 	hdr = "sale_id,store_id,seller_id,seller_name,city,country,amount,currency,sold_at"
 	for (i = 1; i <= rows; i++) {
 		if ((i - 1) % per == 0) {
@@ -57,11 +60,16 @@ awk -v rows="$rows" -v per="$per_file" -v dir="$work/inbox" 'BEGIN {
 			print hdr > f
 		}
 		s = i % 86400
+		# the envelope pg_kappa makes of the row, for the second kcat baseline
+		printf "%d\t{\"op\":\"c\",\"before\":null,\"after\":{\"sale_id\":\"%d\",\"store_id\":\"ST-%d\",\"seller_id\":\"S-%d\",\"seller_name\":\"Seller, %d\",\"city\":\"City %d\",\"country\":\"%s\",\"amount\":\"%d.%02d\",\"currency\":\"EUR\",\"sold_at\":\"2026-11-21T%02d:%02d:%02d.000000Z\"},\"source\":{\"connector\":\"csv\",\"file\":\"sales_%08d.csv\",\"line\":%d,\"sha256\":\"%s\"},\"ts_ms\":1763720103213}\n",
+			i, i, i % 50, i % 200, i % 200, i % 37, (i % 2 ? "ES" : "PT"), i % 10000, i % 100,
+			int(s / 3600), int(s / 60) % 60, s % 60, int((i - 1) / per), (i - 1) % per + 2, sha > envelopes
 		printf "%d,ST-%d,S-%d,\"Seller, %d\",City %d,%s,%d.%02d,EUR,2026-11-21T%02d:%02d:%02dZ\n",
 			i, i % 50, i % 200, i % 200, i % 37, (i % 2 ? "ES" : "PT"), i % 10000, i % 100,
 			int(s / 3600), int(s / 60) % 60, s % 60 > f
 	}
 	close(f)
+	close(envelopes)
 }'
 # the same rows as kcat input: every file without its header
 for f in "$work"/inbox/sales_*.csv; do tail -n +2 "$f"; done > "$work/lines"
@@ -69,7 +77,7 @@ chown -R "$owner" "$work/inbox"
 bytes=$(cat "$work"/inbox/sales_*.csv | wc -c)
 
 # ---- broker and cluster ----------------------------------------------------
-"$here/test/dev-broker" --topic sales-events:32 --topic kcat-lines:32 \
+"$here/test/dev-broker" --topic sales-events:32 --topic kcat-lines:32 --topic kcat-envelopes:32 \
 	--bootstrap-file "$work/bootstrap" >/dev/null &
 broker_pid=$!
 for _ in $(seq 50); do [ -s "$work/bootstrap" ] && break; sleep 0.1; done
@@ -110,6 +118,10 @@ t0=$(now)
 kcat -P -b "$bootstrap" -t kcat-lines -z lz4 -X linger.ms=5 < "$work/lines"
 t1=$(now)
 kcat_s=$(echo "$t1 - $t0" | bc -l)
+t0=$(now)
+kcat -P -b "$bootstrap" -t kcat-envelopes -z lz4 -X linger.ms=5 -K "$(printf '\t')" < "$work/envelopes"
+t1=$(now)
+kcat_env_s=$(echo "$t1 - $t0" | bc -l)
 
 # ---- 2. pg_kappa CSV inbox -----------------------------------------------
 t0=$(now)
@@ -134,6 +146,7 @@ if [ "$ingested" -ne "$rows" ] || [ "$rejected" -ne 0 ] || [ "$left" -ne 0 ]; th
 fi
 
 kcat_rate=$(rate "$rows" "$kcat_s")
+kcat_env_rate=$(rate "$rows" "$kcat_env_s")
 csv_rate=$(rate "$rows" "$csv_s")
 inner_rate=$(rate "$rows" "$inner_s")
 ratio() { echo "$1 / $kcat_rate" | bc -l | xargs printf '%.2f'; }
@@ -144,9 +157,10 @@ CSV inbox throughput, $rows rows in $files files ($((bytes / 1048576)) MB of CSV
 | path | seconds | rows/s | vs kcat -P |
 |---|---:|---:|---:|
 | kcat -P, the rows as lines (lz4) | $(printf '%.2f' "$kcat_s") | $kcat_rate | 1.00 |
+| kcat -P, the same envelopes pg_kappa sends, keyed (lz4) | $(printf '%.2f' "$kcat_env_s") | $kcat_env_rate | $(ratio "$kcat_env_rate") |
 | pg_kappa CSV inbox, reload to last file processed (Kafka ack + ledger) | $(printf '%.2f' "$csv_s") | $csv_rate | $(ratio "$csv_rate") |
 | pg_kappa CSV inbox, first file started to last file recorded (ledger times) | $(printf '%.2f' "$inner_s") | $inner_rate | $(ratio "$inner_rate") |
 
-kcat sends each CSV line (about $(( $(wc -c < "$work/lines") / rows )) bytes); pg_kappa sends a change envelope per row (about 420 bytes) keyed by sale_id.
+kcat sends each CSV line (about $(( $(wc -c < "$work/lines") / rows )) bytes), then envelopes shaped like pg_kappa's (about $(( $(wc -c < "$work/envelopes") / rows )) bytes with the key); pg_kappa makes an envelope per row from the CSV and sends it keyed by sale_id.
 CSV worker memory: peak RSS $((hwm_kb / 1024)) MB (VmHWM, shared memory pages included), private $((anon_kb / 1024)) MB (RssAnon) after $rows rows.
 EOF

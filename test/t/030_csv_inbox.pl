@@ -197,6 +197,25 @@ is($node->safe_psql('shop',
 		'8: null value in column "seller_name" violates not-null constraint'),
 	'edge file: refused rows and their reasons');
 
+# An unclosed quote followed by more than 1 MB: the record is refused from
+# its first line and reading resumes on the next line (bounded memory).
+my $long = 'sales_20261121103500_longquote.csv';
+my $long_first = '40001,ST,S,"Open quote,City,ES,1.00,EUR,2026-11-21T10:35:00Z';
+my $long_bytes = "sale_id,store_id,seller_id,seller_name,city,country,amount,currency,sold_at\n$long_first\n";
+$long_bytes .= "$_,ST-1,S-1,Seller,City,ES,1.00,EUR,2026-11-21T10:35:00Z\n" for 40002 .. 65001;
+cmp_ok(length($long_bytes), '>', 1024 * 1024 + 100_000, 'long quote file: more than 1 MB after the quote');
+drop_file($long, $long_bytes);
+wait_taken($long);
+is($node->safe_psql('shop',
+	"SELECT line, raw = convert_to('$long_first', 'UTF8'), error FROM kappa.dead_letters WHERE file = '$long'"),
+	'2|t|record longer than 1 MB (an unclosed quote?): its first line is refused and reading resumes on the next line',
+	'long quote file: the record is refused from its first line');
+my @long_events = grep { $_->{file} eq $long } @{ csv_events() };
+is(scalar(@long_events), 25_000, 'long quote file: every following row is sent');
+is(scalar(grep { $_->{line} != $_->{key} - 39999 } @long_events), 0, 'long quote file: with its own line number');
+is($node->safe_psql('shop', "SELECT rows_ingested, rows_rejected FROM kappa.csv_files WHERE name = '$long'"),
+	'25000|1', 'long quote file: ledger counts');
+
 # ---- 4. byte for byte what the CDC publisher writes for the same rows ----
 $node->safe_psql('shop', sales_table_sql());
 $node->safe_psql('shop', "SELECT kappa.publish_table('sales', 'cdc-check')");
@@ -241,7 +260,7 @@ is($node->safe_psql('shop',
 	'same content again: recorded as duplicates of the first');
 ok(-f "$inbox/processed/$good.1", 'same name again: moved beside the first, not over it');
 is(scalar(grep { $_->{sha256} eq $good_sha } @{ csv_events() }), 4, 'same content again: still exactly 4 events');
-is(stat_sources(), '5|8|8', 'duplicates: counted as files, no rows');
+is(stat_sources(), '6|25008|9', 'duplicates: counted as files, no rows');
 
 # ---- 6. files that cannot be read go to failed/ with a reason ------------
 my $latin1 = 'sales_20261121104000_latin1.csv';
@@ -265,7 +284,7 @@ is($node->safe_psql('shop',
 is($node->safe_psql('shop', "SELECT last_error FROM kappa.stat_sources WHERE source = 'csv'"),
 	"$nocols: the header (line 1) lacks the required column(s) amount, sold_at",
 	'unreadable files: last_error in kappa.stat_sources');
-ok(!grep({ $_->{key} =~ /^6/ } @{ csv_events() }), 'unreadable files: no events');
+ok(!grep({ $_->{key} eq '6001' || $_->{key} eq '6101' } @{ csv_events() }), 'unreadable files: no events');
 
 # ---- 7. a file still being written is left alone ------------------------
 # Its modification time is in the future, as for a file written to right
@@ -276,7 +295,7 @@ my $partial_bytes = "sale_id,store_id,seller_id,seller_name,city,country,amount,
 open my $pfh, '>:raw', "$inbox/$partial" or die $!;
 print $pfh substr($partial_bytes, 0, 90);
 close $pfh;
-utime(undef, time() + 3600, "$inbox/$partial");
+utime(time(), time() + 3600, "$inbox/$partial");
 drop_file('sales_20261121105100_next.csv', $partial_bytes =~ s/7001/7101/r);
 wait_taken('sales_20261121105100_next.csv');
 ok(-f "$inbox/$partial", 'file being written: still in the inbox');
