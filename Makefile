@@ -17,7 +17,8 @@ SQL_PARTS = src/pg_kappa.sql \
 	src/cdc/cdc.sql \
 	src/sources/sources.sql \
 	src/stream/stream.sql \
-	src/sources/soap.sql
+	src/sources/soap.sql \
+	src/sources/csv.sql
 DATA_built = sql/pg_kappa--$(EXTVERSION).sql
 DATA = $(filter-out $(DATA_built),$(wildcard sql/pg_kappa--*.sql))
 
@@ -37,7 +38,7 @@ SHLIB_LINK = -lrdkafka -lcurl $(shell xml2-config --libs 2>/dev/null || echo -lx
 
 # pg_regress: everything that needs no broker, in a temporary instance
 # configured for logical decoding.
-REGRESS = guc decoder_types decoder_changes decoder_options publish windows rankings soap
+REGRESS = guc decoder_types decoder_changes decoder_options publish windows rankings soap csv_inbox
 REGRESS_OPTS = --temp-instance=$(CURDIR)/tmp_regress \
 	--temp-config=$(srcdir)/test/regress.conf --encoding=UTF8 --no-locale
 

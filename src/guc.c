@@ -410,6 +410,7 @@ kappa_define_gucs(void)
 							   PGC_POSTMASTER, 0,
 							   NULL, NULL, NULL);
 	soap_define_gucs();
+	csv_define_gucs();
 
 	MarkGUCPrefixReserved("kappa");
 }

@@ -40,6 +40,7 @@ extern int	kappa_worker_restart_interval;
 
 extern void kappa_define_gucs(void);
 extern void soap_define_gucs(void);
+extern void csv_define_gucs(void);	/* src/sources/csv_worker.c */
 
 /* Secrets (src/secrets.c): KafkaOption pairs whose keys start with prefix */
 extern List *kappa_read_secrets(const char *prefix);
@@ -79,6 +80,7 @@ extern bool kappa_extension_installed(void);
 extern PGDLLEXPORT void kappa_cdc_worker_main(Datum main_arg);
 extern PGDLLEXPORT void kappa_stream_worker_main(Datum main_arg);
 extern PGDLLEXPORT void kappa_soap_worker_main(Datum main_arg);
+extern PGDLLEXPORT void kappa_csv_worker_main(Datum main_arg);
 
 /* CDC commit wake-up, installed in every backend (src/cdc/cdc_worker.c) */
 extern void cdc_register_commit_wakeup(void);

@@ -52,6 +52,8 @@ kappa_register_workers(void)
 						psprintf("pg_kappa stream worker %d", i), i);
 	register_worker("kappa_soap_worker_main", "pg_kappa soap poller",
 					"pg_kappa soap poller", 0);
+	register_worker("kappa_csv_worker_main", "pg_kappa csv inbox",
+					"pg_kappa csv inbox", 0);
 }
 
 /*

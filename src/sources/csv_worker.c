@@ -1,0 +1,1477 @@
+/*-------------------------------------------------------------------------
+ *
+ * csv_worker.c
+ *	  The CSV inbox worker: stores drop sales files into a directory; every
+ *	  valid row goes to Kafka as a change envelope, every invalid one to
+ *	  kappa.dead_letters, and the file moves to processed/ or failed/.
+ *
+ * Which files: regular files directly inside kappa.csv_inbox whose names
+ * match kappa.csv_pattern.  Dot-files (the usual temporary names of
+ * writers that rename into place), symbolic links, directories and files
+ * with more than one hard link are ignored, so nothing outside the inbox
+ * can be read through it.  A file is taken once its size and modification
+ * time have stayed the same for kappa.csv_stable_ms (two looks, and an
+ * mtime at least that old): a file still being written is left alone.
+ *
+ * How a file is read: once to compute its SHA-256 and check that it is
+ * UTF-8, then again to parse it (csv_parse.c) and convert each row
+ * (csv_sales.c), producing the envelopes into one delivery group.  When
+ * Kafka has acknowledged them all, ONE transaction records the file as
+ * processed in the ledger kappa.csv_files and inserts its dead letters;
+ * only then is the file moved.  So:
+ *
+ *	- a crash before that commit leaves the file in the inbox: it is read
+ *	  again from the start, and the rows sent twice are identical replays
+ *	  (same source.file, line and sha256) that the stream worker drops;
+ *	  its dead letters were never stored, so they are stored once;
+ *	- a crash after the commit but before the move is finished at the next
+ *	  look (the ledger names the destination);
+ *	- content whose SHA-256 is already processed (the same file dropped
+ *	  again, under any name) is moved to processed/ without sending
+ *	  anything and recorded as a duplicate;
+ *	- a file that cannot be read at all (not UTF-8, no header, missing
+ *	  required columns) goes to failed/ with a <name>.reason file; a file
+ *	  that made the worker fail CSV_MAX_ATTEMPTS times too.  Nothing is
+ *	  retried forever.
+ *
+ * A Kafka delivery failure leaves the file where it is and sends it again
+ * after a backoff: at-least-once into Kafka, exactly-once into the results.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "pg_kappa.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <fnmatch.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "cdc/envelope.h"
+#include "common/cryptohash.h"
+#include "common/sha2.h"
+#include "executor/spi.h"
+#include "kafka/kafka.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "sources/csv.h"
+#include "sources/sources.h"
+#include "storage/buffile.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/hsearch.h"
+#include "utils/memutils.h"
+#include "utils/resowner.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+/* ---------------------------------------------------------------------
+ * Configuration
+ * ---------------------------------------------------------------------
+ */
+static bool kappa_csv_enabled = true;
+static char *kappa_csv_inbox = NULL;
+static char *kappa_csv_pattern = NULL;
+static int	kappa_csv_poll_interval = 1000;
+static int	kappa_csv_stable_ms = 2000;
+
+/* A file that made the worker fail this many times goes to failed/. */
+#define CSV_MAX_ATTEMPTS	5
+#define CSV_READ_CHUNK		(1024 * 1024)
+#define CSV_SERVE_EVERY		1024	/* rows between delivery-report polls */
+#define CSV_STATE_EVERY_MS	250
+#define CSV_MAX_BACKOFF_MS	60000
+#define CSV_MAX_PENDING_FILES 4	/* files awaiting acknowledgements at once */
+
+static bool
+check_csv_inbox(char **newval, void **extra, GucSource source)
+{
+	const char *p = *newval;
+
+	if (p[0] == '\0')
+		return true;
+	if (!is_absolute_path(p))
+	{
+		GUC_check_errdetail("kappa.csv_inbox must be an absolute path.");
+		return false;
+	}
+	for (; *p; p++)
+	{
+		if ((unsigned char) *p < 0x20 || *p == 0x7f)
+		{
+			GUC_check_errdetail("kappa.csv_inbox must not contain control characters.");
+			return false;
+		}
+		/* no "." or ".." components: the path says where it leads */
+		if (*p == '/' && p[1] == '.' &&
+			(p[2] == '/' || p[2] == '\0' || (p[2] == '.' && (p[3] == '/' || p[3] == '\0'))))
+		{
+			GUC_check_errdetail("kappa.csv_inbox must not contain \".\" or \"..\" components.");
+			return false;
+		}
+	}
+	return true;
+}
+
+static bool
+check_csv_pattern(char **newval, void **extra, GucSource source)
+{
+	const char *p = *newval;
+
+	if (p[0] == '\0')
+	{
+		GUC_check_errdetail("kappa.csv_pattern must not be empty.");
+		return false;
+	}
+	if (strlen(p) > 255)
+	{
+		GUC_check_errdetail("kappa.csv_pattern is longer than a file name can be.");
+		return false;
+	}
+	if (strchr(p, '/') != NULL)
+	{
+		GUC_check_errdetail("kappa.csv_pattern matches file names in the inbox: it must not contain \"/\".");
+		return false;
+	}
+	if (p[0] == '.')
+	{
+		GUC_check_errdetail("Files whose names start with \".\" are never taken (writers use such names until a file is complete).");
+		return false;
+	}
+	return true;
+}
+
+void
+csv_define_gucs(void)
+{
+	DefineCustomBoolVariable("kappa.csv_enabled",
+							 "Runs the CSV inbox worker.",
+							 "The worker idles while kappa.csv_inbox is empty.",
+							 &kappa_csv_enabled,
+							 true,
+							 PGC_SIGHUP, 0,
+							 NULL, NULL, NULL);
+
+	/*
+	 * A path on the server: only superusers may see it (the setting is
+	 * PGC_SIGHUP, so only they can change it, in postgresql.conf or with
+	 * ALTER SYSTEM).
+	 */
+	DefineCustomStringVariable("kappa.csv_inbox",
+							   "Directory the CSV inbox worker takes sales files from (absolute path; empty: off).",
+							   "Superuser-only.  The server's user must be able to read and write it; processed/ and failed/ are created inside.",
+							   &kappa_csv_inbox,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY,
+							   check_csv_inbox, NULL, NULL);
+
+	DefineCustomStringVariable("kappa.csv_pattern",
+							   "Names of the files the CSV inbox worker takes (a shell glob).",
+							   NULL,
+							   &kappa_csv_pattern,
+							   "sales_*.csv",
+							   PGC_SIGHUP, 0,
+							   check_csv_pattern, NULL, NULL);
+
+	DefineCustomIntVariable("kappa.csv_poll_interval",
+							"Time between two looks at the CSV inbox.",
+							NULL,
+							&kappa_csv_poll_interval,
+							1000, 10, 3600000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("kappa.csv_stable_ms",
+							"Time a file's size and modification time must stay unchanged before it is taken.",
+							"0 takes files at first sight: only for writers that rename complete files into the inbox.",
+							&kappa_csv_stable_ms,
+							2000, 0, 3600000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+}
+
+/* ---------------------------------------------------------------------
+ * The worker's state
+ * ---------------------------------------------------------------------
+ */
+
+/* A file seen in the inbox, and how it looked then. */
+typedef struct CsvCandidate
+{
+	char		name[NAME_MAX + 1]; /* hash key */
+	off_t		size;
+	int64		mtime_ns;
+	uint64		scan;			/* the last scan that saw it */
+	bool		ignored;		/* not a plain file: reported once */
+	bool		unreadable;		/* could not be opened: until it changes */
+} CsvCandidate;
+
+typedef struct CsvWorker
+{
+	SourceStats *stats;
+	KafkaClient *producer;
+	ResourceOwner owner;		/* for the SHA-256 contexts */
+	HTAB	   *candidates;
+	uint64		scans;
+	bool		inbox_ok;		/* the last look at the inbox worked */
+	bool		extension_seen;
+	char		problem[512];	/* last problem, logged once */
+	MemoryContext saved_cxt;	/* the context around a ledger transaction */
+	long		backoff_ms;		/* after a Kafka delivery failure */
+} CsvWorker;
+
+static CsvWorker worker;
+
+/* One file being dealt with. */
+typedef struct CsvFile
+{
+	const char *name;
+	int			dirfd;			/* the inbox */
+	int			processed_fd;	/* its processed/ and failed/ */
+	int			failed_fd;
+	int			fd;
+	struct stat st;
+	char		sha256[PG_SHA256_DIGEST_STRING_LENGTH];
+	int64		ledger_id;
+	int			attempts;
+	int64		rows_sent;
+	int64		rows_rejected;
+	BufFile    *dead_letters;	/* line, raw record, reason of refused rows */
+	KafkaDelivery delivery;		/* the file's rows in flight */
+	MemoryContext cxt;			/* everything of the file's */
+} CsvFile;
+
+/* What a refused row leaves in CsvFile.dead_letters, before its bytes. */
+typedef struct CsvDeadLetterHeader
+{
+	int64		line;
+	uint32		rawlen;
+	uint32		reasonlen;
+} CsvDeadLetterHeader;
+
+typedef enum CsvSendResult
+{
+	CSV_SENT,					/* every valid row produced */
+	CSV_UNREADABLE,				/* the file cannot be read: *reason */
+} CsvSendResult;
+
+static void reload_configuration(void);
+
+/* ---------------------------------------------------------------------
+ * Small helpers
+ * ---------------------------------------------------------------------
+ */
+static int64
+stat_mtime_ns(const struct stat *st)
+{
+	return (int64) st->st_mtim.tv_sec * INT64CONST(1000000000) + st->st_mtim.tv_nsec;
+}
+
+static int64
+realtime_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64) ts.tv_sec * INT64CONST(1000000000) + ts.tv_nsec;
+}
+
+/* An inbox-level problem: in the status at once, in the log once. */
+static void
+report_problem(const char *fmt,...) pg_attribute_printf(1, 2);
+
+static void
+report_problem(const char *fmt,...)
+{
+	char		buf[512];
+	va_list		ap;
+
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	source_stats_set_state(worker.stats, "%.120s", buf);
+	if (strcmp(buf, worker.problem) != 0)
+	{
+		ereport(LOG, (errmsg("pg_kappa csv inbox: %s", buf)));
+		source_stats_error(worker.stats, buf);
+		strlcpy(worker.problem, buf, sizeof(worker.problem));
+	}
+}
+
+static void
+wait_ms(long ms)
+{
+	int			rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							   ms, PG_WAIT_EXTENSION);
+
+	if (rc & WL_LATCH_SET)
+		ResetLatch(MyLatch);
+	CHECK_FOR_INTERRUPTS();
+}
+
+/*
+ * Ledger transactions.  Starting and committing a transaction switch memory
+ * contexts; the caller's is restored after the commit.  What is allocated
+ * in between lives in SPI's context and is gone after the commit.
+ */
+static void
+begin_transaction(void)
+{
+	worker.saved_cxt = CurrentMemoryContext;
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+}
+
+static void
+commit_transaction(void)
+{
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_stat(false);
+	MemoryContextSwitchTo(worker.saved_cxt);
+}
+
+/* Run a statement of the ledger; returns SPI_processed. */
+static uint64
+ledger_execute(const char *sql, int nargs, Oid *types, Datum *values,
+			   const char *nulls, int expected)
+{
+	int			rc = SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0);
+
+	if (rc != expected)
+		elog(ERROR, "ledger statement failed: %s", SPI_result_code_string(rc));
+	return SPI_processed;
+}
+
+static int64
+spi_int64(int row, int col)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col, &isnull);
+
+	return isnull ? 0 : DatumGetInt64(d);
+}
+
+/* A text column of an SPI result, copied into cxt (NULL stays NULL). */
+static char *
+spi_text(int row, int col, MemoryContext cxt)
+{
+	char	   *s = SPI_getvalue(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col);
+
+	return s ? MemoryContextStrdup(cxt, s) : NULL;
+}
+
+/* ---------------------------------------------------------------------
+ * Files and directories
+ * ---------------------------------------------------------------------
+ */
+
+/* processed/ or failed/: created if missing, never a symbolic link. */
+static int
+open_subdir(int dirfd, const char *sub)
+{
+	int			fd;
+
+	if (mkdirat(dirfd, sub, S_IRWXU) != 0 && errno != EEXIST)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not create directory \"%s/%s\": %m", kappa_csv_inbox, sub)));
+	fd = openat(dirfd, sub, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not open directory \"%s/%s\": %m", kappa_csv_inbox, sub),
+				 errhint("processed/ and failed/ must be directories inside the inbox, not symbolic links.")));
+	return fd;
+}
+
+/* A name in subfd not taken yet: name, name.1, name.2, ... */
+static char *
+choose_destination(int subfd, const char *name)
+{
+	struct stat st;
+	char	   *candidate = pstrdup(name);
+
+	for (int i = 1; fstatat(subfd, candidate, &st, AT_SYMLINK_NOFOLLOW) == 0; i++)
+		candidate = psprintf("%s.%d", name, i);
+	return candidate;
+}
+
+/*
+ * Move the file from the inbox into subfd under dest, never replacing a
+ * file there.  Same file system: atomic.
+ */
+static void
+move_file(CsvFile *f, int subfd, const char *sub, const char *dest)
+{
+	if (renameat2(f->dirfd, f->name, subfd, dest, RENAME_NOREPLACE) == 0)
+		return;
+	if (errno == EINVAL || errno == ENOSYS)
+	{
+		/* a file system without RENAME_NOREPLACE: link, then unlink */
+		if (linkat(f->dirfd, f->name, subfd, dest, 0) == 0 &&
+			unlinkat(f->dirfd, f->name, 0) == 0)
+			return;
+	}
+	ereport(ERROR,
+			(errcode_for_file_access(),
+			 errmsg("could not move file \"%s\" to \"%s/%s\": %m", f->name, sub, dest)));
+}
+
+static void
+write_reason_file(int subfd, const char *dest, const char *reason)
+{
+	char	   *name = psprintf("%s.reason", dest);
+	char	   *text = psprintf("%s\n", reason);
+	int			fd = openat(subfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC,
+							S_IRUSR | S_IWUSR);
+
+	if (fd < 0 || write(fd, text, strlen(text)) != (ssize_t) strlen(text) || close(fd) != 0)
+		ereport(LOG,
+				(errcode_for_file_access(),
+				 errmsg("pg_kappa csv inbox: could not write \"failed/%s\": %m", name)));
+}
+
+/* "processed/x.csv" -> the directory fd and the name inside it */
+static bool
+split_destination(CsvFile *f, const char *moved_to, int *subfd, const char **sub,
+				  const char **dest)
+{
+	if (strncmp(moved_to, "processed/", 10) == 0)
+	{
+		*subfd = f->processed_fd;
+		*sub = "processed";
+		*dest = moved_to + 10;
+		return true;
+	}
+	if (strncmp(moved_to, "failed/", 7) == 0)
+	{
+		*subfd = f->failed_fd;
+		*sub = "failed";
+		*dest = moved_to + 7;
+		return true;
+	}
+	return false;
+}
+
+/* ---------------------------------------------------------------------
+ * Looking at the inbox
+ * ---------------------------------------------------------------------
+ */
+
+static int
+compare_names(const ListCell *a, const ListCell *b)
+{
+	return strcmp(lfirst(a), lfirst(b));
+}
+
+/*
+ * The files that are ready, in name order (store files are named by time).
+ * Allocates in the current memory context.
+ */
+static List *
+scan_inbox(void)
+{
+	DIR		   *dir;
+	struct dirent *de;
+	List	   *ready = NIL;
+	int64		now_ns = realtime_ns();
+	HASH_SEQ_STATUS seq;
+	CsvCandidate *c;
+
+	dir = opendir(kappa_csv_inbox);
+	if (dir == NULL)
+	{
+		worker.inbox_ok = false;
+		report_problem("could not open inbox directory \"%s\": %m", kappa_csv_inbox);
+		return NIL;
+	}
+	worker.inbox_ok = true;
+	worker.problem[0] = '\0';
+	worker.scans++;
+	while ((errno = 0, de = readdir(dir)) != NULL)
+	{
+		struct stat st;
+		bool		found;
+		bool		stable;
+
+		if (de->d_name[0] == '.' || strlen(de->d_name) > NAME_MAX ||
+			fnmatch(kappa_csv_pattern, de->d_name, FNM_PERIOD) != 0)
+			continue;
+		if (fstatat(dirfd(dir), de->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0)
+			continue;			/* gone already */
+
+		c = hash_search(worker.candidates, de->d_name, HASH_ENTER, &found);
+		if (!S_ISREG(st.st_mode) || st.st_nlink != 1)
+		{
+			if (!found || !c->ignored)
+				ereport(LOG,
+						(errmsg("pg_kappa csv inbox: ignoring \"%s\": %s", de->d_name,
+								S_ISLNK(st.st_mode) ? "a symbolic link" :
+								S_ISDIR(st.st_mode) ? "a directory" :
+								S_ISREG(st.st_mode) ? "a file with more than one hard link" :
+								"not a regular file"),
+						 errdetail("Only regular files directly inside kappa.csv_inbox are read.")));
+			c->ignored = true;
+			c->scan = worker.scans;
+			continue;
+		}
+
+		if (found && c->unreadable && c->size == st.st_size &&
+			c->mtime_ns == stat_mtime_ns(&st))
+		{
+			c->scan = worker.scans;
+			continue;
+		}
+		c->unreadable = false;
+		if (kappa_csv_stable_ms == 0)
+			stable = true;
+		else
+			stable = found && !c->ignored &&
+				c->size == st.st_size && c->mtime_ns == stat_mtime_ns(&st) &&
+				now_ns - c->mtime_ns >= (int64) kappa_csv_stable_ms * 1000000;
+		c->ignored = false;
+		c->size = st.st_size;
+		c->mtime_ns = stat_mtime_ns(&st);
+		c->scan = worker.scans;
+		if (stable)
+			ready = lappend(ready, pstrdup(de->d_name));
+	}
+	if (errno != 0)
+	{
+		worker.inbox_ok = false;
+		report_problem("could not read inbox directory \"%s\": %m", kappa_csv_inbox);
+	}
+	closedir(dir);
+
+	/* forget files that are gone */
+	hash_seq_init(&seq, worker.candidates);
+	while ((c = hash_seq_search(&seq)) != NULL)
+	{
+		if (c->scan != worker.scans)
+			hash_search(worker.candidates, c->name, HASH_REMOVE, NULL);
+	}
+
+	list_sort(ready, compare_names);
+	return ready;
+}
+
+/* Look at a file again from scratch (it changed while it was read). */
+static void
+forget_candidate(const char *name)
+{
+	hash_search(worker.candidates, name, HASH_REMOVE, NULL);
+}
+
+/* A file that could not be opened is left alone until it changes. */
+static void
+mark_unreadable(const char *name)
+{
+	CsvCandidate *c = hash_search(worker.candidates, name, HASH_FIND, NULL);
+
+	if (c)
+		c->unreadable = true;
+}
+
+/* ---------------------------------------------------------------------
+ * First reading: SHA-256 and UTF-8
+ * ---------------------------------------------------------------------
+ */
+
+/* Bytes at the end of buf that start a UTF-8 sequence not complete yet. */
+static int
+incomplete_utf8_tail(const unsigned char *s, int len)
+{
+	int			need = pg_utf_mblen(s);
+
+	if (need <= len || s[0] < 0xC2 || s[0] > 0xF4)
+		return 0;
+	for (int i = 1; i < len; i++)
+	{
+		if (s[i] < 0x80 || s[i] > 0xBF)
+			return 0;
+	}
+	return len;
+}
+
+/*
+ * Hash the whole file into f->sha256 and check that it is UTF-8 without
+ * NUL bytes.  Returns NULL, or why the file cannot be read.  Sets *size to
+ * the bytes read.
+ */
+static char *
+hash_and_verify(CsvFile *f, int64 *size)
+{
+	unsigned char *buf = palloc(CSV_READ_CHUNK);
+	int			carry = 0;
+	int64		line = 1;
+	char	   *reason = NULL;
+	pg_cryptohash_ctx *ctx;
+	uint8		digest[PG_SHA256_DIGEST_LENGTH];
+	ResourceOwner saved = CurrentResourceOwner;
+
+	*size = 0;
+	CurrentResourceOwner = worker.owner;
+	ctx = pg_cryptohash_create(PG_SHA256);
+	if (pg_cryptohash_init(ctx) < 0)
+		elog(ERROR, "could not initialize SHA-256: %s", pg_cryptohash_error(ctx));
+
+	for (;;)
+	{
+		ssize_t		n;
+		int			len;
+		int			valid;
+
+		do
+		{
+			n = read(f->fd, buf + carry, CSV_READ_CHUNK - carry);
+		} while (n < 0 && errno == EINTR);
+		if (n < 0)
+			ereport(ERROR,
+					(errcode_for_file_access(),
+					 errmsg("could not read file \"%s\": %m", f->name)));
+		if (n == 0)
+			break;
+		if (pg_cryptohash_update(ctx, buf + carry, n) < 0)
+			elog(ERROR, "could not compute SHA-256: %s", pg_cryptohash_error(ctx));
+		*size += n;
+		len = carry + n;
+		carry = 0;
+		if (reason == NULL)
+		{
+			valid = pg_encoding_verifymbstr(PG_UTF8, (const char *) buf, len);
+			if (valid < len)
+				carry = incomplete_utf8_tail(buf + valid, len - valid);
+			for (const unsigned char *p = buf; (p = memchr(p, '\n', buf + valid - p)) != NULL; p++)
+				line++;
+			if (valid < len && carry == 0)
+				reason = buf[valid] == '\0' ?
+					psprintf("the file is not a text file: a NUL byte on line %lld", (long long) line) :
+					psprintf("the file is not UTF-8: invalid byte sequence on line %lld", (long long) line);
+			else if (carry > 0)
+				memmove(buf, buf + valid, carry);
+		}
+		CHECK_FOR_INTERRUPTS();
+	}
+	if (carry > 0 && reason == NULL)
+		reason = psprintf("the file is not UTF-8: incomplete byte sequence at the end (line %lld)",
+						  (long long) line);
+
+	if (pg_cryptohash_final(ctx, digest, sizeof(digest)) < 0)
+		elog(ERROR, "could not compute SHA-256: %s", pg_cryptohash_error(ctx));
+	pg_cryptohash_free(ctx);
+	CurrentResourceOwner = saved;
+
+	hex_encode((const char *) digest, sizeof(digest), f->sha256);
+	f->sha256[PG_SHA256_DIGEST_LENGTH * 2] = '\0';
+	pfree(buf);
+	return reason;
+}
+
+/* ---------------------------------------------------------------------
+ * The ledger: kappa.csv_files
+ * ---------------------------------------------------------------------
+ */
+
+typedef enum CsvLedgerAction
+{
+	CSV_LEDGER_READ,			/* read the file and send its rows */
+	CSV_LEDGER_DONE,			/* nothing more to do with it */
+	CSV_LEDGER_GIVE_UP			/* too many attempts: to failed/ */
+} CsvLedgerAction;
+
+/*
+ * Decide what to do with a file whose content is known, recording the
+ * decision.  Moves a file that needs nothing else.
+ */
+static CsvLedgerAction
+ledger_begin(CsvFile *f, int64 size)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	Oid			types[3] = {TEXTOID, TEXTOID, INT8OID};
+	Datum		values[3];
+	char	   *moved_to = NULL;
+	char	   *state = NULL;
+	char	   *error = NULL;
+	int64		processed_id = 0;
+
+	values[0] = CStringGetTextDatum(f->name);
+	values[1] = CStringGetTextDatum(f->sha256);
+	values[2] = Int64GetDatum(size);
+
+	begin_transaction();
+
+	/* 1. this very file was dealt with, but the move did not happen */
+	if (ledger_execute("SELECT state, moved_to, error FROM kappa.csv_files "
+					   "WHERE name = $1 AND sha256 = $2 AND moved_to IS NOT NULL "
+					   "AND state IN ('processed', 'duplicate', 'failed') "
+					   "ORDER BY id DESC LIMIT 1",
+					   2, types, values, NULL, SPI_OK_SELECT) > 0)
+	{
+		state = spi_text(0, 1, cxt);
+		moved_to = spi_text(0, 2, cxt);
+		error = spi_text(0, 3, cxt);
+	}
+	if (moved_to != NULL)
+	{
+		struct stat st;
+		int			subfd;
+		const char *sub;
+		const char *dest;
+
+		if (split_destination(f, moved_to, &subfd, &sub, &dest) &&
+			fstatat(subfd, dest, &st, AT_SYMLINK_NOFOLLOW) != 0 && errno == ENOENT)
+		{
+			commit_transaction();
+			if (strcmp(state, "failed") == 0)
+				write_reason_file(subfd, dest, error ? error : "failed");
+			move_file(f, subfd, sub, dest);
+			ereport(LOG,
+					(errmsg("pg_kappa csv inbox: moved \"%s\" to %s, as recorded before a restart",
+							f->name, moved_to)));
+			return CSV_LEDGER_DONE;
+		}
+	}
+
+	/* 2. the same content was processed before, under any name */
+	if (ledger_execute("SELECT id FROM kappa.csv_files WHERE sha256 = $2 AND state = 'processed'",
+					   2, types, values, NULL, SPI_OK_SELECT) > 0)
+		processed_id = spi_int64(0, 1);
+	if (processed_id != 0)
+	{
+		char	   *dest = MemoryContextStrdup(cxt, choose_destination(f->processed_fd, f->name));
+		Oid			dtypes[5] = {TEXTOID, TEXTOID, INT8OID, INT8OID, TEXTOID};
+		Datum		dvalues[5];
+
+		dvalues[0] = values[0];
+		dvalues[1] = values[1];
+		dvalues[2] = values[2];
+		dvalues[3] = Int64GetDatum(processed_id);
+		dvalues[4] = CStringGetTextDatum(psprintf("processed/%s", dest));
+		/* a started attempt of the same file becomes the duplicate */
+		if (ledger_execute("UPDATE kappa.csv_files SET state = 'duplicate', duplicate_of = $4, "
+						   "size = $3, finished_at = now(), moved_to = $5 "
+						   "WHERE name = $1 AND sha256 = $2 AND state = 'processing'",
+						   5, dtypes, dvalues, NULL, SPI_OK_UPDATE) == 0)
+			ledger_execute("INSERT INTO kappa.csv_files "
+						   "(name, sha256, size, state, duplicate_of, finished_at, moved_to) "
+						   "VALUES ($1, $2, $3, 'duplicate', $4, now(), $5)",
+						   5, dtypes, dvalues, NULL, SPI_OK_INSERT);
+		commit_transaction();
+		move_file(f, f->processed_fd, "processed", dest);
+		pg_atomic_fetch_add_u64(&worker.stats->files_seen, 1);
+		ereport(LOG,
+				(errmsg("pg_kappa csv inbox: \"%s\" has the content of a file already processed; moved to processed/%s without sending it again",
+						f->name, dest),
+				 errdetail("SHA-256 %s, kappa.csv_files id %lld.", f->sha256,
+						   (long long) processed_id)));
+		return CSV_LEDGER_DONE;
+	}
+
+	/* 3. a new attempt: resume the file's row, or start one */
+	ledger_execute("UPDATE kappa.csv_files SET state = 'abandoned', finished_at = now(), "
+				   "error = 'replaced by another file of the same name before it was processed' "
+				   "WHERE name = $1 AND sha256 <> $2 AND state = 'processing'",
+				   2, types, values, NULL, SPI_OK_UPDATE);
+	if (ledger_execute("UPDATE kappa.csv_files SET attempts = attempts + 1, started_at = now(), size = $3 "
+					   "WHERE name = $1 AND sha256 = $2 AND state = 'processing' "
+					   "RETURNING id, attempts",
+					   3, types, values, NULL, SPI_OK_UPDATE_RETURNING) == 0)
+		ledger_execute("INSERT INTO kappa.csv_files (name, sha256, size, state) "
+					   "VALUES ($1, $2, $3, 'processing') RETURNING id, attempts",
+					   3, types, values, NULL, SPI_OK_INSERT_RETURNING);
+	f->ledger_id = spi_int64(0, 1);
+	f->attempts = (int) spi_int64(0, 2);
+	commit_transaction();
+
+	return f->attempts > CSV_MAX_ATTEMPTS ? CSV_LEDGER_GIVE_UP : CSV_LEDGER_READ;
+}
+
+/*
+ * The file goes to failed/ with its reason: recorded, then the reason file
+ * written, then the move.
+ */
+static void
+fail_file(CsvFile *f, const char *reason)
+{
+	char	   *dest = choose_destination(f->failed_fd, f->name);
+	Oid			types[3] = {INT8OID, TEXTOID, TEXTOID};
+	Datum		values[3];
+	char		message[512];
+
+	values[0] = Int64GetDatum(f->ledger_id);
+	values[1] = CStringGetTextDatum(reason);
+	values[2] = CStringGetTextDatum(psprintf("failed/%s", dest));
+	begin_transaction();
+	ledger_execute("UPDATE kappa.csv_files SET state = 'failed', error = $2, "
+				   "finished_at = now(), moved_to = $3 WHERE id = $1",
+				   3, types, values, NULL, SPI_OK_UPDATE);
+	commit_transaction();
+
+	write_reason_file(f->failed_fd, dest, reason);
+	move_file(f, f->failed_fd, "failed", dest);
+
+	snprintf(message, sizeof(message), "%s: %s", f->name, reason);
+	pg_atomic_fetch_add_u64(&worker.stats->files_seen, 1);
+	source_stats_error(worker.stats, message);
+	ereport(LOG,
+			(errmsg("pg_kappa csv inbox: moved \"%s\" to failed/%s: %s", f->name, dest, reason)));
+}
+
+/*
+ * Kafka has acknowledged every row: in one transaction, the file is
+ * processed and its dead letters are stored; then it is moved.
+ */
+static void
+finish_file(CsvFile *f)
+{
+	char	   *dest = choose_destination(f->processed_fd, f->name);
+	Oid			types[4] = {INT8OID, INT8OID, INT8OID, TEXTOID};
+	Datum		values[4];
+	StringInfoData raw;
+	StringInfoData reason;
+	MemoryContext letter_cxt;
+
+	values[0] = Int64GetDatum(f->ledger_id);
+	values[1] = Int64GetDatum(f->rows_sent);
+	values[2] = Int64GetDatum(f->rows_rejected);
+	values[3] = CStringGetTextDatum(psprintf("processed/%s", dest));
+
+	source_stats_set_state(worker.stats, "recording %s", f->name);
+	begin_transaction();
+	ledger_execute("UPDATE kappa.csv_files SET state = 'processed', rows_ingested = $2, "
+				   "rows_rejected = $3, finished_at = now(), moved_to = $4, error = NULL "
+				   "WHERE id = $1",
+				   4, types, values, NULL, SPI_OK_UPDATE);
+
+	initStringInfo(&raw);
+	initStringInfo(&reason);
+	letter_cxt = AllocSetContextCreate(CurrentMemoryContext, "pg_kappa csv dead letter",
+									   ALLOCSET_SMALL_SIZES);
+	if (BufFileSeek(f->dead_letters, 0, 0, SEEK_SET) != 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not rewind temporary file of dead letters: %m")));
+	for (;;)
+	{
+		CsvDeadLetterHeader h;
+		size_t		n = BufFileRead(f->dead_letters, &h, sizeof(h));
+
+		if (n == 0)
+			break;
+		resetStringInfo(&raw);
+		resetStringInfo(&reason);
+		enlargeStringInfo(&raw, h.rawlen);
+		enlargeStringInfo(&reason, h.reasonlen);
+		if (n != sizeof(h) ||
+			BufFileRead(f->dead_letters, raw.data, h.rawlen) != h.rawlen ||
+			BufFileRead(f->dead_letters, reason.data, h.reasonlen) != h.reasonlen)
+			ereport(ERROR,
+					(errcode_for_file_access(),
+					 errmsg("could not read temporary file of dead letters: %m")));
+		reason.data[h.reasonlen] = '\0';
+		MemoryContextSwitchTo(letter_cxt);
+		kappa_dead_letter(&(KappaDeadLetter) {
+			.source = "csv",
+				.topic = NULL,
+				.partition = -1,
+				.offset = -1,
+				.file = f->name,
+				.line = h.line,
+				.raw = raw.data,
+				.rawlen = h.rawlen,
+				.error = reason.data,
+		});
+		MemoryContextSwitchTo(MemoryContextGetParent(letter_cxt));
+		MemoryContextReset(letter_cxt);
+		CHECK_FOR_INTERRUPTS();
+	}
+	commit_transaction();
+
+	move_file(f, f->processed_fd, "processed", dest);
+	source_stats_success(worker.stats, 1, f->rows_sent, f->rows_rejected);
+	ereport(DEBUG1,
+			(errmsg("pg_kappa csv inbox: \"%s\": %lld rows sent, %lld refused; moved to processed/%s",
+					f->name, (long long) f->rows_sent, (long long) f->rows_rejected, dest)));
+}
+
+/* ---------------------------------------------------------------------
+ * Kafka
+ * ---------------------------------------------------------------------
+ */
+static void
+ensure_producer(void)
+{
+	if (worker.producer)
+		return;
+	worker.producer = kafka_client_create(kafka_conf_for(RD_KAFKA_PRODUCER, "csv"),
+										  RD_KAFKA_PRODUCER, "csv", &worker);
+}
+
+static void
+drop_producer(void)
+{
+	if (worker.producer == NULL)
+		return;
+	kafka_client_destroy(worker.producer, 0);
+	worker.producer = NULL;
+}
+
+/* Serve delivery reports and client errors without waiting. */
+static void
+serve_kafka(void)
+{
+	if (worker.producer == NULL)
+		return;
+	kafka_client_serve(worker.producer, 0);
+	if (worker.producer->error_pending)
+	{
+		char		msg[400];
+
+		snprintf(msg, sizeof(msg), "kafka: %s", worker.producer->last_error_text);
+		source_stats_error(worker.stats, msg);
+		worker.producer->error_pending = false;
+	}
+}
+
+/* ---------------------------------------------------------------------
+ * Second reading: rows to Kafka
+ * ---------------------------------------------------------------------
+ */
+static void
+keep_dead_letter(CsvFile *f, const CsvRecord *rec, const char *reason)
+{
+	CsvDeadLetterHeader h;
+
+	h.line = rec->line;
+	h.rawlen = (uint32) rec->rawlen;
+	h.reasonlen = (uint32) strlen(reason);
+	BufFileWrite(f->dead_letters, &h, sizeof(h));
+	BufFileWrite(f->dead_letters, (void *) rec->raw, h.rawlen);
+	BufFileWrite(f->dead_letters, (void *) reason, h.reasonlen);
+	f->rows_rejected++;
+}
+
+/*
+ * Parse the file from its start and produce every valid row into delivery;
+ * refused rows go to f->dead_letters.  Returns CSV_UNREADABLE with *reason
+ * when the file has no usable header.
+ */
+static CsvSendResult
+send_rows(CsvFile *f, KafkaDelivery *delivery, char **reason)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	MemoryContext row_cxt;
+	CsvReader  *reader;
+	CsvRecord	rec;
+	CsvSalesMap map;
+	CsvEnvelopeSource src;
+	StringInfoData key;
+	StringInfoData value;
+	TimestampTz last_state = 0;
+	int64		rows = 0;
+	int64		ts_ms = 0;
+
+	if (lseek(f->fd, 0, SEEK_SET) != 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not seek in file \"%s\": %m", f->name)));
+	if (f->dead_letters)
+		BufFileClose(f->dead_letters);
+	f->dead_letters = BufFileCreateTemp(true);
+	f->rows_sent = f->rows_rejected = 0;
+	memset(delivery, 0, sizeof(KafkaDelivery));
+
+	reader = csv_reader_create(f->fd, f->name);
+	if (!csv_read_record(reader, &rec))
+	{
+		*reason = pstrdup("the file is empty: its first row must name the columns");
+		return CSV_UNREADABLE;
+	}
+	*reason = csv_map_header(&rec, &map);
+	if (*reason)
+		return CSV_UNREADABLE;
+
+	ensure_producer();
+	csv_envelope_source(&src, f->name, f->sha256);
+	initStringInfo(&key);
+	initStringInfo(&value);
+	row_cxt = AllocSetContextCreate(cxt, "pg_kappa csv row", ALLOCSET_SMALL_SIZES);
+
+	while (csv_read_record(reader, &rec))
+	{
+		char	   *refused;
+
+		/* when the envelope was made: to the millisecond, read now and then */
+		if (rows % 64 == 0)
+			ts_ms = envelope_unix_ms(GetCurrentTimestamp());
+		MemoryContextSwitchTo(row_cxt);
+		refused = csv_sales_envelope(&map, &rec, &src, ts_ms, &key, &value);
+		MemoryContextSwitchTo(cxt);
+		if (refused)
+			keep_dead_letter(f, &rec, refused);
+		else
+		{
+			kafka_produce(worker.producer, kappa_sales_topic, key.data, key.len,
+						  value.data, value.len, delivery);
+			f->rows_sent++;
+		}
+		MemoryContextReset(row_cxt);
+
+		if (++rows % CSV_SERVE_EVERY == 0)
+		{
+			TimestampTz now = GetCurrentTimestamp();
+
+			CHECK_FOR_INTERRUPTS();
+			serve_kafka();
+			if (TimestampDifferenceExceeds(last_state, now, CSV_STATE_EVERY_MS))
+			{
+				source_stats_set_state(worker.stats,
+									   "reading %s: line %lld, %lld rows sent, %lld acknowledged, %lld refused",
+									   f->name, (long long) rec.line,
+									   (long long) f->rows_sent, (long long) delivery->delivered,
+									   (long long) f->rows_rejected);
+				last_state = now;
+			}
+		}
+	}
+	MemoryContextDelete(row_cxt);
+	csv_reader_free(reader);
+	return CSV_SENT;
+}
+
+/* Wait, following reloads, until a backoff has passed. */
+static void
+backoff(long ms)
+{
+	TimestampTz until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ms);
+
+	while (GetCurrentTimestamp() < until)
+	{
+		wait_ms(TimestampDifferenceMilliseconds(GetCurrentTimestamp(), until));
+		if (ConfigReloadPending)
+			reload_configuration();
+	}
+}
+
+/* Has the file changed since f->st was taken? */
+static bool
+file_changed(CsvFile *f)
+{
+	struct stat st;
+
+	if (fstat(f->fd, &st) != 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not stat file \"%s\": %m", f->name)));
+	return st.st_size != f->st.st_size || stat_mtime_ns(&st) != stat_mtime_ns(&f->st);
+}
+
+/*
+ * Files whose rows are produced and whose acknowledgements are awaited,
+ * oldest first.  The next file is read while Kafka acknowledges the last
+ * ones, so the producer never runs dry between files; each file still has
+ * its own delivery group and is recorded only when all of its rows are
+ * acknowledged.
+ */
+static List *pending_files = NIL;
+
+static void send_file(CsvFile *f);
+
+static void
+close_file(CsvFile *f)
+{
+	if (f->dead_letters)
+		BufFileClose(f->dead_letters);
+	if (f->fd >= 0)
+		close(f->fd);
+	if (f->processed_fd >= 0)
+		close(f->processed_fd);
+	if (f->failed_fd >= 0)
+		close(f->failed_fd);
+	if (f->dirfd >= 0)
+		close(f->dirfd);
+	MemoryContextDelete(f->cxt);
+}
+
+/* Every row acknowledged: record the file and move it. */
+static void
+complete_file(CsvFile *f)
+{
+	MemoryContext old = MemoryContextSwitchTo(f->cxt);
+
+	if (file_changed(f))
+	{
+		report_problem("\"%s\" changed while it was read; it will be read again once it is stable",
+					   f->name);
+		forget_candidate(f->name);
+	}
+	else
+		finish_file(f);
+	worker.backoff_ms = 0;
+	MemoryContextSwitchTo(old);
+	close_file(f);
+}
+
+/*
+ * Kafka refused rows of some files: let every pending file be reported,
+ * record those that are complete, and send the others again after a
+ * backoff, from their start (identical replays).
+ */
+static void
+resend_failed_files(void)
+{
+	List	   *failed = NIL;
+	ListCell   *lc;
+
+	foreach(lc, pending_files)
+		(void) kafka_wait_delivered(worker.producer, &((CsvFile *) lfirst(lc))->delivery, -1);
+	serve_kafka();
+	foreach(lc, pending_files)
+	{
+		CsvFile    *f = lfirst(lc);
+		char		msg[400];
+
+		if (f->delivery.failed == 0)
+		{
+			complete_file(f);
+			continue;
+		}
+		snprintf(msg, sizeof(msg), "%s: %lld rows could not be delivered to Kafka (%s); sending the file again",
+				 f->name, (long long) f->delivery.failed,
+				 worker.producer->fatal ? worker.producer->last_error_text :
+				 rd_kafka_err2str(f->delivery.error));
+		source_stats_error(worker.stats, msg);
+		ereport(LOG, (errmsg("pg_kappa csv inbox: %s", msg)));
+		failed = lappend(failed, f);
+	}
+	list_free(pending_files);
+	pending_files = NIL;
+
+	if (worker.producer->fatal)
+		drop_producer();
+	worker.backoff_ms = worker.backoff_ms == 0 ? 1000 :
+		Min(worker.backoff_ms * 2, CSV_MAX_BACKOFF_MS);
+	if (failed != NIL)
+	{
+		source_stats_set_state(worker.stats, "sending %s again in %ld ms after a Kafka delivery failure",
+							   ((CsvFile *) linitial(failed))->name, worker.backoff_ms);
+		backoff(worker.backoff_ms);
+	}
+	foreach(lc, failed)
+		send_file(lfirst(lc));
+	list_free(failed);
+}
+
+/*
+ * Record the pending files whose rows are all acknowledged, oldest first,
+ * waiting as long as more than keep files are pending.
+ */
+static void
+finish_pending_files(int keep)
+{
+	serve_kafka();
+	while (pending_files != NIL)
+	{
+		CsvFile    *f = linitial(pending_files);
+
+		if (f->delivery.pending > 0)
+		{
+			if (list_length(pending_files) <= keep)
+				return;
+			source_stats_set_state(worker.stats, "waiting for Kafka to acknowledge %s: %lld of %lld rows",
+								   f->name, (long long) f->delivery.delivered,
+								   (long long) f->rows_sent);
+			(void) kafka_wait_delivered(worker.producer, &f->delivery, -1);
+			serve_kafka();
+		}
+		if (f->delivery.failed > 0 || worker.producer->fatal)
+		{
+			resend_failed_files();
+			continue;
+		}
+		pending_files = list_delete_first(pending_files);
+		complete_file(f);
+	}
+}
+
+/* Produce the file's rows; it joins the pending files. */
+static void
+send_file(CsvFile *f)
+{
+	MemoryContext old = MemoryContextSwitchTo(f->cxt);
+	char	   *reason = NULL;
+
+	if (send_rows(f, &f->delivery, &reason) == CSV_UNREADABLE)
+	{
+		fail_file(f, reason);
+		MemoryContextSwitchTo(old);
+		close_file(f);
+		return;
+	}
+	MemoryContextSwitchTo(old);
+	pending_files = lappend(pending_files, f);
+}
+
+/*
+ * A file of the inbox, from opening it to sending its rows (or moving it
+ * at once).  Allocates the file's state in a context of its own under cxt.
+ */
+static void
+start_file(const char *name, MemoryContext cxt)
+{
+	CsvFile    *f;
+	MemoryContext old;
+	int64		size;
+	char	   *reason;
+	ListCell   *lc;
+	bool		read = false;
+
+	f = MemoryContextAllocZero(cxt, sizeof(CsvFile));
+	f->cxt = AllocSetContextCreate(cxt, "pg_kappa csv file", ALLOCSET_DEFAULT_SIZES);
+	old = MemoryContextSwitchTo(f->cxt);
+	f->name = pstrdup(name);
+	f->dirfd = f->processed_fd = f->failed_fd = f->fd = -1;
+
+	f->dirfd = open(kappa_csv_inbox, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (f->dirfd < 0)
+	{
+		report_problem("could not open inbox directory \"%s\": %m", kappa_csv_inbox);
+		goto done;
+	}
+	f->fd = openat(f->dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (f->fd < 0)
+	{
+		if (errno != ENOENT && errno != ELOOP)
+		{
+			report_problem("could not open file \"%s\" of the inbox: %m", name);
+			mark_unreadable(name);
+		}
+		goto done;
+	}
+	/* what was opened is what the scan saw: a plain file, here */
+	if (fstat(f->fd, &f->st) != 0 || !S_ISREG(f->st.st_mode) || f->st.st_nlink != 1)
+		goto done;
+	f->processed_fd = open_subdir(f->dirfd, "processed");
+	f->failed_fd = open_subdir(f->dirfd, "failed");
+
+	source_stats_set_state(worker.stats, "checking %s", name);
+	reason = hash_and_verify(f, &size);
+	if (size != f->st.st_size || file_changed(f))
+	{
+		report_problem("\"%s\" changed while it was read; it will be read again once it is stable",
+					   name);
+		forget_candidate(name);
+		goto done;
+	}
+
+	/* the same content in flight: let it be recorded first */
+	foreach(lc, pending_files)
+	{
+		if (strcmp(((CsvFile *) lfirst(lc))->sha256, f->sha256) == 0)
+		{
+			finish_pending_files(0);
+			break;
+		}
+	}
+
+	switch (ledger_begin(f, size))
+	{
+		case CSV_LEDGER_DONE:
+			break;
+		case CSV_LEDGER_GIVE_UP:
+			{
+				char		last_error[512];
+
+				SpinLockAcquire(&worker.stats->mutex);
+				strlcpy(last_error, worker.stats->last_error, sizeof(last_error));
+				SpinLockRelease(&worker.stats->mutex);
+				fail_file(f, psprintf("gave up after %d attempts; the last error was: %s",
+									  f->attempts - 1, last_error[0] ? last_error : "unknown"));
+			}
+			break;
+		case CSV_LEDGER_READ:
+			if (reason)
+				fail_file(f, reason);
+			else
+				read = true;
+			break;
+	}
+
+done:
+	MemoryContextSwitchTo(old);
+	if (read)
+		send_file(f);
+	else
+		close_file(f);
+}
+
+/* ---------------------------------------------------------------------
+ * Main loop
+ * ---------------------------------------------------------------------
+ */
+static void
+reset_candidates(void)
+{
+	HASHCTL		ctl;
+
+	if (worker.candidates)
+		hash_destroy(worker.candidates);
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = NAME_MAX + 1;
+	ctl.entrysize = sizeof(CsvCandidate);
+	ctl.hcxt = TopMemoryContext;
+	worker.candidates = hash_create("pg_kappa csv inbox files", 256, &ctl,
+									HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+}
+
+static void
+reload_configuration(void)
+{
+	char	   *old_brokers = pstrdup(kappa_brokers);
+	char	   *old_options = pstrdup(kappa_kafka_options);
+	char	   *old_inbox = pstrdup(kappa_csv_inbox);
+
+	ConfigReloadPending = false;
+	ProcessConfigFile(PGC_SIGHUP);
+
+	if (strcmp(old_brokers, kappa_brokers) != 0 ||
+		strcmp(old_options, kappa_kafka_options) != 0)
+	{
+		/* between files nothing is in flight; within one, it is re-sent */
+		ereport(LOG, (errmsg("pg_kappa csv inbox: Kafka settings changed, reconnecting")));
+		if (worker.producer && rd_kafka_outq_len(worker.producer->rk) == 0)
+			drop_producer();
+	}
+	if (strcmp(old_inbox, kappa_csv_inbox) != 0)
+	{
+		reset_candidates();
+		worker.problem[0] = '\0';
+	}
+	pfree(old_brokers);
+	pfree(old_options);
+	pfree(old_inbox);
+}
+
+static void
+csv_worker_shutdown(int code, Datum arg)
+{
+	if (worker.stats)
+	{
+		SpinLockAcquire(&worker.stats->mutex);
+		strlcpy(worker.stats->state, "stopped", sizeof(worker.stats->state));
+		worker.stats->pid = 0;
+		SpinLockRelease(&worker.stats->mutex);
+	}
+	if (worker.producer)
+	{
+		kafka_client_destroy(worker.producer, 0);
+		worker.producer = NULL;
+	}
+}
+
+void
+kappa_csv_worker_main(Datum main_arg)
+{
+	MemoryContext loop_cxt;
+
+	kappa_worker_begin("pg_kappa csv inbox");
+
+	memset(&worker, 0, sizeof(worker));
+	worker.stats = source_stats_attach("csv");
+	worker.owner = ResourceOwnerCreate(NULL, "pg_kappa csv inbox");
+	reset_candidates();
+	before_shmem_exit(csv_worker_shutdown, (Datum) 0);
+	loop_cxt = AllocSetContextCreate(TopMemoryContext, "pg_kappa csv loop",
+									 ALLOCSET_DEFAULT_SIZES);
+
+	PG_TRY();
+	{
+		for (;;)
+		{
+			List	   *ready;
+			ListCell   *lc;
+			MemoryContext old;
+
+			CHECK_FOR_INTERRUPTS();
+			if (ConfigReloadPending)
+				reload_configuration();
+			MemoryContextReset(loop_cxt);
+			old = MemoryContextSwitchTo(loop_cxt);
+			serve_kafka();
+
+			if (!kappa_csv_enabled)
+			{
+				source_stats_set_state(worker.stats, "disabled (kappa.csv_enabled = off)");
+				MemoryContextSwitchTo(old);
+				wait_ms(kappa_csv_poll_interval);
+				continue;
+			}
+			if (kappa_csv_inbox[0] == '\0')
+			{
+				source_stats_set_state(worker.stats, "idle: kappa.csv_inbox is not set");
+				MemoryContextSwitchTo(old);
+				wait_ms(kappa_csv_poll_interval);
+				continue;
+			}
+			if (!worker.extension_seen)
+			{
+				worker.extension_seen = kappa_extension_installed();
+				if (!worker.extension_seen)
+				{
+					source_stats_set_state(worker.stats,
+										   "waiting for CREATE EXTENSION pg_kappa in database \"%s\"",
+										   kappa_database);
+					MemoryContextSwitchTo(old);
+					wait_ms(kappa_csv_poll_interval);
+					continue;
+				}
+			}
+
+			ready = scan_inbox();
+			foreach(lc, ready)
+			{
+				start_file(lfirst(lc), loop_cxt);
+				finish_pending_files(CSV_MAX_PENDING_FILES - 1);
+				CHECK_FOR_INTERRUPTS();
+				if (ConfigReloadPending)
+					break;
+			}
+			finish_pending_files(0);
+			MemoryContextSwitchTo(old);
+			if (ready == NIL)
+			{
+				if (worker.inbox_ok)
+					source_stats_set_state(worker.stats, "watching %s", kappa_csv_inbox);
+				wait_ms(kappa_csv_poll_interval);
+			}
+		}
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		/* keep the reason visible in kappa.stat_sources, then exit */
+		MemoryContextSwitchTo(TopMemoryContext);
+		edata = CopyErrorData();
+		source_stats_error(worker.stats, edata->message);
+		FreeErrorData(edata);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+}

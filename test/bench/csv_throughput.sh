@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# CSV inbox throughput: rows per second from files in the inbox to Kafka
+# acknowledgement, side by side with kcat -P sending the same rows as lines,
+# in the same run on the same machine and broker.
+#
+#   test/bench/csv_throughput.sh [ROWS] [ROWS_PER_FILE]   (default 1000000 50000)
+#
+# Needs the extension installed (test/run-tests or make install) and kcat;
+# runs as root (cluster as postgres) or as an ordinary user.  Prints a
+# Markdown table; docs/csv-inbox.md quotes it.
+#
+# Figures:
+#   kcat -P     the data rows of all files (header lines dropped) as one
+#               message per line, lz4 like pg_kappa's producer; kcat exits
+#               once every message is acknowledged.  Then, to tell Kafka's
+#               cost from the worker's, the envelopes pg_kappa makes of the
+#               same rows (generated here), keyed by sale_id
+#   pg_kappa    the files are put in the inbox while the worker is switched
+#               off; the clock runs from the reload that switches it on
+#               until every file is recorded as processed (which happens
+#               only after Kafka acknowledged all its rows).  Includes the
+#               SHA-256 pass, parsing, the input functions, the envelopes,
+#               the ledger transaction and the move of each file.
+# The dev broker drops the oldest batches beyond ~5 MiB per partition: the
+# topics have 32 partitions and only acknowledgements are measured.
+set -euo pipefail
+
+rows=${1:-1000000}
+per_file=${2:-50000}
+here=$(cd "$(dirname "$0")/../.." && pwd)
+bindir=/usr/lib/postgresql/15/bin
+port=${BENCH_PORT:-55433}
+
+if [ "$(id -u)" -eq 0 ]; then
+	run() { runuser -u postgres -- "$@"; }
+	owner=postgres
+else
+	run() { "$@"; }
+	owner=$(id -un)
+fi
+work=$(mktemp -d /tmp/pg_kappa-bench.XXXXXX)
+chown "$owner" "$work"
+cleanup() {
+	run "$bindir/pg_ctl" -D "$work/data" -m immediate stop >/dev/null 2>&1 || true
+	[ -n "${broker_pid:-}" ] && kill "$broker_pid" 2>/dev/null || true
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+# ---- the files -------------------------------------------------------------
+mkdir "$work/inbox"
+files=$(( (rows + per_file - 1) / per_file ))
+awk -v rows="$rows" -v per="$per_file" -v dir="$work/inbox" -v envelopes="$work/envelopes" \
+	-v sha=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef 'BEGIN {
+	hdr = "sale_id,store_id,seller_id,seller_name,city,country,amount,currency,sold_at"
+	for (i = 1; i <= rows; i++) {
+		if ((i - 1) % per == 0) {
+			if (f) close(f)
+			f = sprintf("%s/sales_%08d.csv", dir, int((i - 1) / per))
+			print hdr > f
+		}
+		s = i % 86400
+		# the envelope pg_kappa makes of the row, for the second kcat baseline
+		printf "%d\t{\"op\":\"c\",\"before\":null,\"after\":{\"sale_id\":\"%d\",\"store_id\":\"ST-%d\",\"seller_id\":\"S-%d\",\"seller_name\":\"Seller, %d\",\"city\":\"City %d\",\"country\":\"%s\",\"amount\":\"%d.%02d\",\"currency\":\"EUR\",\"sold_at\":\"2026-11-21T%02d:%02d:%02d.000000Z\"},\"source\":{\"connector\":\"csv\",\"file\":\"sales_%08d.csv\",\"line\":%d,\"sha256\":\"%s\"},\"ts_ms\":1763720103213}\n",
+			i, i, i % 50, i % 200, i % 200, i % 37, (i % 2 ? "ES" : "PT"), i % 10000, i % 100,
+			int(s / 3600), int(s / 60) % 60, s % 60, int((i - 1) / per), (i - 1) % per + 2, sha > envelopes
+		printf "%d,ST-%d,S-%d,\"Seller, %d\",City %d,%s,%d.%02d,EUR,2026-11-21T%02d:%02d:%02dZ\n",
+			i, i % 50, i % 200, i % 200, i % 37, (i % 2 ? "ES" : "PT"), i % 10000, i % 100,
+			int(s / 3600), int(s / 60) % 60, s % 60 > f
+	}
+	close(f)
+	close(envelopes)
+}'
+# the same rows as kcat input: every file without its header
+for f in "$work"/inbox/sales_*.csv; do tail -n +2 "$f"; done > "$work/lines"
+chown -R "$owner" "$work/inbox"
+bytes=$(cat "$work"/inbox/sales_*.csv | wc -c)
+
+# ---- broker and cluster ----------------------------------------------------
+"$here/test/dev-broker" --topic sales-events:32 --topic kcat-lines:32 --topic kcat-envelopes:32 \
+	--bootstrap-file "$work/bootstrap" >/dev/null &
+broker_pid=$!
+for _ in $(seq 50); do [ -s "$work/bootstrap" ] && break; sleep 0.1; done
+bootstrap=$(cat "$work/bootstrap")
+
+run "$bindir/initdb" -D "$work/data" -A trust --encoding=UTF8 --locale=C >/dev/null
+cat >> "$work/data/postgresql.conf" <<EOF
+port = $port
+unix_socket_directories = '$work'
+listen_addresses = ''
+shared_preload_libraries = 'pg_kappa'
+wal_level = logical
+shared_buffers = 256MB
+kappa.database = 'bench'
+kappa.brokers = '$bootstrap'
+kappa.cdc_enabled = off
+kappa.csv_enabled = off
+kappa.csv_inbox = '$work/inbox'
+kappa.csv_stable_ms = 0
+kappa.csv_poll_interval = 20
+EOF
+run "$bindir/pg_ctl" -D "$work/data" -l "$work/log" -w start >/dev/null
+psql() { run "$bindir/psql" -X -q -h "$work" -p "$port" -v ON_ERROR_STOP=1 "$@"; }
+psql -d postgres -c 'CREATE DATABASE bench'
+psql -d bench -c 'CREATE EXTENSION pg_kappa'
+# the worker started before database "bench" existed: wait for its restart
+psql -d bench -At -c "DO \$\$ BEGIN
+  WHILE NOT EXISTS (SELECT FROM kappa.stat_sources WHERE source = 'csv' AND state LIKE 'disabled%'
+                    AND pid IS NOT NULL) LOOP
+    PERFORM pg_sleep(0.05);
+  END LOOP; END \$\$"
+
+now() { date +%s.%N; }
+rate() { echo "$1 / $2" | bc -l | xargs printf '%.0f'; }
+
+# ---- 1. kcat -P -----------------------------------------------------------
+t0=$(now)
+kcat -P -b "$bootstrap" -t kcat-lines -z lz4 -X linger.ms=5 < "$work/lines"
+t1=$(now)
+kcat_s=$(echo "$t1 - $t0" | bc -l)
+t0=$(now)
+kcat -P -b "$bootstrap" -t kcat-envelopes -z lz4 -X linger.ms=5 -K "$(printf '\t')" < "$work/envelopes"
+t1=$(now)
+kcat_env_s=$(echo "$t1 - $t0" | bc -l)
+
+# ---- 2. pg_kappa CSV inbox -----------------------------------------------
+t0=$(now)
+psql -d postgres -c "ALTER SYSTEM SET kappa.csv_enabled = on" -c "SELECT pg_reload_conf()" >/dev/null
+psql -d bench -At -c "DO \$\$ BEGIN
+  WHILE (SELECT count(*) FROM kappa.csv_files WHERE state = 'processed') < $files LOOP
+    PERFORM pg_sleep(0.005);
+  END LOOP; END \$\$"
+t1=$(now)
+csv_s=$(echo "$t1 - $t0" | bc -l)
+
+read -r ingested rejected inner_s < <(psql -d bench -At -F ' ' -c "SELECT sum(rows_ingested), sum(rows_rejected),
+	extract(epoch FROM max(finished_at) - min(started_at)) FROM kappa.csv_files WHERE state = 'processed'")
+pid=$(psql -d bench -At -c "SELECT pid FROM kappa.stat_sources WHERE source = 'csv'")
+hwm_kb=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
+anon_kb=$(awk '/RssAnon/ {print $2}' "/proc/$pid/status")
+left=$(find "$work/inbox" -maxdepth 1 -name 'sales_*.csv' | wc -l)
+
+if [ "$ingested" -ne "$rows" ] || [ "$rejected" -ne 0 ] || [ "$left" -ne 0 ]; then
+	echo "bench: counts do not match ($ingested rows ingested, $rejected rejected, $left files left)" >&2
+	exit 1
+fi
+
+kcat_rate=$(rate "$rows" "$kcat_s")
+kcat_env_rate=$(rate "$rows" "$kcat_env_s")
+csv_rate=$(rate "$rows" "$csv_s")
+inner_rate=$(rate "$rows" "$inner_s")
+ratio() { echo "$1 / $kcat_rate" | bc -l | xargs printf '%.2f'; }
+
+cat <<EOF
+CSV inbox throughput, $rows rows in $files files ($((bytes / 1048576)) MB of CSV), $(nproc) cores, $(date -u +%Y-%m-%d)
+
+| path | seconds | rows/s | vs kcat -P |
+|---|---:|---:|---:|
+| kcat -P, the rows as lines (lz4) | $(printf '%.2f' "$kcat_s") | $kcat_rate | 1.00 |
+| kcat -P, the same envelopes pg_kappa sends, keyed (lz4) | $(printf '%.2f' "$kcat_env_s") | $kcat_env_rate | $(ratio "$kcat_env_rate") |
+| pg_kappa CSV inbox, reload to last file processed (Kafka ack + ledger) | $(printf '%.2f' "$csv_s") | $csv_rate | $(ratio "$csv_rate") |
+| pg_kappa CSV inbox, first file started to last file recorded (ledger times) | $(printf '%.2f' "$inner_s") | $inner_rate | $(ratio "$inner_rate") |
+
+kcat sends each CSV line (about $(( $(wc -c < "$work/lines") / rows )) bytes), then envelopes shaped like pg_kappa's (about $(( $(wc -c < "$work/envelopes") / rows )) bytes with the key); pg_kappa makes an envelope per row from the CSV and sends it keyed by sale_id.
+CSV worker memory: peak RSS $((hwm_kb / 1024)) MB (VmHWM, shared memory pages included), private $((anon_kb / 1024)) MB (RssAnon) after $rows rows.
+EOF
