@@ -12,12 +12,14 @@
 # it is killed.
 use strict;
 use warnings;
+use utf8;
 
 use POSIX qw(strftime floor);
 use Time::HiRes qw(time sleep);
 
 my ($inbox, $ledger) = @ARGV;
 die "usage: demo_shop.pl INBOX LEDGER\n" unless $inbox && $ledger;
+binmode(STDOUT, ':encoding(UTF-8)');
 $| = 1;
 
 my @cities = (
