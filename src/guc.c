@@ -266,7 +266,7 @@ kappa_define_gucs(void)
 							   NULL, NULL, NULL);
 
 	DefineCustomStringVariable("kappa.sales_topic",
-							   "Topic of sale change events (CDC, CSV inbox, HTTP).",
+							   "Topic of sale change events (CDC publisher, CSV inbox, other producers).",
 							   NULL,
 							   &kappa_sales_topic,
 							   "sales-events",
@@ -339,7 +339,7 @@ kappa_define_gucs(void)
 
 	/* ---- the stream side ---- */
 	DefineCustomStringVariable("kappa.window_time_zone",
-							   "Time zone of calendar windows (days, weeks, months) whose ranking names none.",
+							   "Time zone of the calendar windows of rankings created without one (each ranking keeps its zone).",
 							   NULL,
 							   &kappa_window_time_zone,
 							   "UTC",
