@@ -123,6 +123,7 @@ typedef struct PartitionState
 	int64		high_watermark;
 	bool		touched;		/* in the batch being applied */
 	bool		idle_dirty;		/* caught_up/high watermark changed */
+	int64		lost_offset;	/* >= 0: the broker no longer has it */
 } PartitionState;
 
 typedef struct LateEvent
@@ -351,6 +352,7 @@ assign_partitions(rd_kafka_topic_partition_list_t *parts)
 		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
 		ps->last_record_at = isnull ? 0 : DatumGetTimestampTz(d);
 		ps->high_watermark = -1;
+		ps->lost_offset = -1;
 		sw.partitions = lappend(sw.partitions, ps);
 		MemoryContextSwitchTo(old);
 
@@ -1232,48 +1234,95 @@ handle_consumer_error(rd_kafka_message_t *msg)
 	if (msg->err == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET ||
 		msg->err == RD_KAFKA_RESP_ERR_OFFSET_OUT_OF_RANGE)
 	{
-		/* the stored offset was deleted by retention: say so, then go on */
-		const char *topic = msg->rkt ? rd_kafka_topic_name(msg->rkt) : "?";
-		PartitionState *ps = msg->rkt ? find_partition(topic, msg->partition) : NULL;
-		rd_kafka_topic_partition_list_t *list;
+		/* handled once the messages fetched with it are in the batch */
+		PartitionState *ps = msg->rkt ?
+			find_partition(rd_kafka_topic_name(msg->rkt), msg->partition) : NULL;
 
-		snprintf(buf, sizeof(buf),
-				 "offset " INT64_FORMAT " of %s[%d] no longer exists at the broker (retention): the messages before the earliest remaining offset were never applied",
-				 ps ? ps->committed : msg->offset, topic, msg->partition);
-		ereport(WARNING, (errmsg("pg_kappa stream worker: %s", buf),
-						  errhint("Consume faster than the topic's retention, or raise retention.ms.")));
-		record_error(buf);
 		if (ps)
-		{
-			StartTransactionCommand();
-			PushActiveSnapshot(GetTransactionSnapshot());
-			{
-				KappaDeadLetter dl = {.source = "stream",.topic = topic,.partition = msg->partition,
-					.offset = ps->committed,.file = NULL,.line = -1,.raw = NULL,.rawlen = 0,
-				.error = buf};
-
-				kappa_dead_letter(&dl);
-			}
-			PopActiveSnapshot();
-			CommitTransactionCommand();
-			list = rd_kafka_topic_partition_list_new(1);
-			rd_kafka_topic_partition_list_add(list, topic, msg->partition)->offset = RD_KAFKA_OFFSET_BEGINNING;
-			{
-				rd_kafka_error_t *err = rd_kafka_seek_partitions(sw.consumer->rk, list, 5000);
-
-				if (err)
-				{
-					record_error(rd_kafka_error_string(err));
-					rd_kafka_error_destroy(err);
-				}
-			}
-			rd_kafka_topic_partition_list_destroy(list);
-		}
+			ps->lost_offset = msg->offset >= 0 ? msg->offset : Max(ps->committed, 0);
 		return;
 	}
 	snprintf(buf, sizeof(buf), "kafka: %s", rd_kafka_message_errstr(msg));
 	if (msg->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
 		record_error(buf);
+}
+
+/*
+ * The broker deleted the offset a partition was to be read from (retention,
+ * or a recreated topic): librdkafka stops fetching it (auto.offset.reset is
+ * "error" so that this is never silent).  Say so everywhere it will be seen
+ * -- the log, the status, a dead letter naming the lost range -- and go on
+ * from the earliest offset the broker still has.  The assignment is issued
+ * again: a partition stopped this way takes no seek.  The other partitions
+ * resume where this worker is; what the batch already holds is skipped when
+ * fetched again.
+ */
+static void
+resume_after_lost_offsets(void)
+{
+	ListCell   *lc;
+	bool		any = false;
+	rd_kafka_topic_partition_list_t *list;
+
+	foreach(lc, sw.partitions)
+		any |= ((PartitionState *) lfirst(lc))->lost_offset >= 0;
+	if (!any)
+		return;
+
+	list = rd_kafka_topic_partition_list_new(list_length(sw.partitions));
+	foreach(lc, sw.partitions)
+	{
+		PartitionState *ps = lfirst(lc);
+		int64		lo = -1,
+					hi = -1;
+		rd_kafka_resp_err_t err;
+		char		buf[512];
+
+		if (ps->lost_offset < 0)
+		{
+			rd_kafka_topic_partition_list_add(list, ps->topic, ps->partition)->offset =
+				ps->next >= 0 ? ps->next : RD_KAFKA_OFFSET_BEGINNING;
+			continue;
+		}
+
+		err = rd_kafka_query_watermark_offsets(sw.consumer->rk, ps->topic, ps->partition,
+											   &lo, &hi, 5000);
+		if (!err && lo > ps->lost_offset)
+			snprintf(buf, sizeof(buf),
+					 "offsets " INT64_FORMAT " to " INT64_FORMAT " of %s[%d] no longer exist at the broker (retention): they were never applied; resuming at offset " INT64_FORMAT,
+					 ps->lost_offset, lo - 1, ps->topic, ps->partition, lo);
+		else if (!err)
+			snprintf(buf, sizeof(buf),
+					 "offset " INT64_FORMAT " of %s[%d] does not exist at the broker (it holds " INT64_FORMAT " to " INT64_FORMAT "): resuming at offset " INT64_FORMAT,
+					 ps->lost_offset, ps->topic, ps->partition, lo, hi - 1, lo);
+		else
+			snprintf(buf, sizeof(buf),
+					 "offset " INT64_FORMAT " of %s[%d] does not exist at the broker: resuming at its earliest offset (%s)",
+					 ps->lost_offset, ps->topic, ps->partition, rd_kafka_err2str(err));
+		ereport(WARNING,
+				(errcode(ERRCODE_WARNING),
+				 errmsg("pg_kappa stream worker %d: %s", sw.index, buf),
+				 errhint("Consume faster than the topic's retention, or raise its retention.ms.")));
+		record_error(buf);
+
+		StartTransactionCommand();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		{
+			KappaDeadLetter dl = {.source = "stream",.topic = ps->topic,.partition = ps->partition,
+				.offset = ps->lost_offset,.file = NULL,.line = -1,.raw = NULL,.rawlen = 0,
+			.error = buf};
+
+			kappa_dead_letter(&dl);
+		}
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+
+		rd_kafka_topic_partition_list_add(list, ps->topic, ps->partition)->offset =
+			err ? RD_KAFKA_OFFSET_BEGINNING : lo;
+		ps->lost_offset = -1;
+	}
+	rd_kafka_assign(sw.consumer->rk, list);
+	rd_kafka_topic_partition_list_destroy(list);
 }
 
 /* Gather messages; returns true when a batch is ready. */
@@ -1317,6 +1366,7 @@ collect(void)
 	if (n > 0 && base == 0)
 		sw.batch_started = GetCurrentTimestamp();
 	sw.batch_count = base + (int) n;
+	resume_after_lost_offsets();
 
 	return sw.batch_count >= sw.batch_cap ||
 		(sw.batch_count > 0 &&

@@ -1,0 +1,85 @@
+# A stream worker whose stored offset the broker has already deleted
+# (retention) says so loudly — a WARNING in the log, the reason in
+# kappa.stat_consumers.last_error, a dead letter naming the partition and the
+# lost offset — and then goes on from the earliest offset the broker still
+# has, counting every remaining event exactly once.  The dev broker keeps
+# about 5 MiB per partition, so producing well over that while the worker is
+# stopped deletes the worker's stored offset.
+use strict;
+use warnings;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use PgKappa::Test;
+
+my $broker = start_dev_broker(topics => [ 'sales-events:1', 'payment-confirmations:1',
+	'top-sales-by-city:1', 'top-salesman-by-country:1' ]);
+my $node = kappa_node('retention', $broker, conf => q{
+kappa.idle_timeout = '1h'
+kappa.default_grace = '10min'
+kappa.stream_batch_ms = 20
+kappa.cdc_enabled = off
+});
+
+sub sale
+{
+	my ($id, $city, $amount, $pad) = @_;
+	return [ $id, sprintf('{"op":"c","before":null,"after":{"sale_id":"%d","seller_id":"S1","seller_name":"%s","city":"%s","country":"ES","amount":"%s","sold_at":"2026-11-20T10:00:00Z"},"source":{"connector":"test"}}',
+		$id, 'x' x $pad, $city, $amount) ];
+}
+
+sub city_totals
+{
+	return $node->safe_psql('shop', q{
+SELECT string_agg(group_values[1] || '=' || total || '/' || sale_count, ',' ORDER BY group_values[1])
+  FROM kappa.ranking_results WHERE ranking = 'top_sales_by_city'});
+}
+
+# 10 sales, consumed: the stored offset is 10.
+kcat_produce($broker, 'sales-events', [ map { sale($_, 'Madrid', "$_.00", 0) } 1 .. 10 ]);
+wait_until(sub { city_totals() eq 'Madrid=55.00/10' }, 'the first 10 sales counted');
+is($node->safe_psql('shop', q{SELECT next_offset FROM kappa.stream_offsets WHERE topic = 'sales-events'}),
+	'10', 'offset 10 stored');
+
+# Stop the worker, then produce about 12 MB: the broker drops the oldest batches.
+$node->safe_psql('postgres', q{ALTER SYSTEM SET kappa.stream_enabled = off});
+$node->safe_psql('postgres', q{SELECT pg_reload_conf()});
+wait_until(sub { $node->safe_psql('shop',
+	q{SELECT bool_and(state LIKE 'disabled%') FROM kappa.stream_worker_status()}) eq 't' },
+	'the stream worker to leave the group');
+for my $round (0 .. 5)
+{
+	kcat_produce($broker, 'sales-events',
+		[ map { sale(1000 + $round * 5000 + $_, 'Lisboa', '1.00', 300) } 1 .. 5000 ]);
+}
+
+# The independent expectation: what the topic still holds, read with kcat.
+my $left = kcat_consume($broker, 'sales-events');
+my $earliest = $left->[0]{offset};
+my $expected_lisboa = scalar(grep { $_->{value} =~ /"city":"Lisboa"/ } @$left);
+cmp_ok($earliest, '>', 10, "the broker deleted the stored offset (earliest now $earliest)");
+ok(!grep({ $_->{value} =~ /"city":"Madrid"/ } @$left), 'no Madrid sale is left in the topic');
+cmp_ok($expected_lisboa, '<', 30000, "some Lisboa sales were deleted too ($expected_lisboa of 30000 left)");
+
+my $log_offset = -s $node->logfile;
+$node->safe_psql('postgres', q{ALTER SYSTEM SET kappa.stream_enabled = on});
+$node->safe_psql('postgres', q{SELECT pg_reload_conf()});
+wait_until(sub { city_totals() eq sprintf('Lisboa=%d.00/%d,Madrid=55.00/10', $expected_lisboa, $expected_lisboa) },
+	'every remaining sale counted once');
+is(city_totals(), sprintf('Lisboa=%d.00/%d,Madrid=55.00/10', $expected_lisboa, $expected_lisboa),
+	'the earlier counts stand and every sale the broker still had is counted once');
+
+my $reason = sprintf('offsets 10 to %d of sales-events[0] no longer exist at the broker (retention): '
+  . 'they were never applied; resuming at offset %d', $earliest - 1, $earliest);
+is($node->safe_psql('shop', q{
+SELECT source || '|' || topic || '|' || partition || '|' || "offset" || '|' || error
+  FROM kappa.dead_letters WHERE topic = 'sales-events'}),
+	"stream|sales-events|0|10|$reason", 'a dead letter names the partition, the lost offset and why');
+is($node->safe_psql('shop', q{SELECT last_error FROM kappa.stat_consumers WHERE topic = 'sales-events'}),
+	$reason, 'kappa.stat_consumers shows it');
+like(slurp_file($node->logfile, $log_offset),
+	qr/WARNING:  pg_kappa stream worker \d+: \Q$reason\E/, 'the log says it as a WARNING');
+
+$node->stop;
+done_testing();
