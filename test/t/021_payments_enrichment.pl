@@ -64,10 +64,10 @@ applied(q{SELECT count(*) FROM kappa.payment_history}, '7', 'confirmations consu
 is($node->safe_psql('shop', q{SELECT string_agg(sale_id || '=' || status, ',' ORDER BY sale_id) FROM kappa.payments}),
 	'1001=CONFIRMED,1002=DECLINED,1003=REFUNDED,1004=REFUNDED,1005=CONFIRMED',
 	'latest status per sale, by confirmation time');
-is($node->safe_psql('shop', q{SELECT string_agg(group_values[1] || '=' || total || '/' || sale_count, ',' ORDER BY 1)
+is($node->safe_psql('shop', q{SELECT string_agg(group_values[1] || '=' || total || '/' || sale_count, ',' ORDER BY group_values[1])
   FROM kappa.ranking_results WHERE ranking = 'confirmed_sales_by_city'}),
 	'Madrid=107.00/2', 'confirmed-only ranking: confirmed sales only, refunds retracted');
-is($node->safe_psql('shop', q{SELECT string_agg(group_values[1] || '=' || total || '/' || sale_count, ',' ORDER BY 1)
+is($node->safe_psql('shop', q{SELECT string_agg(group_values[1] || '=' || total || '/' || sale_count, ',' ORDER BY group_values[1])
   FROM kappa.ranking_results WHERE ranking = 'top_sales_by_city'}),
 	'Lisboa=50.00/2,Madrid=157.00/3', 'the ordinary ranking counts every sale');
 is($node->safe_psql('shop', q{SELECT string_agg(sale_id || ':' || payment_status, ',' ORDER BY sale_id) FROM kappa.sales_enriched}),

@@ -42,7 +42,7 @@ kcat_produce($broker, 'partial-city-totals', [
 wait_until(sub {
 	$node->safe_psql('shop', q{SELECT count(*) FROM kappa.dead_letters WHERE topic = 'partial-city-totals'}) eq '1'
 }, 'partials consumed');
-is($node->safe_psql('shop', q{SELECT string_agg(group_values[1] || '=' || total || '/' || sale_count || '/' || is_final, ',' ORDER BY 1)
+is($node->safe_psql('shop', q{SELECT string_agg(group_values[1] || '=' || total || '/' || sale_count || '/' || is_final, ',' ORDER BY group_values[1])
   FROM kappa.ranking_results WHERE ranking = 'city_from_partials'}),
 	'Lisboa=3.00/1/false,Madrid=17.50/4/true', 'partials of two producers add up; newer values replace older');
 is($node->safe_psql('shop', q{SELECT is_final FROM kappa.ranking_windows WHERE ranking = 'city_from_partials'}),
@@ -57,10 +57,10 @@ wait_until(sub {
 	$node->safe_psql('shop', q{SELECT count(*) FROM kappa.ranking_results WHERE ranking = 'city_from_own_results'}) eq '2'
 }, 'final results of 2026-11-20 read back');
 is($node->safe_psql('shop', q{
-SELECT string_agg(s.group_values[1] || '=' || s.total || '/' || s.sale_count, ',' ORDER BY 1)
+SELECT string_agg(s.group_values[1] || '=' || s.total || '/' || s.sale_count, ',' ORDER BY s.group_values[1])
   FROM kappa.ranking_results s WHERE s.ranking = 'city_from_own_results'}),
 	$node->safe_psql('shop', q{
-SELECT string_agg(group_values[1] || '=' || total || '/' || sale_count, ',' ORDER BY 1)
+SELECT string_agg(group_values[1] || '=' || total || '/' || sale_count, ',' ORDER BY group_values[1])
   FROM kappa.ranking_results WHERE ranking = 'top_sales_by_city' AND is_final}),
 	'a sink of our own final results reproduces the ranking');
 
