@@ -141,8 +141,15 @@ like($sample->{source}{ts_ms}, qr/^\d{13}$/, 'source.ts_ms');
 
 # The publisher's own account agrees.
 my $status = $node->safe_psql('shop',
-	"SELECT state, produced, acknowledged, in_flight, errors, lag_bytes < 1000000 FROM kappa.cdc_status");
-is($status, "streaming|$expected_count|$expected_count|0|0|t", 'kappa.cdc_status counts');
+	"SELECT state, produced, acknowledged, in_flight, errors FROM kappa.cdc_status");
+is($status, "streaming|$expected_count|$expected_count|0|0", 'kappa.cdc_status counts');
+# Autovacuum of the new rows may write WAL meanwhile; the publisher confirms
+# past it too (nothing of it is published), so the lag comes down.
+ok(eval {
+	wait_until(sub { $node->safe_psql('shop', 'SELECT lag_bytes < 1000000 FROM kappa.cdc_status') eq 't' },
+		'lag under 1 MB');
+	1;
+}, 'kappa.cdc_status lag comes down to under 1 MB');
 
 $node->stop;
 $broker->stop;
