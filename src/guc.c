@@ -39,6 +39,7 @@ int			kappa_worker_restart_interval = 5;
 char	   *kappa_window_time_zone = NULL;
 int			kappa_default_grace = 600;
 int			kappa_idle_timeout = 30;
+int			kappa_row_memory_retention = 30 * 24 * 3600;
 bool		kappa_stream_enabled = true;
 int			kappa_stream_workers = 1;
 char	   *kappa_stream_group = NULL;
@@ -359,6 +360,14 @@ kappa_define_gucs(void)
 							"A quiet partition then no longer holds windows open; its stream time moves forward by the time that has passed, never to the current time.",
 							&kappa_idle_timeout,
 							30, 1, INT_MAX / 2,
+							PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("kappa.row_memory_retention",
+							"How long the stream worker remembers a row after every window it fell in is final (-1: for ever).",
+							"Remembered rows make updates, deletes and replays exact and list sales in kappa.sales_enriched. A change to a forgotten row is taken as a new sale: it counts only if its own window is still open.",
+							&kappa_row_memory_retention,
+							30 * 24 * 3600, -1, INT_MAX,
 							PGC_SIGHUP, GUC_UNIT_S,
 							NULL, NULL, NULL);
 

@@ -15,6 +15,11 @@
  * them with one query per topic (rows_load), works on the in-memory copies,
  * and writes back the changed ones with one statement (rows_flush).
  *
+ * A row is forgotten (rows_forget) once every ranking on its topic is final
+ * past the latest end of the row's windows by kappa.row_memory_retention:
+ * an event for it could then only fall in a final window, late whether or
+ * not the row is remembered.
+ *
  *-------------------------------------------------------------------------
  */
 #include "pg_kappa.h"
@@ -98,6 +103,7 @@ rows_want(const char *topic, const char *key)
 	if (!found)
 	{
 		memset(&e->state, 0, sizeof(RowState));
+		e->state.windows_end = DT_NOBEGIN;
 		e->hkey.topic = e->state.topic = MemoryContextStrdup(row_cxt, topic);
 		e->hkey.key = e->state.key = MemoryContextStrdup(row_cxt, key);
 		e->loaded = false;
@@ -182,7 +188,7 @@ rows_load(void)
 		 * One index probe per key, in key order (LATERAL keeps the planner
 		 * from scanning a table that only grows), each row locked as found.
 		 */
-		if (SPI_execute_with_args("SELECT s.key, s.lsn, s.seq, s.deleted, s.row_data, s.counted, s.excluded "
+		if (SPI_execute_with_args("SELECT s.key, s.lsn, s.seq, s.deleted, s.row_data, s.counted, s.excluded, s.windows_end "
 								  "  FROM unnest($2) AS k(key), "
 								  "       LATERAL (SELECT * FROM kappa.stream_rows r "
 								  "                 WHERE r.topic = $1 AND r.key = k.key FOR UPDATE) s",
@@ -211,6 +217,8 @@ rows_load(void)
 			s->row_data = SPI_getvalue(tuple, desc, 5);
 			s->counted = int_list_from_array(SPI_getbinval(tuple, desc, 6, &isnull));
 			s->excluded = int_list_from_array(SPI_getbinval(tuple, desc, 7, &isnull));
+			d = SPI_getbinval(tuple, desc, 8, &isnull);
+			s->windows_end = isnull ? DT_NOBEGIN : DatumGetTimestampTz(d);
 		}
 		MemoryContextSwitchTo(old);
 
@@ -330,6 +338,8 @@ rows_insert_new(void)
 			slot->tts_values[6] = int_list_array(s->counted);
 			slot->tts_values[7] = int_list_array(s->excluded);
 			slot->tts_values[8] = TimestampTzGetDatum(now);
+			slot->tts_values[9] = TimestampTzGetDatum(s->windows_end);
+			slot->tts_isnull[9] = (s->windows_end == DT_NOBEGIN);
 			ExecStoreVirtualTuple(slot);
 			s->dirty = false;
 		}
@@ -359,10 +369,10 @@ rows_flush(void)
 	RowEntry   *e;
 	int			n = 0,
 				i = 0;
-	Datum	   *cols[8];
-	bool	   *nulls[8];
-	Oid			types[8];
-	Datum		args[8];
+	Datum	   *cols[9];
+	bool	   *nulls[9];
+	Oid			types[9];
+	Datum		args[9];
 	StringInfoData buf;
 
 	rows_insert_new();
@@ -375,7 +385,7 @@ rows_flush(void)
 		return;
 	/* (only rows already in kappa.stream_rows are left dirty) */
 
-	for (int c = 0; c < 8; c++)
+	for (int c = 0; c < 9; c++)
 	{
 		cols[c] = palloc(sizeof(Datum) * n);
 		nulls[c] = palloc0(sizeof(bool) * n);
@@ -413,6 +423,8 @@ rows_flush(void)
 		resetStringInfo(&buf);
 		append_int_list(&buf, s->excluded);
 		cols[7][i] = CStringGetTextDatum(buf.data);
+		cols[8][i] = TimestampTzGetDatum(s->windows_end);
+		nulls[8][i] = (s->windows_end == DT_NOBEGIN);
 		i++;
 	}
 	for (int c = 0; c < 8; c++)
@@ -423,20 +435,60 @@ rows_flush(void)
 		args[c] = PointerGetDatum(construct_md_array(cols[c], nulls[c], 1, dims, lbs,
 													 TEXTOID, -1, false, TYPALIGN_INT));
 	}
+	{
+		int			dims[1] = {n};
+		int			lbs[1] = {1};
+
+		types[8] = TIMESTAMPTZARRAYOID;
+		args[8] = PointerGetDatum(construct_md_array(cols[8], nulls[8], 1, dims, lbs,
+													 TIMESTAMPTZOID, sizeof(TimestampTz),
+													 FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	}
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (SPI_execute_with_args(
 							  "INSERT INTO kappa.stream_rows AS s "
-							  "       (topic, key, lsn, seq, deleted, row_data, counted, excluded, updated_at) "
-							  "SELECT t, k, l::pg_lsn, q::bigint, d::boolean, r, c::integer[], x::integer[], now() "
-							  "  FROM unnest($1, $2, $3, $4, $5, $6, $7, $8) AS u(t, k, l, q, d, r, c, x) "
+							  "       (topic, key, lsn, seq, deleted, row_data, counted, excluded, updated_at, windows_end) "
+							  "SELECT t, k, l::pg_lsn, q::bigint, d::boolean, r, c::integer[], x::integer[], now(), "
+							  "       w "
+							  "  FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9) AS u(t, k, l, q, d, r, c, x, w) "
 							  " ORDER BY 1, 2 "
 							  "ON CONFLICT (topic, key) DO UPDATE "
 							  "   SET lsn = EXCLUDED.lsn, seq = EXCLUDED.seq, deleted = EXCLUDED.deleted, "
 							  "       row_data = EXCLUDED.row_data, counted = EXCLUDED.counted, "
-							  "       excluded = EXCLUDED.excluded, updated_at = EXCLUDED.updated_at",
-							  8, types, args, NULL, false, 0) != SPI_OK_INSERT)
+							  "       excluded = EXCLUDED.excluded, updated_at = EXCLUDED.updated_at, "
+							  "       windows_end = EXCLUDED.windows_end",
+							  9, types, args, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not write kappa.stream_rows");
 	SPI_finish();
+}
+
+/*
+ * Forget at most limit rows of topic whose windows all ended at or before
+ * cutoff; returns how many.  Rows another worker holds for its batch are
+ * skipped (SKIP LOCKED), so forgetting never waits for, nor deadlocks
+ * with, a batch.  The caller runs this in its own transaction.
+ */
+int64
+rows_forget(const char *topic, TimestampTz cutoff, int limit)
+{
+	Oid			types[3] = {TEXTOID, TIMESTAMPTZOID, INT4OID};
+	Datum		args[3];
+	int64		n;
+
+	args[0] = CStringGetTextDatum(topic);
+	args[1] = TimestampTzGetDatum(cutoff);
+	args[2] = Int32GetDatum(limit);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute_with_args("DELETE FROM kappa.stream_rows "
+							  " WHERE ctid = ANY (ARRAY(SELECT ctid FROM kappa.stream_rows "
+							  "                          WHERE topic = $1 AND windows_end <= $2 "
+							  "                          LIMIT $3 FOR UPDATE SKIP LOCKED))",
+							  3, types, args, NULL, false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "could not forget rows of kappa.stream_rows");
+	n = (int64) SPI_processed;
+	SPI_finish();
+	return n;
 }

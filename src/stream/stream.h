@@ -16,6 +16,7 @@
 extern char *kappa_window_time_zone;
 extern int	kappa_default_grace;	/* seconds */
 extern int	kappa_idle_timeout;		/* seconds */
+extern int	kappa_row_memory_retention; /* seconds, -1: for ever */
 extern bool kappa_stream_enabled;
 extern int	kappa_stream_workers;
 extern char *kappa_stream_group;

@@ -144,6 +144,9 @@ CREATE TABLE kappa.sink_partials (
 
 -- What the stream worker last counted for each row (sale) of a topic: the
 -- row itself, its CDC position, and the rankings it currently counts in.
+-- windows_end is the latest end of a window the row has fallen in, over the
+-- rankings on its topic: once every such ranking is final past it by
+-- kappa.row_memory_retention, the row is forgotten (0.1.1).
 CREATE TABLE kappa.stream_rows (
     topic text NOT NULL,
     key text NOT NULL,
@@ -154,6 +157,7 @@ CREATE TABLE kappa.stream_rows (
     counted integer[] NOT NULL DEFAULT '{}',
     excluded integer[] NOT NULL DEFAULT '{}',
     updated_at timestamptz NOT NULL DEFAULT now(),
+    windows_end timestamptz,
     PRIMARY KEY (topic, key)
 );
 

@@ -90,6 +90,7 @@ typedef struct RowState
 	char	   *row_data;		/* the row as JSON, NULL when deleted/unknown */
 	List	   *counted;		/* ranking ids it currently counts in */
 	List	   *excluded;		/* ranking ids that froze it (late) */
+	TimestampTz windows_end;	/* latest end of its windows; DT_NOBEGIN: none */
 } RowState;
 
 extern void rows_reset(MemoryContext cxt);
@@ -97,6 +98,7 @@ extern void rows_want(const char *topic, const char *key);
 extern void rows_load(void);
 extern RowState *rows_get(const char *topic, const char *key);
 extern void rows_flush(void);
+extern int64 rows_forget(const char *topic, TimestampTz cutoff, int limit);
 
 /* ---- payments.c: payment status per sale ---- */
 typedef struct PaymentState

@@ -61,6 +61,8 @@
 #define MAX_STREAM_WORKERS	32
 #define TICK_MS				1000	/* finalization and idle checks */
 #define RANKINGS_RELOAD_MS	2000	/* noticing new or dropped rankings */
+#define FORGET_MS			60000	/* looking for rows to forget */
+#define FORGET_LIMIT		50000	/* rows forgotten per transaction */
 
 /* ---------------------------------------------------------------------
  * Shared state, for kappa.stat_consumers
@@ -159,6 +161,8 @@ static struct
 	MemoryContext batch_cxt;
 
 	TimestampTz last_tick;
+	TimestampTz last_forget;
+	bool		forget_more;	/* the last pass stopped at FORGET_LIMIT */
 
 	/* the batch's late events and counters */
 	List	   *late;
@@ -537,6 +541,20 @@ row_event_time(const char *topic, const char *row, int rowlen, TimestampTz *t)
 	return false;
 }
 
+/* End of the window of ranking r that a row falls in. */
+static bool
+row_window_end(const KappaRanking *r, const char *row, int rowlen, TimestampTz *end)
+{
+	JsonSpan	span;
+	const char *name = r->time_field;
+	int			len = strlen(name);
+	TimestampTz t;
+	TimestampTz start;
+
+	json_object_members(row, rowlen, 1, &name, &len, &span);
+	return timestamp_parse(&span, &t) && window_for(&r->window, t, &start, end);
+}
+
 static void
 apply_change(rd_kafka_message_t *msg, const char *topic, const char *key,
 			 const KappaChange *ch, PartitionState *ps)
@@ -614,6 +632,25 @@ apply_change(rd_kafka_message_t *msg, const char *topic, const char *key,
 		i++;
 	}
 
+	/* the latest window the row has been in, for forgetting it */
+	i = 0;
+	foreach(lc, sw.rankings)
+	{
+		KappaRanking *r = lfirst(lc);
+		TimestampTz end;
+
+		if (newrow && !r->results_input && strcmp(r->source_topic, topic) == 0)
+		{
+			if (news[i].valid)
+				end = news[i].window_end;
+			else if (!row_window_end(r, newrow, newlen, &end))
+				end = DT_NOBEGIN;
+			if (end > s->windows_end)
+				s->windows_end = end;
+		}
+		i++;
+	}
+
 	s->row_data = newrow ? pnstrdup(newrow, newlen) : NULL;
 	s->deleted = (newrow == NULL);
 	if (ch->has_position)
@@ -668,6 +705,8 @@ apply_payment(rd_kafka_message_t *msg, const char *key, PartitionState *ps)
 			move_contribution(r, s, NULL, &c, ps, msg->offset);
 		else
 			move_contribution(r, s, &c, NULL, ps, msg->offset);
+		if (c.window_end > s->windows_end)
+			s->windows_end = c.window_end;
 		s->dirty = true;
 	}
 }
@@ -1198,6 +1237,73 @@ finalize_windows(void)
 	CommitTransactionCommand();
 }
 
+/*
+ * Forget rows whose windows, in every ranking on their topic, have been
+ * final for kappa.row_memory_retention (rows.c says why that is safe).
+ * Once a minute, or at once while there is a backlog; one worker at a time.
+ */
+static void
+forget_rows(void)
+{
+	List	   *topics = NIL;
+	ListCell   *lc;
+	LOCKTAG		tag;
+
+	if (kappa_row_memory_retention < 0 ||
+		(!sw.forget_more &&
+		 !TimestampDifferenceExceeds(sw.last_forget, GetCurrentTimestamp(), FORGET_MS)))
+		return;
+	sw.last_forget = GetCurrentTimestamp();
+	sw.forget_more = false;
+
+	set_state("forgetting rows of final windows");
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	/* (in the transaction's memory) */
+	foreach(lc, sw.rankings)
+	{
+		KappaRanking *r = lfirst(lc);
+
+		if (!r->results_input && !list_member(topics, makeString(r->source_topic)))
+			topics = lappend(topics, makeString(r->source_topic));
+	}
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, 0x6b617070, 5, 2);
+	if (topics != NIL &&
+		LockAcquire(&tag, ExclusiveLock, false, true) != LOCKACQUIRE_NOT_AVAIL)
+	{
+		foreach(lc, topics)
+		{
+			const char *topic = strVal(lfirst(lc));
+			TimestampTz cutoff = DT_NOEND;
+			ListCell   *rc;
+			int64		n;
+
+			/* the least final ranking on the topic decides */
+			foreach(rc, sw.rankings)
+			{
+				KappaRanking *r = lfirst(rc);
+
+				if (!r->results_input && strcmp(r->source_topic, topic) == 0 &&
+					r->finalized_through < cutoff)
+					cutoff = r->finalized_through;
+			}
+			if (TIMESTAMP_NOT_FINITE(cutoff))
+				continue;
+			cutoff -= (int64) kappa_row_memory_retention * USECS_PER_SEC;
+			n = rows_forget(topic, cutoff, FORGET_LIMIT);
+			if (n == FORGET_LIMIT)
+				sw.forget_more = true;
+			if (n > 0)
+				ereport(DEBUG1,
+						(errmsg_internal("pg_kappa stream worker %d: forgot %lld rows of topic \"%s\" whose windows were final by %s",
+										 sw.index, (long long) n, topic, timestamptz_to_str(cutoff))));
+		}
+	}
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	set_state("consuming");
+}
+
 static void
 ensure_producer(void)
 {
@@ -1213,6 +1319,7 @@ tick(void)
 
 	refresh_watermarks();
 	finalize_windows();
+	forget_rows();
 	ensure_producer();
 	do
 	{

@@ -1,0 +1,77 @@
+-- Upgrade scripts: install each released version, update it to the current
+-- one, and compare the catalog with a fresh install of the current version.
+CREATE DATABASE kappa_upgrade;
+\c kappa_upgrade
+
+-- What the extension consists of, by name and definition.
+CREATE FUNCTION extension_catalog()
+RETURNS TABLE (kind text, name text, definition text)
+LANGUAGE sql AS $$
+    SELECT 'member', pg_describe_object(d.classid, d.objid, d.objsubid), NULL
+      FROM pg_depend d JOIN pg_extension e ON d.refobjid = e.oid
+     WHERE d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e' AND e.extname = 'pg_kappa'
+    UNION ALL
+    SELECT 'column', c.relname || '.' || a.attnum,
+           a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+           || CASE WHEN a.attnotnull THEN ' NOT NULL' ELSE '' END
+           || coalesce(' DEFAULT ' || pg_get_expr(ad.adbin, ad.adrelid), '')
+           || coalesce(' ' || nullif(a.attidentity::text, ''), '') || coalesce(' ' || nullif(a.attgenerated::text, ''), '')
+      FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+      LEFT JOIN pg_attrdef ad ON ad.adrelid = c.oid AND ad.adnum = a.attnum
+     WHERE c.relnamespace = to_regnamespace('kappa')
+    UNION ALL
+    SELECT 'relation', c.relname, c.relkind::text || ' ' || coalesce(c.relacl::text, '')
+           || coalesce(' ' || c.reloptions::text, '')
+      FROM pg_class c WHERE c.relnamespace = to_regnamespace('kappa')
+    UNION ALL
+    SELECT 'index', c.relname, pg_get_indexdef(c.oid)
+      FROM pg_class c WHERE c.relnamespace = to_regnamespace('kappa') AND c.relkind = 'i'
+    UNION ALL
+    SELECT 'constraint', c.conrelid::regclass || '.' || c.conname, pg_get_constraintdef(c.oid)
+      FROM pg_constraint c WHERE c.connamespace = to_regnamespace('kappa')
+    UNION ALL
+    SELECT 'view', c.relname, pg_get_viewdef(c.oid)
+      FROM pg_class c WHERE c.relnamespace = to_regnamespace('kappa') AND c.relkind IN ('v', 'm')
+    UNION ALL
+    SELECT 'function', p.oid::regprocedure::text,
+           pg_get_functiondef(p.oid) || coalesce(p.proacl::text, '')
+      FROM pg_proc p WHERE p.pronamespace = to_regnamespace('kappa') AND p.prokind IN ('f', 'p')
+    UNION ALL
+    SELECT 'trigger', t.tgrelid::regclass || '.' || t.tgname, pg_get_triggerdef(t.oid)
+      FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+     WHERE c.relnamespace = to_regnamespace('kappa') AND NOT t.tgisinternal
+    UNION ALL
+    SELECT 'dumped', extconfig::regclass[]::text, array_to_string(extcondition, ' | ')
+      FROM pg_extension WHERE extname = 'pg_kappa'
+$$;
+
+-- 0.1.0, with rows the stream worker remembered under it
+CREATE EXTENSION pg_kappa VERSION '0.1.0';
+INSERT INTO kappa.stream_rows (topic, key, row_data, counted, deleted) VALUES
+    ('sales-events', '1', '{"sale_id":"1","city":"Madrid","sold_at":"2026-11-20T10:00:00Z"}', '{1,2}', false),
+    ('sales-events', '2', '{"sale_id":"2","city":"Lisboa","sold_at":"2026-12-31T23:59:59.999999Z"}', '{1,2}', false),
+    ('sales-events', '3', NULL, '{}', true),
+    ('sales-events', '4', '{"sale_id":"4","sold_at":"not a time"}', '{}', false),
+    ('other-topic', '1', '{"sale_id":"1","sold_at":"2026-11-20T10:00:00Z"}', '{}', false);
+
+ALTER EXTENSION pg_kappa UPDATE;
+SELECT extversion FROM pg_extension WHERE extname = 'pg_kappa';
+
+-- windows_end filled in: the later of the day window and the 30-day window
+SET TimeZone = 'UTC';
+SELECT topic, key, windows_end FROM kappa.stream_rows ORDER BY topic, key;
+
+CREATE TEMP TABLE upgraded AS SELECT * FROM extension_catalog();
+DROP EXTENSION pg_kappa;
+CREATE EXTENSION pg_kappa;
+CREATE TEMP TABLE fresh AS SELECT * FROM extension_catalog();
+
+SELECT count(*) > 100 AS compared FROM fresh;
+-- differences, each way: none
+(SELECT 'only after update' AS side, * FROM upgraded EXCEPT SELECT 'only after update', * FROM fresh)
+UNION ALL
+(SELECT 'only in fresh install', * FROM fresh EXCEPT SELECT 'only in fresh install', * FROM upgraded)
+ORDER BY 1, 2, 3;
+
+\c contrib_regression
+DROP DATABASE kappa_upgrade;
