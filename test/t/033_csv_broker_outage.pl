@@ -1,0 +1,98 @@
+# Kafka goes away while the CSV worker sends a file: deliveries fail (short
+# message.timeout.ms), the file stays in the inbox, the failure is shown in
+# kappa.stat_sources, and the worker sends the file again with backoff.  When
+# the broker is back the file is recorded and moved once every row is
+# acknowledged: each row is in the topic (a resent row is an identical copy)
+# and counts exactly once in the rankings.
+use strict;
+use warnings;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use PgKappa::Test;
+
+my $broker = start_dev_broker(topics => [ 'sales-events:4', 'payment-confirmations:1',
+	'top-sales-by-city:1', 'top-salesman-by-country:1' ]);
+my $inbox = PostgreSQL::Test::Utils::tempdir();
+my $node = kappa_node('csv_outage', $broker, conf => qq{
+kappa.csv_inbox = '$inbox'
+kappa.csv_poll_interval = 100
+kappa.csv_stable_ms = 300
+kappa.cdc_enabled = off
+kappa.idle_timeout = '1h'
+kappa.stream_batch_ms = 50
+kappa.kafka_options = 'message.timeout.ms=1500'
+});
+
+# 20 000 sales in four cities; the expectation is summed here.
+my $rows = 20000;
+my (%total, %count);
+my $csv = "sale_id,store_id,seller_id,seller_name,city,country,amount,currency,sold_at\r\n";
+for my $i (1 .. $rows)
+{
+	my $city = (qw(Madrid Lisboa Porto Sevilla))[ $i % 4 ];
+	my $cents = 100 + ($i * 37) % 9900;
+	$csv .= sprintf("%d,ST-1,S-%d,\"Seller, %d\",%s,ES,%d.%02d,EUR,2026-11-20T%02d:%02d:00Z\r\n",
+		$i, $i % 7, $i % 7, $city, int($cents / 100), $cents % 100, int($i / 1000) % 24, $i % 60);
+	$total{$city} += $cents;
+	$count{$city}++;
+}
+my $expected = join(',', map { sprintf('%s=%d.%02d/%d', $_, int($total{$_} / 100), $total{$_} % 100, $count{$_}) }
+	sort keys %total);
+
+$broker->control('down all');
+open my $fh, '>:raw', "$inbox/.sales_outage.csv.tmp" or die $!;
+print $fh $csv;
+close $fh;
+rename("$inbox/.sales_outage.csv.tmp", "$inbox/sales_outage.csv") or die $!;
+
+wait_until(sub { $node->safe_psql('shop', q{
+SELECT last_error LIKE '%could not be delivered to Kafka%' FROM kappa.stat_sources WHERE source = 'csv'}) eq 't' },
+	'the CSV worker to see its deliveries fail');
+like($node->safe_psql('shop', q{SELECT last_error FROM kappa.stat_sources WHERE source = 'csv'}),
+	qr/^sales_outage\.csv: \d+ rows could not be delivered to Kafka \(.+\); sending the file again$/,
+	'kappa.stat_sources says which file failed, how many rows and that it is sent again');
+ok(-e "$inbox/sales_outage.csv", 'the file stays in the inbox while Kafka is away');
+ok(!-e "$inbox/processed/sales_outage.csv", 'and is not in processed/');
+is($node->safe_psql('shop', q{SELECT state FROM kappa.csv_files WHERE name = 'sales_outage.csv'}),
+	'processing', 'the ledger has it as processing');
+sleep 3;    # more failed attempts, with backoff
+
+$broker->control('up all');
+wait_until(sub { -e "$inbox/processed/sales_outage.csv" && !-e "$inbox/sales_outage.csv" },
+	'the file to be processed once Kafka is back');
+is($node->safe_psql('shop', q{
+SELECT state || '|' || rows_ingested || '|' || rows_rejected || '|' || moved_to
+  FROM kappa.csv_files WHERE name = 'sales_outage.csv'}),
+	"processed|$rows|0|processed/sales_outage.csv", 'recorded once, with every row');
+
+# The topic, read with kcat: every row at least once, copies identical.
+my (%seen, $copies, $mismatched);
+for my $m (@{ kcat_consume($broker, 'sales-events') })
+{
+	next unless $m->{value} =~ /"connector":"csv"/;
+	my ($line) = $m->{value} =~ /"line":(\d+)/;
+	if (exists $seen{ $m->{key} })
+	{
+		$copies++;
+		$mismatched++ if $seen{ $m->{key} } ne $m->{value};
+	}
+	$seen{ $m->{key} } = $m->{value};
+}
+is(scalar(keys %seen), $rows, 'every row of the file is in the topic');
+is(join(',', grep { !exists $seen{$_} } 1 .. $rows), '', 'no sale id is missing');
+is($mismatched // 0, 0, 'a row sent again is an identical copy (' . ($copies // 0) . ' copies)');
+
+# Exactly once in the rankings.
+wait_until(sub { $node->safe_psql('shop', q{
+SELECT coalesce(sum(sale_count), 0) FROM kappa.ranking_results WHERE ranking = 'top_sales_by_city'}) eq $rows },
+	'the stream worker to apply the file');
+sleep 1;
+is($node->safe_psql('shop', q{
+SELECT string_agg(group_values[1] || '=' || total || '/' || sale_count, ',' ORDER BY group_values[1])
+  FROM kappa.ranking_results WHERE ranking = 'top_sales_by_city'}),
+	$expected, 'each sale counts exactly once in top_sales_by_city');
+is($node->safe_psql('shop', q{SELECT count(*) FROM kappa.dead_letters}), '0', 'no dead letters');
+
+done_testing();
