@@ -669,8 +669,13 @@ drop_slot_if_unused(void)
 	bool		unused;
 
 	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
+	/*
+	 * Lock first, then take the snapshot: taken before, it would not see a
+	 * table that a publish_table() we waited for has just published, and the
+	 * slot that call created would be dropped under it.
+	 */
 	cdc_lock_slot_lifecycle();
+	PushActiveSnapshot(GetTransactionSnapshot());
 	unused = !cdc_tables_published();
 	if (unused && SearchNamedReplicationSlot(kappa_cdc_slot_name, true) != NULL)
 	{

@@ -1,0 +1,47 @@
+# kappa.publish_table() creates the slot before its transaction commits.  A
+# publisher that looks at the slot meanwhile (it drops slots no table needs)
+# must wait for that transaction and then see the table: the slot stays and
+# the table's changes are published.  (Found in CI: the publisher read the
+# table list with a snapshot taken before it waited, and dropped the slot.)
+use strict;
+use warnings;
+
+use IPC::Run;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use PgKappa::Test;
+
+my $broker = start_dev_broker(topics => ['sales-events:2']);
+my $node = kappa_node('publish_race', $broker, conf => q{
+kappa.cdc_poll_interval = 50
+});
+$node->safe_psql('shop', sales_table_sql());
+$node->safe_psql('shop', q{
+INSERT INTO sales SELECT i, 'ST', 'S', 'Seller', 'City', 'ES', 10, 'EUR', now()
+  FROM generate_series(1, 100) i;});
+wait_until(sub { $node->safe_psql('shop', 'SELECT state FROM kappa.cdc_status') =~ /no table|waiting/ },
+	'the publisher to wait for a published table');
+
+# Publish in a transaction that stays open for 3 seconds after the slot exists.
+my ($out, $err) = ('', '');
+my $h = IPC::Run::start([ 'psql', '-X', '-v', 'ON_ERROR_STOP=1', '-d', $node->connstr('shop'), '-c', q{
+BEGIN;
+SELECT kappa.publish_table('sales');
+SELECT pg_sleep(3);
+COMMIT;} ], '>', \$out, '2>', \$err);
+wait_until(sub { $node->safe_psql('shop', q{SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pg_kappa_cdc'}) eq '1' },
+	'publish_table to create the slot');
+ok($h->finish, 'publish_table committed') or diag($err);
+
+sleep 2;
+is($node->safe_psql('shop', q{SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'pg_kappa_cdc'}),
+	'1', 'the slot is still there after the publisher looked at it');
+$node->safe_psql('shop', q{INSERT INTO sales VALUES (1000, 'ST', 'S', 'Seller', 'City', 'ES', 5, 'EUR', now())});
+wait_published($node);
+my %ops;
+$ops{ $_->{op} }++ for map { parse_change($_->{value}) } @{ kcat_consume($broker, 'sales-events') };
+is(join(',', map { "$_=$ops{$_}" } sort keys %ops), 'c=1,r=100',
+	'the 100 existing rows and the new insert are in the topic');
+
+done_testing();
