@@ -40,3 +40,7 @@ BEGIN
     END;
 END
 $$;
+
+-- Finding the rows to forget without reading the table.
+CREATE INDEX stream_rows_windows_end ON kappa.stream_rows
+    USING brin (windows_end) WITH (autosummarize = on);
