@@ -34,6 +34,7 @@
 #include "miscadmin.h"
 #include "utils/rel.h"
 #include "catalog/namespace.h"
+#include "executor/executor.h"
 #include "executor/spi.h"
 #include "executor/tuptable.h"
 #include "utils/lsyscache.h"
@@ -296,8 +297,8 @@ rows_insert_new(void)
 	RowEntry   *e;
 	Oid			relid = get_relname_relid("stream_rows", get_namespace_oid(KAPPA_SCHEMA_NAME, false));
 	Relation	rel;
-	Relation	index;
-	IndexInfo  *indexInfo;
+	EState	   *estate;
+	ResultRelInfo *rri;
 	TupleDesc	desc;
 	RowState  **news;
 	int			nnew = 0;
@@ -319,8 +320,11 @@ rows_insert_new(void)
 
 	rel = table_open(relid, RowExclusiveLock);
 	desc = RelationGetDescr(rel);
-	index = index_open(RelationGetPrimaryKeyIndex(rel), RowExclusiveLock);
-	indexInfo = BuildIndexInfo(index);
+	/* every index of the table, as COPY maintains them */
+	estate = CreateExecutorState();
+	rri = makeNode(ResultRelInfo);
+	InitResultRelInfo(rri, rel, 1, NULL, 0);
+	ExecOpenIndices(rri, false);
 	slots = palloc(sizeof(TupleTableSlot *) * cap);
 	for (int i = 0; i < cap; i++)
 		slots[i] = table_slot_create(rel, NULL);
@@ -357,17 +361,19 @@ rows_insert_new(void)
 		table_multi_insert(rel, slots, n, cid, 0, NULL);
 		for (int i = 0; i < n; i++)
 		{
-			Datum		key[2] = {slots[i]->tts_values[0], slots[i]->tts_values[1]};
-			bool		isnull[2] = {false, false};
+			List	   *recheck;
 
-			index_insert(index, key, isnull, &slots[i]->tts_tid, rel,
-						 UNIQUE_CHECK_YES, false, indexInfo);
+			/* unique: a concurrent insert of the key fails the batch */
+			recheck = ExecInsertIndexTuples(rri, slots[i], estate, false, false, NULL, NIL);
+			list_free(recheck);
+			ResetPerTupleExprContext(estate);
 		}
 		CHECK_FOR_INTERRUPTS();
 	}
 	for (int i = 0; i < cap; i++)
 		ExecDropSingleTupleTableSlot(slots[i]);
-	index_close(index, NoLock);
+	ExecCloseIndices(rri);
+	FreeExecutorState(estate);
 	table_close(rel, NoLock);
 	CommandCounterIncrement();
 }
@@ -505,9 +511,14 @@ rows_forget(const char *topic, TimestampTz cutoff, int limit)
 	save_nestlevel = NewGUCNestLevel();
 	(void) set_config_option("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
+	/*
+	 * "(topic = $1) IS TRUE" is not a condition the primary key can serve:
+	 * without statistics the planner would otherwise read the whole topic
+	 * through it.
+	 */
 	if (SPI_execute_with_args("DELETE FROM kappa.stream_rows "
 							  " WHERE ctid = ANY (ARRAY(SELECT ctid FROM kappa.stream_rows "
-							  "                          WHERE topic = $1 AND windows_end <= $2 "
+							  "                          WHERE windows_end <= $2 AND (topic = $1) IS TRUE "
 							  "                          LIMIT $3 FOR UPDATE SKIP LOCKED))",
 							  3, types, args, NULL, false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "could not forget rows of kappa.stream_rows");
