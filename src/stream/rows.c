@@ -141,6 +141,21 @@ cstring_cmp(const void *a, const void *b)
 	return strcmp(*(const char *const *) a, *(const char *const *) b);
 }
 
+/*
+ * Turn a planner method off until AtEOXact_GUC(true, <the result>): our
+ * queries on kappa.stream_rows know better than a planner without
+ * statistics.
+ */
+static int
+plan_without(const char *method)
+{
+	int			nestlevel = NewGUCNestLevel();
+
+	(void) set_config_option(method, "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	return nestlevel;
+}
+
 /* Load (and lock) every wanted row, one query per topic, in key order. */
 void
 rows_load(void)
@@ -167,9 +182,7 @@ rows_load(void)
 	 * A probe finds one row or none: a plain index scan.  The planner's
 	 * bitmap scan for it builds a bitmap per key, a fifth of the lookup.
 	 */
-	save_nestlevel = NewGUCNestLevel();
-	(void) set_config_option("enable_bitmapscan", "off", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
+	save_nestlevel = plan_without("enable_bitmapscan");
 	foreach(lc, topics)
 	{
 		const char *topic = strVal(lfirst(lc));
@@ -506,9 +519,7 @@ rows_forget(const char *topic, TimestampTz cutoff, int limit)
 	if (SPI_execute("SELECT pg_catalog.brin_summarize_new_values('kappa.stream_rows_windows_end'::pg_catalog.regclass)",
 					false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not summarize kappa.stream_rows_windows_end");
-	save_nestlevel = NewGUCNestLevel();
-	(void) set_config_option("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
+	save_nestlevel = plan_without("enable_seqscan");
 	/*
 	 * "(topic = $1) IS TRUE" is not a condition the primary key can serve:
 	 * without statistics the planner would otherwise read the whole topic
