@@ -1499,12 +1499,28 @@ create_consumer(void)
 {
 	rd_kafka_conf_t *conf = kafka_conf_for(RD_KAFKA_CONSUMER, "stream");
 	char		errstr[256];
+	char		value[32];
+	size_t		size = sizeof(value);
+
+	/*
+	 * The fetcher stops once the consumer queue holds queued.min.messages
+	 * and looks again only about a second later (taking messages from the
+	 * queue does not wake it), so the queue must hold more than a second of
+	 * batches or the worker sits idle.  Its size stays bounded by
+	 * queued.max.messages.kbytes (64 MB by default).  Unless
+	 * kappa.kafka_options set it.
+	 */
+	if (rd_kafka_conf_get(conf, "queued.min.messages", value, &size) == RD_KAFKA_CONF_OK &&
+		strcmp(value, "100000") == 0)
+	{
+		snprintf(value, sizeof(value), "%d", Min(10000000, Max(100000, 8 * kappa_stream_batch_size)));
+		if (rd_kafka_conf_set(conf, "queued.min.messages", value, errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK)
+			ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("%s", errstr)));
+	}
 
 	if (rd_kafka_conf_set(conf, "group.id", sw.group, errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK ||
 		rd_kafka_conf_set(conf, "auto.offset.reset", "error", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK ||
-		rd_kafka_conf_set(conf, "isolation.level", "read_committed", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK ||
-		/* a batch is in memory already: prefetch less than the default 64 MB */
-		rd_kafka_conf_set(conf, "queued.max.messages.kbytes", "16384", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK)
+		rd_kafka_conf_set(conf, "isolation.level", "read_committed", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK)
 		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("%s", errstr)));
 	rd_kafka_conf_set_rebalance_cb(conf, stream_rebalance_cb);
 	sw.consumer = kafka_client_create(conf, RD_KAFKA_CONSUMER, "stream", NULL);
