@@ -3,7 +3,7 @@
 SET timezone = 'UTC';
 
 SELECT name, input, source_topic, group_by, item, item_label, measure, measure_field,
-       window_size, window_kind, time_zone, grace, confirmed_only, results_topic
+       window_size, window_kind, time_zone, grace, confirmed_only, results_topic, row_memory
   FROM kappa.ranking_definitions ORDER BY name;
 
 -- Validation
@@ -19,6 +19,23 @@ SELECT kappa.create_ranking('bad_grace', ARRAY['city'], '1 day', grace => '-1 mi
 SELECT kappa.create_ranking('bad_topic', ARRAY['city'], '1 day', results_topic => 'a topic');
 SELECT kappa.create_ranking('label_only', ARRAY['city'], '1 day', item_label => 'seller_name');
 SELECT kappa.create_ranking('sink_without_topic', ARRAY['city'], '1 day', input => 'results');
+
+-- Without row memory: only for events, never confirmed-only, and every
+-- ranking of a topic the same way.
+SELECT kappa.create_ranking('sink_no_memory', ARRAY['city'], '1 day', input => 'results',
+                            source_topic => 'other-results', row_memory => false);
+SELECT kappa.create_ranking('confirmed_no_memory', ARRAY['city'], '1 day',
+                            source_topic => 'cdc-sales', confirmed_only => true, row_memory => false);
+SELECT kappa.create_ranking('null_memory', ARRAY['city'], '1 day', row_memory => NULL);
+SELECT kappa.create_ranking('mixed_memory', ARRAY['city'], '1 day', row_memory => false);
+SELECT name, source_topic, row_memory
+  FROM kappa.create_ranking('cdc_by_city', ARRAY['city'], '1 day', source_topic => 'cdc-sales',
+                            row_memory => false);
+SELECT kappa.create_ranking('cdc_by_store', ARRAY['store_id'], '1 day', source_topic => 'cdc-sales');
+SELECT name, row_memory
+  FROM kappa.create_ranking('cdc_by_country', ARRAY['country'], '30 days', source_topic => 'cdc-sales',
+                            row_memory => false);
+SELECT kappa.drop_ranking('cdc_by_city'), kappa.drop_ranking('cdc_by_country');
 
 -- A ranking of its own: count of sales per store and city, weekly in Madrid time.
 SELECT name, group_by, measure, measure_field, window_size, calendar, time_zone

@@ -73,5 +73,19 @@ UNION ALL
 (SELECT 'only in fresh install', * FROM fresh EXCEPT SELECT 'only in fresh install', * FROM upgraded)
 ORDER BY 1, 2, 3;
 
+-- 0.1.1 with a ranking of its own, updated: the same catalog again
+DROP EXTENSION pg_kappa;
+CREATE EXTENSION pg_kappa VERSION '0.1.1';
+SELECT name FROM kappa.create_ranking('by_store', ARRAY['store_id'], interval '1 hour');
+ALTER EXTENSION pg_kappa UPDATE;
+SELECT extversion FROM pg_extension WHERE extname = 'pg_kappa';
+SELECT name, row_memory FROM kappa.ranking_definitions ORDER BY name;
+DROP TABLE upgraded;
+CREATE TEMP TABLE upgraded AS SELECT * FROM extension_catalog();
+(SELECT 'only after update' AS side, * FROM upgraded EXCEPT SELECT 'only after update', * FROM fresh)
+UNION ALL
+(SELECT 'only in fresh install', * FROM fresh EXCEPT SELECT 'only in fresh install', * FROM upgraded)
+ORDER BY 1, 2, 3;
+
 \c contrib_regression
 DROP DATABASE kappa_upgrade;

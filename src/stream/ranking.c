@@ -58,7 +58,8 @@ rankings_load(MemoryContext cxt)
 					"       r.group_by, r.item, r.item_label, r.measure, r.measure_field, "
 					"       r.event_time_field, r.window_size, r.calendar, r.window_origin, r.time_zone, "
 					"       extract(epoch FROM coalesce(r.grace, current_setting('kappa.default_grace')::interval)), "
-					"       r.confirmed_only, kappa.ranking_results_topic(r.name), s.finalized_through "
+					"       r.confirmed_only, kappa.ranking_results_topic(r.name), s.finalized_through, "
+					"       r.row_memory "
 					"  FROM kappa.rankings r LEFT JOIN kappa.ranking_state s ON s.ranking = r.name "
 					" ORDER BY r.id", true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read kappa.rankings");
@@ -130,6 +131,7 @@ rankings_load(MemoryContext cxt)
 		r->results_topic = getvalue_or_null(tuple, desc, 17);
 		d = SPI_getbinval(tuple, desc, 18, &isnull);
 		r->finalized_through = isnull ? DT_NOBEGIN : DatumGetTimestampTz(d);
+		r->row_memory = DatumGetBool(SPI_getbinval(tuple, desc, 19, &isnull));
 		result = lappend(result, r);
 	}
 	MemoryContextSwitchTo(old);

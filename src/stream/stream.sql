@@ -36,7 +36,10 @@ CREATE TABLE kappa.rankings (
     results_topic text CHECK (results_topic ~ '^[A-Za-z0-9._-]{1,249}$'),
     created_at timestamptz NOT NULL DEFAULT now(),
     CHECK (measure = 'count' OR measure_field IS NOT NULL),
-    CHECK (cardinality(group_by) BETWEEN 1 AND 8)
+    CHECK (cardinality(group_by) BETWEEN 1 AND 8),
+    -- false: updates and deletes are undone from the event's "before" row and
+    -- replays recognised by source.lsn/seq, with no kappa.stream_rows (0.1.2)
+    row_memory boolean NOT NULL DEFAULT true
 );
 
 COMMENT ON TABLE kappa.rankings IS
@@ -123,6 +126,10 @@ CREATE TABLE kappa.stream_offsets (
     owner_pid integer,
     assigned_at timestamptz,
     updated_at timestamptz NOT NULL DEFAULT now(),
+    -- the latest CDC position (source.lsn/seq) applied from the partition,
+    -- for topics whose rankings have no row memory (0.1.2)
+    position_lsn pg_lsn,
+    position_seq bigint,
     PRIMARY KEY (consumer_group, topic, partition)
 );
 
@@ -249,7 +256,8 @@ CREATE FUNCTION kappa.create_ranking(
     source_topic text DEFAULT NULL,
     results_topic text DEFAULT NULL,
     event_time_field text DEFAULT 'sold_at',
-    input text DEFAULT 'events')
+    input text DEFAULT 'events',
+    row_memory boolean DEFAULT true)
 RETURNS kappa.rankings
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -260,6 +268,8 @@ DECLARE
     cal boolean := coalesce(calendar,
                             extract(year FROM window_size) * 12 + extract(month FROM window_size) <> 0);
     zone text := coalesce(time_zone, current_setting('kappa.window_time_zone'));
+    topic text := coalesce(source_topic, current_setting('kappa.sales_topic'));
+    other kappa.rankings;
 BEGIN
     IF name IS NULL OR name !~ '^[a-z][a-z0-9_]{0,62}$' THEN
         RAISE EXCEPTION 'invalid ranking name "%"', name
@@ -318,6 +328,32 @@ BEGIN
         RAISE EXCEPTION 'confirmed_only applies to rankings fed by events'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    IF row_memory IS NULL THEN
+        RAISE EXCEPTION 'row_memory must not be null'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF NOT row_memory AND input = 'results' THEN
+        RAISE EXCEPTION 'row_memory applies to rankings fed by events'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NOT row_memory AND confirmed_only THEN
+        RAISE EXCEPTION 'a confirmed_only ranking needs row memory'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'A payment confirmation that arrives after its sale counts the sale then, from the remembered row.';
+    END IF;
+    -- the rankings of one topic share its row memory, or all go without
+    IF input = 'events' THEN
+        SELECT x.* INTO other FROM kappa.rankings x
+         WHERE x.input = 'events' AND x.row_memory <> create_ranking.row_memory
+           AND coalesce(x.source_topic, current_setting('kappa.sales_topic')) = topic
+         ORDER BY x.name LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'ranking "%" on topic "%" has row_memory = %', other.name, topic, other.row_memory::text
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = 'All rankings fed by one topic either remember its rows or all go without.',
+                      HINT = format('Create the ranking with row_memory => %s, or drop the rankings of the topic first.', other.row_memory::text);
+        END IF;
+    END IF;
     FOREACH field IN ARRAY ARRAY[source_topic, results_topic] LOOP
         IF field IS NOT NULL AND field !~ '^[A-Za-z0-9._-]{1,249}$' THEN
             RAISE EXCEPTION 'invalid Kafka topic name "%"', field
@@ -329,10 +365,11 @@ BEGIN
     INSERT INTO kappa.rankings (name, input, source_topic, group_by, item, item_label,
                                 measure, measure_field, event_time_field, window_size,
                                 calendar, window_origin, time_zone, grace, confirmed_only,
-                                results_topic)
+                                results_topic, row_memory)
     VALUES (name, input, source_topic, group_by, item, item_label, measure,
             CASE WHEN measure = 'sum' THEN measure_field END, event_time_field,
-            window_size, cal, window_origin, zone, grace, confirmed_only, results_topic)
+            window_size, cal, window_origin, zone, grace, confirmed_only, results_topic,
+            row_memory)
     RETURNING * INTO r;
     INSERT INTO kappa.ranking_state (ranking) VALUES (r.name);
     RETURN r;
@@ -386,7 +423,7 @@ SELECT r.name, r.input,
        coalesce(r.grace, current_setting('kappa.default_grace')::interval) AS grace,
        r.confirmed_only,
        kappa.ranking_results_topic(r.name) AS results_topic,
-       r.created_at
+       r.created_at, r.row_memory
   FROM kappa.rankings r;
 
 -- Ties rank by total, then sale count, then group values, then item: the

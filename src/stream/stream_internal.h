@@ -33,6 +33,7 @@ typedef struct KappaRanking
 	KappaWindowSpec window;
 	int64		grace_usecs;
 	bool		confirmed_only;
+	bool		row_memory;		/* false: undo from "before", replays by position */
 	char	   *results_topic;	/* NULL: results are not produced */
 	TimestampTz finalized_through;	/* windows ending at or before are final */
 

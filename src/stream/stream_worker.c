@@ -59,6 +59,7 @@
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
+#include "utils/pg_lsn.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
@@ -130,6 +131,10 @@ typedef struct PartitionState
 	bool		touched;		/* in the batch being applied */
 	bool		idle_dirty;		/* caught_up/high watermark changed */
 	int64		lost_offset;	/* >= 0: the broker no longer has it */
+	/* latest CDC position applied, for topics without row memory */
+	bool		has_position;
+	XLogRecPtr	position_lsn;
+	int64		position_seq;
 } PartitionState;
 
 typedef struct LateEvent
@@ -345,7 +350,7 @@ assign_partitions(rd_kafka_topic_partition_list_t *parts)
 								  "VALUES ($1, $2, $3, -2, $4, now()) "
 								  "ON CONFLICT (consumer_group, topic, partition) DO UPDATE "
 								  "   SET owner_pid = EXCLUDED.owner_pid, assigned_at = now() "
-								  "RETURNING next_offset, stream_time, last_record_at",
+								  "RETURNING next_offset, stream_time, last_record_at, position_lsn, position_seq",
 								  4, types, args, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
 			elog(ERROR, "could not read kappa.stream_offsets");
 
@@ -359,6 +364,13 @@ assign_partitions(rd_kafka_topic_partition_list_t *parts)
 		ps->stream_time = isnull ? DT_NOBEGIN : DatumGetTimestampTz(d);
 		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
 		ps->last_record_at = isnull ? 0 : DatumGetTimestampTz(d);
+		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull);
+		ps->has_position = !isnull;
+		if (!isnull)
+		{
+			ps->position_lsn = DatumGetLSN(d);
+			ps->position_seq = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5, &isnull));
+		}
 		ps->high_watermark = -1;
 		ps->lost_offset = -1;
 		sw.partitions = lappend(sw.partitions, ps);
@@ -666,6 +678,142 @@ apply_change(rd_kafka_message_t *msg, const char *topic, const char *key,
 	s->dirty = true;
 }
 
+/*
+ * Whether the rankings of topic go without row memory (all of them, as
+ * kappa.create_ranking keeps it).
+ */
+static bool
+topic_without_memory(const char *topic)
+{
+	ListCell   *lc;
+	bool		any = false;
+
+	foreach(lc, sw.rankings)
+	{
+		KappaRanking *r = lfirst(lc);
+
+		if (r->results_input || strcmp(r->source_topic, topic) != 0)
+			continue;
+		if (r->row_memory)
+			return false;
+		any = true;
+	}
+	return any;
+}
+
+/*
+ * A change on a topic without row memory: what the row counted before is
+ * taken from the event's "before" row (REPLICA IDENTITY FULL), and a replay
+ * is an event at or before the partition's latest CDC position (a CDC
+ * producer writes each partition in commit order).  A row version counts
+ * where its window was open when it arrived, so "before" is undone where
+ * its window is still open and is late where it is final.
+ */
+static void
+apply_change_without_memory(rd_kafka_message_t *msg, const char *topic, const char *key,
+							const KappaChange *ch, PartitionState *ps)
+{
+	const char *oldrow = NULL;
+	const char *newrow = NULL;
+	int			oldlen = 0;
+	int			newlen = 0;
+	Contribution *olds;
+	Contribution *news;
+	int			nrank = list_length(sw.rankings);
+	ListCell   *lc;
+	int			i;
+	const char *error = NULL;
+	TimestampTz t;
+
+	if (!ch->has_position)
+	{
+		dead_letter(msg, "the rankings of this topic have no row memory, so an event needs source.lsn and source.seq (a CDC change) for replays to be recognised");
+		return;
+	}
+	if (ps->has_position &&
+		position_cmp(ch->lsn, ch->seq, ps->position_lsn, ps->position_seq) <= 0)
+	{
+		sw.duplicates++;
+		return;
+	}
+	ps->has_position = true;
+	ps->position_lsn = ch->lsn;
+	ps->position_seq = ch->seq;
+
+	if (ch->op == 't')
+	{
+		dead_letter(msg, "TRUNCATE events are not applied to rankings; rebuild them from the source if needed");
+		return;
+	}
+	if (ch->op == 'u' || ch->op == 'd')
+	{
+		if (ch->before.type != JSON_SPAN_OBJECT)
+		{
+			dead_letter(msg, "an update or delete needs the old row in \"before\" when the rankings of the topic have no row memory (publish the table with REPLICA IDENTITY FULL)");
+			return;
+		}
+		oldrow = ch->before.p;
+		oldlen = ch->before.len;
+	}
+	if (ch->op != 'd' && ch->after.type == JSON_SPAN_OBJECT)
+	{
+		newrow = ch->after.p;
+		newlen = ch->after.len;
+	}
+
+	/* every contribution must be computable, or nothing happens */
+	olds = palloc0(sizeof(Contribution) * nrank);
+	news = palloc0(sizeof(Contribution) * nrank);
+	i = 0;
+	foreach(lc, sw.rankings)
+	{
+		KappaRanking *r = lfirst(lc);
+
+		if (!r->results_input && strcmp(r->source_topic, topic) == 0)
+		{
+			if (oldrow && !contribution_compute(r, oldrow, oldlen, &olds[i], &error))
+			{
+				dead_letter(msg, psprintf("ranking \"%s\": the old row in \"before\": %s (publish the table with REPLICA IDENTITY FULL)",
+										  r->name, error));
+				return;
+			}
+			if (newrow && !contribution_compute(r, newrow, newlen, &news[i], &error))
+			{
+				dead_letter(msg, psprintf("ranking \"%s\": %s", r->name, error));
+				return;
+			}
+		}
+		i++;
+	}
+
+	if (newrow && row_event_time(topic, newrow, newlen, &t) && t > ps->stream_time)
+		ps->stream_time = t;
+
+	i = 0;
+	foreach(lc, sw.rankings)
+	{
+		KappaRanking *r = lfirst(lc);
+		const Contribution *oldc = olds[i].valid ? &olds[i] : NULL;
+		const Contribution *newc = news[i].valid ? &news[i] : NULL;
+
+		i++;
+		if (r->results_input || strcmp(r->source_topic, topic) != 0 ||
+			(oldc == NULL && newc == NULL))
+			continue;
+		if (oldc && newc && contribution_equal(oldc, newc))
+			continue;
+		if (oldc && window_final(r, oldc->window_end, ps))
+			note_late(r, ps, msg->offset, pstrdup(key), oldc, "the window the old row counted in is final");
+		else if (oldc)
+			aggregate_add(r, oldc, -1);
+		if (newc && window_final(r, newc->window_end, ps))
+			note_late(r, ps, msg->offset, pstrdup(key), newc, "the event's window is final");
+		else if (newc)
+			aggregate_add(r, newc, +1);
+		r->batch_applied++;
+	}
+}
+
 /* A payment confirmation: record it, and count or uncount the sale. */
 static void
 apply_payment(rd_kafka_message_t *msg, const char *key, PartitionState *ps)
@@ -759,7 +907,8 @@ message_key(rd_kafka_message_t *msg)
 
 typedef struct Parsed
 {
-	int			kind;			/* 0 skip, 1 change, 2 payment, 3 sink */
+	int			kind;			/* 0 skip, 1 change, 2 payment, 3 sink,
+								 * 4 change without row memory */
 	char	   *key;
 	KappaChange change;
 	PartitionState *ps;
@@ -768,15 +917,15 @@ typedef struct Parsed
 static void
 store_offsets(void)
 {
-	ArrayBuildState *cols[8];
-	Oid			types[8];
-	Datum		args[8];
+	ArrayBuildState *cols[10];
+	Oid			types[10];
+	Datum		args[10];
 	int			n = 0;
 	ListCell   *lc;
 	StringInfoData buf;
 
 	initStringInfo(&buf);
-	for (int c = 0; c < 8; c++)
+	for (int c = 0; c < 10; c++)
 	{
 		cols[c] = initArrayResult(TEXTOID, CurrentMemoryContext, false);
 		types[c] = TEXTARRAYOID;
@@ -784,7 +933,7 @@ store_offsets(void)
 	foreach(lc, sw.partitions)
 	{
 		PartitionState *ps = lfirst(lc);
-		char	   *v[8];
+		char	   *v[10];
 
 		if (!ps->touched && !ps->idle_dirty)
 			continue;
@@ -798,34 +947,38 @@ store_offsets(void)
 			DatumGetCString(DirectFunctionCall1(timestamptz_out, TimestampTzGetDatum(ps->last_record_at)));
 		v[6] = ps->caught_up ? "t" : "f";
 		v[7] = ps->high_watermark < 0 ? NULL : psprintf(INT64_FORMAT, ps->high_watermark);
-		for (int c = 0; c < 8; c++)
+		v[8] = ps->has_position ? psprintf("%X/%X", LSN_FORMAT_ARGS(ps->position_lsn)) : NULL;
+		v[9] = ps->has_position ? psprintf(INT64_FORMAT, ps->position_seq) : NULL;
+		for (int c = 0; c < 10; c++)
 			accumArrayResult(cols[c], v[c] ? CStringGetTextDatum(v[c]) : (Datum) 0, v[c] == NULL,
 							 TEXTOID, CurrentMemoryContext);
 		n++;
 	}
 	if (n == 0)
 		return;
-	for (int c = 0; c < 8; c++)
+	for (int c = 0; c < 10; c++)
 		args[c] = makeArrayResult(cols[c], CurrentMemoryContext);
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	{
-		Oid			all[9];
-		Datum		allargs[9];
+		Oid			all[11];
+		Datum		allargs[11];
 
 		memcpy(all, types, sizeof(types));
 		memcpy(allargs, args, sizeof(args));
-		all[8] = TEXTOID;
-		allargs[8] = CStringGetTextDatum(sw.group);
+		all[10] = TEXTOID;
+		allargs[10] = CStringGetTextDatum(sw.group);
 		if (SPI_execute_with_args("UPDATE kappa.stream_offsets o "
 								  "   SET next_offset = u.nx::bigint, stream_time = u.st::timestamptz, "
 								  "       last_record_at = u.lr::timestamptz, caught_up = u.cu::boolean, "
-								  "       high_watermark = u.hw::bigint, updated_at = now() "
-								  "  FROM unnest($1, $2, $3, $4, $5, $6, $7, $8) AS u(t, p, ex, nx, st, lr, cu, hw) "
-								  " WHERE o.consumer_group = $9 AND o.topic = u.t AND o.partition = u.p::int "
+								  "       high_watermark = u.hw::bigint, position_lsn = u.pl::pg_lsn, "
+								  "       position_seq = u.ps::bigint, updated_at = now() "
+								  "  FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
+								  "       AS u(t, p, ex, nx, st, lr, cu, hw, pl, ps) "
+								  " WHERE o.consumer_group = $11 AND o.topic = u.t AND o.partition = u.p::int "
 								  "   AND o.next_offset = u.ex::bigint",
-								  9, all, allargs, NULL, false, 0) != SPI_OK_UPDATE)
+								  11, all, allargs, NULL, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "could not write kappa.stream_offsets");
 	}
 	if ((int) SPI_processed != n)
@@ -999,10 +1152,15 @@ apply_batch(void)
 		{
 			if (change_parse(msg->payload, msg->len, &p->change, &error))
 			{
-				p->kind = 1;
-				rows_want(topic, p->key);
-				if (confirmed_only)
-					payments_want(p->key);
+				if (topic_without_memory(topic))
+					p->kind = 4;
+				else
+				{
+					p->kind = 1;
+					rows_want(topic, p->key);
+					if (confirmed_only)
+						payments_want(p->key);
+				}
 			}
 		}
 		else if (error == NULL && is_payments_topic(topic))
@@ -1046,6 +1204,10 @@ apply_batch(void)
 				break;
 			case 2:
 				apply_payment(msg, p->key, p->ps);
+				break;
+			case 4:
+				apply_change_without_memory(msg, rd_kafka_topic_name(msg->rkt), p->key,
+											&p->change, p->ps);
 				break;
 			case 3:
 				foreach(lc, sw.rankings)
