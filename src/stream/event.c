@@ -39,14 +39,27 @@ skip_ws(const char *p, const char *end)
 }
 
 /* p at the opening quote; returns the position after the closing one. */
+/* What ends a run of plain characters in a JSON string. */
+static const bool json_string_stop[256] = {
+	[0x00 ... 0x1f] = true,
+	['"'] = true,
+	['\\'] = true,
+};
+
 static const char *
 skip_string(const char *p, const char *end)
 {
 	p++;
-	while (p < end)
+	for (;;)
 	{
-		unsigned char c = (unsigned char) *p;
+		unsigned char c;
 
+		/* most of a string is plain characters: skip them in a tight loop */
+		while (p < end && !json_string_stop[(unsigned char) *p])
+			p++;
+		if (p >= end)
+			return NULL;
+		c = (unsigned char) *p;
 		if (c == '"')
 			return p + 1;
 		if (c == '\\')
@@ -78,11 +91,8 @@ skip_string(const char *p, const char *end)
 			}
 			continue;
 		}
-		if (c < 0x20)
-			return NULL;
-		p++;
+		return NULL;			/* a control character */
 	}
-	return NULL;
 }
 
 static const char *
@@ -285,6 +295,154 @@ json_is_object(const char *p, int len)
 }
 
 /*
+ * json_object_members on text not yet validated: [obj, obj+len) must be
+ * exactly one JSON object; returns false if it is not.  One pass, where
+ * json_is_object + json_object_members would read the text twice.
+ */
+bool
+json_object_scan(const char *obj, int len, int n, const char *const *names,
+				 const int *namelens, JsonSpan *found)
+{
+	const char *end = obj + len;
+	const char *p;
+
+	for (int i = 0; i < n; i++)
+		found[i].type = JSON_SPAN_MISSING;
+	p = skip_ws(obj, end);
+	if (p >= end || *p != '{')
+		return false;
+	p = skip_ws(p + 1, end);
+	if (p < end && *p == '}')
+		return skip_ws(p + 1, end) == end;
+	for (;;)
+	{
+		const char *key;
+		const char *keyend;
+		const char *value;
+		const char *after;
+		int			keylen;
+
+		if (p >= end || *p != '"')
+			return false;
+		key = p + 1;
+		keyend = skip_string(p, end);
+		if (keyend == NULL)
+			return false;
+		keylen = (int) (keyend - key - 1);
+		p = skip_ws(keyend, end);
+		if (p >= end || *p != ':')
+			return false;
+		value = skip_ws(p + 1, end);
+		after = skip_value(value, end, 1);
+		if (after == NULL)
+			return false;
+		for (int i = 0; i < n; i++)
+		{
+			if (found[i].type == JSON_SPAN_MISSING && namelens[i] == keylen &&
+				memcmp(names[i], key, keylen) == 0)
+			{
+				found[i] = make_span(value, after);
+				break;
+			}
+		}
+		p = skip_ws(after, end);
+		if (p >= end)
+			return false;
+		if (*p == '}')
+			return skip_ws(p + 1, end) == end;
+		if (*p != ',')
+			return false;
+		p = skip_ws(p + 1, end);
+	}
+}
+
+/*
+ * The members of the row looked up last, so that a change's row, looked up
+ * once per ranking and once more for stream time, is read once.  The row
+ * is known by its address: json_row_forget() must be called before memory
+ * that held a row may hold another (at every batch's start).
+ */
+#define ROW_MEMBERS_MAX 64
+
+typedef struct RowMember
+{
+	const char *name;
+	int			namelen;
+	JsonSpan	value;
+} RowMember;
+
+static const char *row_cached = NULL;
+static int	row_cached_len = 0;
+static int	row_nmembers = 0;
+static RowMember row_members[ROW_MEMBERS_MAX];
+
+void
+json_row_forget(void)
+{
+	row_cached = NULL;
+}
+
+/* json_object_members for a row (a valid object), through the cache */
+void
+json_row_members(const char *row, int len, int n, const char *const *names,
+				 const int *namelens, JsonSpan *found)
+{
+	if (row != row_cached || len != row_cached_len)
+	{
+		const char *p = row;
+		const char *end = row + len;
+
+		row_cached = NULL;
+		row_nmembers = 0;
+		p = skip_ws(p + 1, end);
+		if (p < end && *p != '}')
+		{
+			for (;;)
+			{
+				const char *key = p + 1;
+				const char *keyend = skip_string(p, end);
+				const char *value;
+				const char *after;
+
+				if (row_nmembers == ROW_MEMBERS_MAX)
+				{
+					/* a wide row: not cached */
+					json_object_members(row, len, n, names, namelens, found);
+					return;
+				}
+				p = skip_ws(keyend, end);
+				value = skip_ws(p + 1, end);
+				after = skip_value(value, end, 1);
+				row_members[row_nmembers].name = key;
+				row_members[row_nmembers].namelen = (int) (keyend - key - 1);
+				row_members[row_nmembers].value = make_span(value, after);
+				row_nmembers++;
+				p = skip_ws(after, end);
+				if (p >= end || *p == '}')
+					break;
+				p = skip_ws(p + 1, end);
+			}
+		}
+		row_cached = row;
+		row_cached_len = len;
+	}
+	for (int i = 0; i < n; i++)
+	{
+		found[i].type = JSON_SPAN_MISSING;
+		/* the first of duplicate names, as json_object_members */
+		for (int m = 0; m < row_nmembers; m++)
+		{
+			if (row_members[m].namelen == namelens[i] &&
+				memcmp(row_members[m].name, names[i], namelens[i]) == 0)
+			{
+				found[i] = row_members[m].value;
+				break;
+			}
+		}
+	}
+}
+
+/*
  * The text of a string or number span, unescaped, as a palloc'd C string
  * (NULL for null).  \u0000 is refused (PostgreSQL text cannot hold it).
  */
@@ -388,18 +546,33 @@ json_span_text(const JsonSpan *s)
 static bool
 parse_lsn(const JsonSpan *s, XLogRecPtr *lsn)
 {
-	char		text[40];
-	unsigned int hi,
-				lo;
-	int			n;
+	const char *p;
+	const char *end;
+	uint64		half[2] = {0, 0};
 
-	if (s->type != JSON_SPAN_STRING || s->len - 2 >= (int) sizeof(text))
+	if (s->type != JSON_SPAN_STRING)
 		return false;
-	memcpy(text, s->p + 1, s->len - 2);
-	text[s->len - 2] = '\0';
-	if (sscanf(text, "%X/%X%n", &hi, &lo, &n) != 2 || text[n] != '\0')
+	p = s->p + 1;
+	end = s->p + s->len - 1;
+	/* %X/%X: 1 to 8 hex digits each */
+	for (int h = 0; h < 2; h++)
+	{
+		const char *start = p;
+
+		while (p < end && isxdigit((unsigned char) *p) && p - start < 8)
+		{
+			int			c = (unsigned char) *p++;
+
+			half[h] = half[h] * 16 + (c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10);
+		}
+		if (p == start)
+			return false;
+		if (h == 0 && (p >= end || *p++ != '/'))
+			return false;
+	}
+	if (p != end)
 		return false;
-	*lsn = ((uint64) hi << 32) | lo;
+	*lsn = (half[0] << 32) | half[1];
 	return true;
 }
 
@@ -418,12 +591,11 @@ change_parse(const char *msg, size_t len, KappaChange *change, const char **erro
 	JsonSpan	t[4];
 
 	memset(change, 0, sizeof(*change));
-	if (len > INT_MAX || !json_is_object(msg, (int) len))
+	if (len > INT_MAX || !json_object_scan(msg, (int) len, 4, top, toplen, t))
 	{
 		*error = "message is not a JSON object";
 		return false;
 	}
-	json_object_members(msg, (int) len, 4, top, toplen, t);
 
 	if (t[0].type != JSON_SPAN_STRING || t[0].len != 3)
 	{

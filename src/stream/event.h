@@ -33,6 +33,13 @@ typedef struct JsonSpan
 } JsonSpan;
 
 extern bool json_is_object(const char *p, int len);
+extern bool json_object_scan(const char *obj, int len, int n,
+							 const char *const *names, const int *namelens,
+							 JsonSpan *found);
+extern void json_row_members(const char *row, int len, int n,
+							 const char *const *names, const int *namelens,
+							 JsonSpan *found);
+extern void json_row_forget(void);
 extern void json_object_members(const char *obj, int len, int n,
 								const char *const *names, const int *namelens,
 								JsonSpan *found);

@@ -171,11 +171,11 @@ contribution_compute(const KappaRanking *r, const char *row, int rowlen,
 					 Contribution *c, const char **error)
 {
 	JsonSpan	spans[16];
-	StringInfoData group;
+	static StringInfoData group;
 
 	Assert(r->nfields <= 16);
-	json_object_members(row, rowlen, r->nfields, (const char *const *) r->fields,
-						r->fieldlens, spans);
+	json_row_members(row, rowlen, r->nfields, (const char *const *) r->fields,
+					 r->fieldlens, spans);
 
 	if (!timestamp_parse(&spans[r->time_index], &c->event_time))
 	{
@@ -190,7 +190,15 @@ contribution_compute(const KappaRanking *r, const char *row, int rowlen,
 		return false;
 	}
 
-	initStringInfo(&group);
+	/* built in one buffer kept for the process, then copied to its size */
+	if (group.data == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		initStringInfo(&group);
+		MemoryContextSwitchTo(old);
+	}
+	resetStringInfo(&group);
 	appendStringInfoChar(&group, '{');
 	for (int g = 0; g < r->ngroups; g++)
 	{
@@ -208,7 +216,7 @@ contribution_compute(const KappaRanking *r, const char *row, int rowlen,
 		stream_array_literal_append(&group, v);
 	}
 	appendStringInfoChar(&group, '}');
-	c->group_key = group.data;
+	c->group_key = pnstrdup(group.data, group.len);
 
 	c->item = "";
 	c->label = NULL;

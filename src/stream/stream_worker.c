@@ -157,6 +157,7 @@ static struct
 	KafkaClient *producer;
 	WaitEventSet *waitset;
 	List	   *partitions;		/* PartitionState *, assigned */
+	PartitionState *last_partition; /* found last (NULL when they change) */
 	List	   *subscribed;		/* topic names (String) */
 
 	MemoryContext rankings_cxt;
@@ -214,12 +215,16 @@ find_partition(const char *topic, int32 partition)
 {
 	ListCell   *lc;
 
+	/* a batch holds runs of messages of one partition */
+	if (sw.last_partition && sw.last_partition->partition == partition &&
+		strcmp(sw.last_partition->topic, topic) == 0)
+		return sw.last_partition;
 	foreach(lc, sw.partitions)
 	{
 		PartitionState *ps = lfirst(lc);
 
 		if (ps->partition == partition && strcmp(ps->topic, topic) == 0)
-			return ps;
+			return sw.last_partition = ps;
 	}
 	return NULL;
 }
@@ -402,6 +407,7 @@ revoke_partitions(void)
 		rd_kafka_message_destroy(sw.batch[i]);
 	sw.batch_count = 0;
 	rd_kafka_assign(sw.consumer->rk, NULL);
+	sw.last_partition = NULL;
 	list_free_deep(sw.partitions);
 	sw.partitions = NIL;
 	SpinLockAcquire(&sw.status->mutex);
@@ -551,7 +557,7 @@ row_event_time(const char *topic, const char *row, int rowlen, TimestampTz *t)
 
 		if (r->results_input || strcmp(r->source_topic, topic) != 0)
 			continue;
-		json_object_members(row, rowlen, 1, &name, &len, &span);
+		json_row_members(row, rowlen, 1, &name, &len, &span);
 		return timestamp_parse(&span, t);
 	}
 	return false;
@@ -567,7 +573,7 @@ row_window_end(const KappaRanking *r, const char *row, int rowlen, TimestampTz *
 	TimestampTz t;
 	TimestampTz start;
 
-	json_object_members(row, rowlen, 1, &name, &len, &span);
+	json_row_members(row, rowlen, 1, &name, &len, &span);
 	return timestamp_parse(&span, &t) && window_for(&r->window, t, &start, end);
 }
 
@@ -1097,6 +1103,7 @@ apply_batch(void)
 	/* the batch's working memory outlives the transaction until it is let go */
 	MemoryContextSwitchTo(sw.batch_cxt);
 	load_rankings();
+	json_row_forget();			/* the last batch's rows are gone */
 	aggregate_reset(sw.batch_cxt);
 	rows_reset(sw.batch_cxt);
 	payments_reset(sw.batch_cxt);
@@ -1797,6 +1804,7 @@ kappa_stream_worker_main(Datum main_arg)
 					apply_batch();
 				kafka_client_destroy(sw.consumer, 0);
 				sw.consumer = NULL;
+				sw.last_partition = NULL;
 				list_free_deep(sw.partitions);
 				sw.partitions = NIL;
 				sw.subscribed = NIL;
