@@ -17,6 +17,10 @@
  */
 #include "pg_kappa.h"
 
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
+
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
@@ -54,7 +58,26 @@ skip_string(const char *p, const char *end)
 	{
 		unsigned char c;
 
-		/* most of a string is plain characters: skip them in a tight loop */
+		/* most of a string is plain characters: skip them 16 at a time */
+#ifdef __SSE2__
+		while (end - p >= 16)
+		{
+			__m128i		v = _mm_loadu_si128((const __m128i *) p);
+			__m128i		stop = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('"')),
+														 _mm_cmpeq_epi8(v, _mm_set1_epi8('\\'))),
+											/* 0x00 to 0x1f: no bit of 0xe0 set */
+											_mm_cmpeq_epi8(_mm_and_si128(v, _mm_set1_epi8((char) 0xe0)),
+														   _mm_setzero_si128()));
+			int			mask = _mm_movemask_epi8(stop);
+
+			if (mask != 0)
+			{
+				p += __builtin_ctz(mask);
+				break;
+			}
+			p += 16;
+		}
+#endif
 		while (p < end && !json_string_stop[(unsigned char) *p])
 			p++;
 		if (p >= end)
@@ -376,10 +399,50 @@ static int	row_cached_len = 0;
 static int	row_nmembers = 0;
 static RowMember row_members[ROW_MEMBERS_MAX];
 
+/* the last time and decimal read from the cached row, by span address */
+static const char *row_time_at = NULL;
+static TimestampTz row_time;
+static bool row_time_ok;
+static const char *row_decimal_at = NULL;
+static KappaDecimal row_decimal;
+static bool row_decimal_ok;
+
 void
 json_row_forget(void)
 {
 	row_cached = NULL;
+	row_time_at = NULL;
+	row_decimal_at = NULL;
+}
+
+/* timestamp_parse of a span of the cached row: every ranking reads it */
+bool
+json_row_timestamp(const JsonSpan *s, TimestampTz *t)
+{
+	if (s->type == JSON_SPAN_MISSING || row_cached == NULL)
+		return timestamp_parse(s, t);
+	if (s->p != row_time_at)
+	{
+		row_time_ok = timestamp_parse(s, &row_time);
+		row_time_at = s->p;
+	}
+	*t = row_time;
+	return row_time_ok;
+}
+
+/* decimal_parse of a span of the cached row */
+bool
+json_row_decimal(const JsonSpan *s, KappaDecimal *d)
+{
+	if (s->type == JSON_SPAN_MISSING || row_cached == NULL)
+		return decimal_parse(s, d);
+	if (s->p != row_decimal_at)
+	{
+		row_decimal_ok = decimal_parse(s, &row_decimal);
+		row_decimal_at = s->p;
+	}
+	*d = row_decimal;
+	return row_decimal_ok;
 }
 
 /* json_object_members for a row (a valid object), through the cache */
@@ -392,7 +455,7 @@ json_row_members(const char *row, int len, int n, const char *const *names,
 		const char *p = row;
 		const char *end = row + len;
 
-		row_cached = NULL;
+		json_row_forget();
 		row_nmembers = 0;
 		p = skip_ws(p + 1, end);
 		if (p < end && *p != '}')

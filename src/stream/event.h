@@ -77,4 +77,8 @@ extern void decimal_append(StringInfo out, const KappaDecimal *d);
 
 extern bool timestamp_parse(const JsonSpan *s, TimestampTz *result);
 
+/* for spans of the row last given to json_row_members: read once */
+extern bool json_row_timestamp(const JsonSpan *s, TimestampTz *result);
+extern bool json_row_decimal(const JsonSpan *s, KappaDecimal *d);
+
 #endif							/* KAPPA_EVENT_H */

@@ -177,7 +177,7 @@ contribution_compute(const KappaRanking *r, const char *row, int rowlen,
 	json_row_members(row, rowlen, r->nfields, (const char *const *) r->fields,
 					 r->fieldlens, spans);
 
-	if (!timestamp_parse(&spans[r->time_index], &c->event_time))
+	if (!json_row_timestamp(&spans[r->time_index], &c->event_time))
 	{
 		*error = spans[r->time_index].type == JSON_SPAN_MISSING ?
 			"the event time field is missing" :
@@ -235,7 +235,7 @@ contribution_compute(const KappaRanking *r, const char *row, int rowlen,
 
 	if (r->measure_sum)
 	{
-		if (!decimal_parse(&spans[r->measure_index], &c->value))
+		if (!json_row_decimal(&spans[r->measure_index], &c->value))
 		{
 			*error = spans[r->measure_index].type == JSON_SPAN_MISSING ?
 				"the measure field is missing" :

@@ -558,7 +558,7 @@ row_event_time(const char *topic, const char *row, int rowlen, TimestampTz *t)
 		if (r->results_input || strcmp(r->source_topic, topic) != 0)
 			continue;
 		json_row_members(row, rowlen, 1, &name, &len, &span);
-		return timestamp_parse(&span, t);
+		return json_row_timestamp(&span, t);
 	}
 	return false;
 }
@@ -574,7 +574,7 @@ row_window_end(const KappaRanking *r, const char *row, int rowlen, TimestampTz *
 	TimestampTz start;
 
 	json_row_members(row, rowlen, 1, &name, &len, &span);
-	return timestamp_parse(&span, &t) && window_for(&r->window, t, &start, end);
+	return json_row_timestamp(&span, &t) && window_for(&r->window, t, &start, end);
 }
 
 static void
