@@ -794,22 +794,39 @@ pow10_128(int n)
 	return r;
 }
 
-/* a += b, keeping the larger scale.  False on overflow of 36 digits. */
+/*
+ * a += b, keeping the larger scale.  False when the result would not fit
+ * in 36 digits (a is then unchanged).
+ */
 bool
 decimal_add(KappaDecimal *a, const KappaDecimal *b, int sign)
 {
+	static int128 pow10[39];
+	int128		am = a->mantissa;
 	int128		bm = b->mantissa * sign;
-	int128		limit = pow10_128(36);
+	int			scale = Max(a->scale, b->scale);
 
-	if (b->scale > a->scale)
+	if (pow10[0] == 0)
 	{
-		a->mantissa *= pow10_128(b->scale - a->scale);
-		a->scale = b->scale;
+		for (int i = 0; i < 39; i++)
+			pow10[i] = pow10_128(i);
 	}
-	else if (b->scale < a->scale)
-		bm *= pow10_128(a->scale - b->scale);
-	a->mantissa += bm;
-	return a->mantissa < limit && a->mantissa > -limit;
+	if (b->scale != a->scale)
+	{
+		int			shift = Abs(b->scale - a->scale);
+		int128	   *m = b->scale > a->scale ? &am : &bm;
+
+		/* |m| < 10^36: shifted, it must stay below 10^36 too */
+		if (shift > 36 || *m >= pow10[36 - shift] || *m <= -pow10[36 - shift])
+			return false;
+		*m *= pow10[shift];
+	}
+	am += bm;
+	if (am >= pow10[36] || am <= -pow10[36])
+		return false;
+	a->mantissa = am;
+	a->scale = scale;
+	return true;
 }
 
 bool

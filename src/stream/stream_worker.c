@@ -1672,20 +1672,26 @@ create_consumer(void)
 	size_t		size = sizeof(value);
 
 	/*
-	 * The fetcher stops once the consumer queue holds queued.min.messages
-	 * and looks again only about a second later (taking messages from the
-	 * queue does not wake it), so the queue must hold more than a second of
-	 * batches or the worker sits idle.  Its size stays bounded by
-	 * queued.max.messages.kbytes (64 MB by default).  Unless
-	 * kappa.kafka_options set it.
+	 * librdkafka (2.0) stops fetching while the consumer queue holds
+	 * queued.min.messages or queued.max.messages.kbytes, and looks again
+	 * only when its broker thread next wakes, up to a second later: taking
+	 * messages from the queue does not wake it.  The queue must therefore
+	 * hold about a second of consumption or the worker sits idle: 20
+	 * batches and 128 MB, unless kappa.kafka_options sets them (librdkafka
+	 * 2.1 has fetch.queue.backoff.ms instead).
 	 */
 	if (rd_kafka_conf_get(conf, "queued.min.messages", value, &size) == RD_KAFKA_CONF_OK &&
 		strcmp(value, "100000") == 0)
 	{
-		snprintf(value, sizeof(value), "%d", Min(10000000, Max(100000, 8 * kappa_stream_batch_size)));
+		snprintf(value, sizeof(value), "%d", Min(10000000, Max(100000, 20 * kappa_stream_batch_size)));
 		if (rd_kafka_conf_set(conf, "queued.min.messages", value, errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK)
 			ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("%s", errstr)));
 	}
+	size = sizeof(value);
+	if (rd_kafka_conf_get(conf, "queued.max.messages.kbytes", value, &size) == RD_KAFKA_CONF_OK &&
+		strcmp(value, "65536") == 0 &&
+		rd_kafka_conf_set(conf, "queued.max.messages.kbytes", "131072", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK)
+		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("%s", errstr)));
 
 	if (rd_kafka_conf_set(conf, "group.id", sw.group, errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK ||
 		rd_kafka_conf_set(conf, "auto.offset.reset", "error", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK ||
