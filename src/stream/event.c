@@ -34,7 +34,7 @@
  * Scanning
  * ---------------------------------------------------------------------
  */
-static const char *
+static pg_attribute_always_inline const char *
 skip_ws(const char *p, const char *end)
 {
 	while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
@@ -42,7 +42,6 @@ skip_ws(const char *p, const char *end)
 	return p;
 }
 
-/* p at the opening quote; returns the position after the closing one. */
 /* What ends a run of plain characters in a JSON string. */
 static const bool json_string_stop[256] = {
 	[0x00 ... 0x1f] = true,
@@ -50,7 +49,11 @@ static const bool json_string_stop[256] = {
 	['\\'] = true,
 };
 
-static const char *
+/*
+ * p at the opening quote; returns the position after the closing one.
+ * Inlined: called for every key and string value of every event.
+ */
+static pg_attribute_always_inline const char *
 skip_string(const char *p, const char *end)
 {
 	p++;
