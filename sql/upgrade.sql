@@ -87,5 +87,21 @@ UNION ALL
 (SELECT 'only in fresh install', * FROM fresh EXCEPT SELECT 'only in fresh install', * FROM upgraded)
 ORDER BY 1, 2, 3;
 
+-- 0.1.2 with remembered rows, updated: the rows kept, the catalog the same
+DROP EXTENSION pg_kappa;
+CREATE EXTENSION pg_kappa VERSION '0.1.2';
+INSERT INTO kappa.stream_rows (topic, key, row_data, counted) VALUES
+    ('sales-events', '7', '{"sale_id":"7"}', '{1}'), ('other-topic', '7', '{"sale_id":"7"}', '{}');
+ALTER EXTENSION pg_kappa UPDATE;
+SELECT extversion FROM pg_extension WHERE extname = 'pg_kappa';
+SELECT key, topic FROM kappa.stream_rows ORDER BY key, topic;
+SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'stream_rows_pkey';
+DROP TABLE upgraded;
+CREATE TEMP TABLE upgraded AS SELECT * FROM extension_catalog();
+(SELECT 'only after update' AS side, * FROM upgraded EXCEPT SELECT 'only after update', * FROM fresh)
+UNION ALL
+(SELECT 'only in fresh install', * FROM fresh EXCEPT SELECT 'only in fresh install', * FROM upgraded)
+ORDER BY 1, 2, 3;
+
 \c contrib_regression
 DROP DATABASE kappa_upgrade;

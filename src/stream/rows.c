@@ -53,11 +53,22 @@ typedef struct RowEntry
 {
 	RowKey		hkey;
 	RowState	state;
-	bool		loaded;
+	uint64		prefix;			/* the key's first 8 bytes, for sorting */
 } RowEntry;
 
 static HTAB *row_table = NULL;
 static MemoryContext row_cxt = NULL;
+
+/*
+ * The batch's rows in the order of the primary key (key, topic), sorted
+ * once by rows_load: probes and insertions then walk the index pages in
+ * order.  Topic names are kept once each (a batch has one or two).
+ */
+static RowEntry **wanted = NULL;
+static int	nwanted = 0;
+static int	wanted_cap = 0;
+static bool wanted_sorted = false;
+static List *row_topics = NIL;
 
 static uint32
 row_hash(const void *key, Size keysize)
@@ -90,6 +101,42 @@ rows_reset(MemoryContext cxt)
 	ctl.hcxt = cxt;
 	row_table = hash_create("pg_kappa batch rows", 4096, &ctl,
 							HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
+	wanted_cap = 4096;
+	wanted = MemoryContextAlloc(cxt, sizeof(RowEntry *) * wanted_cap);
+	nwanted = 0;
+	wanted_sorted = false;
+	row_topics = NIL;
+}
+
+/* The batch's own copy of a topic name, the same pointer for every row. */
+static const char *
+row_topic(const char *topic)
+{
+	ListCell   *lc;
+	MemoryContext old;
+	char	   *copy;
+
+	foreach(lc, row_topics)
+	{
+		if (strcmp(lfirst(lc), topic) == 0)
+			return lfirst(lc);
+	}
+	old = MemoryContextSwitchTo(row_cxt);
+	copy = pstrdup(topic);
+	row_topics = lappend(row_topics, copy);
+	MemoryContextSwitchTo(old);
+	return copy;
+}
+
+/* big-endian first 8 bytes: compares as strcmp does, as far as it goes */
+static uint64
+key_prefix(const char *key)
+{
+	uint64		p = 0;
+
+	for (int i = 0; i < 8 && key[i] != '\0'; i++)
+		p |= (uint64) (unsigned char) key[i] << (56 - 8 * i);
+	return p;
 }
 
 void
@@ -102,11 +149,18 @@ rows_want(const char *topic, const char *key)
 	e = hash_search(row_table, &k, HASH_ENTER, &found);
 	if (!found)
 	{
+		Assert(!wanted_sorted);
 		memset(&e->state, 0, sizeof(RowState));
 		e->state.windows_end = DT_NOBEGIN;
-		e->hkey.topic = e->state.topic = MemoryContextStrdup(row_cxt, topic);
+		e->hkey.topic = e->state.topic = (char *) row_topic(topic);
 		e->hkey.key = e->state.key = MemoryContextStrdup(row_cxt, key);
-		e->loaded = false;
+		e->prefix = key_prefix(key);
+		if (nwanted == wanted_cap)
+		{
+			wanted_cap *= 2;
+			wanted = repalloc(wanted, sizeof(RowEntry *) * wanted_cap);
+		}
+		wanted[nwanted++] = e;
 	}
 }
 
@@ -116,7 +170,7 @@ rows_get(const char *topic, const char *key)
 	RowKey		k = {topic, key};
 	RowEntry   *e = hash_search(row_table, &k, HASH_FIND, NULL);
 
-	if (e == NULL)
+	if (e == NULL || !wanted_sorted)
 		elog(ERROR, "row \"%s\" of topic \"%s\" was not loaded", key, topic);
 	return &e->state;
 }
@@ -135,10 +189,20 @@ int_list_from_array(Datum d)
 	return result;
 }
 
+/* (key, topic), the primary key's order under the C collation */
 static int
-cstring_cmp(const void *a, const void *b)
+row_entry_cmp(const void *a, const void *b)
 {
-	return strcmp(*(const char *const *) a, *(const char *const *) b);
+	const RowEntry *x = *(RowEntry *const *) a;
+	const RowEntry *y = *(RowEntry *const *) b;
+	int			c;
+
+	if (x->prefix != y->prefix)
+		return x->prefix < y->prefix ? -1 : 1;
+	c = strcmp(x->hkey.key, y->hkey.key);
+	if (c == 0 && x->hkey.topic != y->hkey.topic)
+		c = strcmp(x->hkey.topic, y->hkey.topic);
+	return c;
 }
 
 /*
@@ -160,19 +224,13 @@ plan_without(const char *method)
 void
 rows_load(void)
 {
-	HASH_SEQ_STATUS status;
-	RowEntry   *e;
-	List	   *topics = NIL;
 	ListCell   *lc;
 	int			save_nestlevel;
 
-	hash_seq_init(&status, row_table);
-	while ((e = hash_seq_search(&status)) != NULL)
-	{
-		if (!e->loaded && !list_member(topics, makeString((char *) e->hkey.topic)))
-			topics = lappend(topics, makeString((char *) e->hkey.topic));
-	}
-	if (topics == NIL)
+	Assert(!wanted_sorted);
+	qsort(wanted, nwanted, sizeof(RowEntry *), row_entry_cmp);
+	wanted_sorted = true;
+	if (nwanted == 0)
 		return;
 
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -183,29 +241,24 @@ rows_load(void)
 	 * bitmap scan for it builds a bitmap per key, a fifth of the lookup.
 	 */
 	save_nestlevel = plan_without("enable_bitmapscan");
-	foreach(lc, topics)
+	foreach(lc, row_topics)
 	{
-		const char *topic = strVal(lfirst(lc));
-		ArrayBuildState *keys = initArrayResult(TEXTOID, CurrentMemoryContext, false);
+		const char *topic = lfirst(lc);
+		Datum	   *keys = palloc(sizeof(Datum) * nwanted);
+		int			nkeys = 0;
 		Oid			types[2] = {TEXTOID, TEXTARRAYOID};
 		Datum		args[2];
 		MemoryContext old;
-		const char **sorted = palloc(sizeof(char *) * hash_get_num_entries(row_table));
-		int			nkeys = 0;
 
 		/* probed in key order: neighbouring keys share index pages */
-		hash_seq_init(&status, row_table);
-		while ((e = hash_seq_search(&status)) != NULL)
+		for (int i = 0; i < nwanted; i++)
 		{
-			if (!e->loaded && strcmp(e->hkey.topic, topic) == 0)
-				sorted[nkeys++] = e->hkey.key;
+			if (wanted[i]->hkey.topic == topic)
+				keys[nkeys++] = CStringGetTextDatum(wanted[i]->hkey.key);
 		}
-		qsort(sorted, nkeys, sizeof(char *), cstring_cmp);
-		for (int k = 0; k < nkeys; k++)
-			accumArrayResult(keys, CStringGetTextDatum(sorted[k]), false, TEXTOID,
-							 CurrentMemoryContext);
 		args[0] = CStringGetTextDatum(topic);
-		args[1] = makeArrayResult(keys, CurrentMemoryContext);
+		args[1] = PointerGetDatum(construct_array(keys, nkeys, TEXTOID, -1, false, TYPALIGN_INT));
+
 		/*
 		 * One index probe per key, in key order (LATERAL keeps the planner
 		 * from scanning a table that only grows), each row locked as found.
@@ -213,7 +266,7 @@ rows_load(void)
 		if (SPI_execute_with_args("SELECT s.key, s.lsn, s.seq, s.deleted, s.row_data, s.counted, s.excluded, s.windows_end "
 								  "  FROM unnest($2) AS k(key), "
 								  "       LATERAL (SELECT * FROM kappa.stream_rows r "
-								  "                 WHERE r.topic = $1 AND r.key = k.key FOR UPDATE) s",
+								  "                 WHERE r.key = k.key AND r.topic = $1 FOR UPDATE) s",
 								  2, types, args, NULL, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not read kappa.stream_rows");
 
@@ -243,13 +296,6 @@ rows_load(void)
 			s->windows_end = isnull ? DT_NOBEGIN : DatumGetTimestampTz(d);
 		}
 		MemoryContextSwitchTo(old);
-
-		hash_seq_init(&status, row_table);
-		while ((e = hash_seq_search(&status)) != NULL)
-		{
-			if (strcmp(e->hkey.topic, topic) == 0)
-				e->loaded = true;
-		}
 	}
 	AtEOXact_GUC(true, save_nestlevel);
 	SPI_finish();
@@ -291,21 +337,9 @@ int_list_array(List *l)
  * concurrent insert of the same key fails the unique index and the batch is
  * applied again.
  */
-static int
-row_state_cmp(const void *a, const void *b)
-{
-	const RowState *x = *(RowState *const *) a;
-	const RowState *y = *(RowState *const *) b;
-	int			c = strcmp(x->topic, y->topic);
-
-	return c != 0 ? c : strcmp(x->key, y->key);
-}
-
 static void
 rows_insert_new(void)
 {
-	HASH_SEQ_STATUS status;
-	RowEntry   *e;
 	Oid			relid = get_relname_relid("stream_rows", get_namespace_oid(KAPPA_SCHEMA_NAME, false));
 	Relation	rel;
 	EState	   *estate;
@@ -318,16 +352,15 @@ rows_insert_new(void)
 	CommandId	cid = GetCurrentCommandId(true);
 	TimestampTz now = GetCurrentTimestamp();
 
-	news = palloc(sizeof(RowState *) * hash_get_num_entries(row_table));
-	hash_seq_init(&status, row_table);
-	while ((e = hash_seq_search(&status)) != NULL)
+	/* in key order, as rows_load sorted them */
+	news = palloc(sizeof(RowState *) * Max(nwanted, 1));
+	for (int i = 0; i < nwanted; i++)
 	{
-		if (e->state.dirty && !e->state.in_db)
-			news[nnew++] = &e->state;
+		if (wanted[i]->state.dirty && !wanted[i]->state.in_db)
+			news[nnew++] = &wanted[i]->state;
 	}
 	if (nnew == 0)
 		return;
-	qsort(news, nnew, sizeof(RowState *), row_state_cmp);
 
 	rel = table_open(relid, RowExclusiveLock);
 	desc = RelationGetDescr(rel);
@@ -393,8 +426,6 @@ rows_insert_new(void)
 void
 rows_flush(void)
 {
-	HASH_SEQ_STATUS status;
-	RowEntry   *e;
 	int			n = 0,
 				i = 0;
 	Datum	   *cols[9];
@@ -405,9 +436,8 @@ rows_flush(void)
 
 	rows_insert_new();
 
-	hash_seq_init(&status, row_table);
-	while ((e = hash_seq_search(&status)) != NULL)
-		if (e->state.dirty)
+	for (int w = 0; w < nwanted; w++)
+		if (wanted[w]->state.dirty)
 			n++;
 	if (n == 0)
 		return;
@@ -420,10 +450,9 @@ rows_flush(void)
 		types[c] = TEXTARRAYOID;
 	}
 	initStringInfo(&buf);
-	hash_seq_init(&status, row_table);
-	while ((e = hash_seq_search(&status)) != NULL)
+	for (int w = 0; w < nwanted; w++)
 	{
-		RowState   *s = &e->state;
+		RowState   *s = &wanted[w]->state;
 
 		if (!s->dirty)
 			continue;
@@ -481,7 +510,7 @@ rows_flush(void)
 							  "SELECT t, k, l::pg_lsn, q::bigint, d::boolean, r, c::integer[], x::integer[], now(), "
 							  "       w "
 							  "  FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9) AS u(t, k, l, q, d, r, c, x, w) "
-							  " ORDER BY 1, 2 "
+							  " ORDER BY 2, 1 "
 							  "ON CONFLICT (topic, key) DO UPDATE "
 							  "   SET lsn = EXCLUDED.lsn, seq = EXCLUDED.seq, deleted = EXCLUDED.deleted, "
 							  "       row_data = EXCLUDED.row_data, counted = EXCLUDED.counted, "

@@ -165,7 +165,10 @@ CREATE TABLE kappa.stream_rows (
     excluded integer[] NOT NULL DEFAULT '{}',
     updated_at timestamptz NOT NULL DEFAULT now(),
     windows_end timestamptz,
-    PRIMARY KEY (topic, key)
+    -- key first: it tells rows apart at the first column of every index
+    -- comparison (a batch probes and inserts one entry per sale), and
+    -- kappa.sales_enriched finds a sale by its key alone
+    PRIMARY KEY (key, topic)
 );
 -- Finding the rows to forget without reading the table: rows arrive roughly
 -- in event-time order, so block ranges summarise windows_end well.
