@@ -401,6 +401,7 @@ static const char *row_cached = NULL;
 static int	row_cached_len = 0;
 static int	row_nmembers = 0;
 static RowMember row_members[ROW_MEMBERS_MAX];
+static bool row_names_may_repeat;	/* could two members share a name? */
 
 /* the last time and decimal read from the cached row, by span address */
 static const char *row_time_at = NULL;
@@ -448,18 +449,65 @@ json_row_decimal(const JsonSpan *s, KappaDecimal *d)
 	return row_decimal_ok;
 }
 
+/*
+ * Where each name of a names array was found in the last row, for a few
+ * arrays (one per ranking): a row is then read in one comparison per name.
+ * Keyed by the array's address, which outlives a batch (rankings are
+ * reloaded between batches, see json_row_forget).
+ */
+#define MEMBER_HINT_SETS 8
+#define MEMBER_HINT_NAMES 16
+
+static const char *const *hint_names[MEMBER_HINT_SETS];
+static int	hint_index[MEMBER_HINT_SETS][MEMBER_HINT_NAMES];
+static int	hint_next = 0;
+
+static int *
+member_hints(const char *const *names, int n)
+{
+	int			k;
+
+	if (n > MEMBER_HINT_NAMES)
+		return NULL;
+	for (k = 0; k < MEMBER_HINT_SETS; k++)
+		if (hint_names[k] == names)
+			return hint_index[k];
+	k = hint_next;
+	hint_next = (hint_next + 1) % MEMBER_HINT_SETS;
+	hint_names[k] = names;
+	for (int i = 0; i < MEMBER_HINT_NAMES; i++)
+		hint_index[k][i] = -1;
+	return hint_index[k];
+}
+
+/* Does a member before h carry this name?  (The first of duplicates wins.) */
+static bool
+member_named_before(int h, const char *name, int namelen)
+{
+	for (int m = 0; m < h; m++)
+		if (row_members[m].namelen == namelen &&
+			memcmp(row_members[m].name, name, namelen) == 0)
+			return true;
+	return false;
+}
+
 /* json_object_members for a row (a valid object), through the cache */
 void
 json_row_members(const char *row, int len, int n, const char *const *names,
 				 const int *namelens, JsonSpan *found)
 {
+	int		   *hints;
+
 	if (row != row_cached || len != row_cached_len)
 	{
 		const char *p = row;
 		const char *end = row + len;
 
+		uint64		seen[4] = {0, 0, 0, 0};
+
 		json_row_forget();
 		row_nmembers = 0;
+		row_names_may_repeat = false;
 		p = skip_ws(p + 1, end);
 		if (p < end && *p != '}')
 		{
@@ -482,6 +530,15 @@ json_row_members(const char *row, int len, int n, const char *const *names,
 				row_members[row_nmembers].name = key;
 				row_members[row_nmembers].namelen = (int) (keyend - key - 1);
 				row_members[row_nmembers].value = make_span(value, after);
+				{
+					/* names alike in length and ends share a bit */
+					int			nl = row_members[row_nmembers].namelen;
+					unsigned	b = (unsigned) (nl * 31 + (nl > 0 ? (unsigned char) key[0] * 7 + (unsigned char) key[nl - 1] : 0)) & 255;
+
+					if (seen[b >> 6] & (UINT64CONST(1) << (b & 63)))
+						row_names_may_repeat = true;
+					seen[b >> 6] |= UINT64CONST(1) << (b & 63);
+				}
 				row_nmembers++;
 				p = skip_ws(after, end);
 				if (p >= end || *p == '}')
@@ -492,8 +549,19 @@ json_row_members(const char *row, int len, int n, const char *const *names,
 		row_cached = row;
 		row_cached_len = len;
 	}
+	hints = member_hints(names, n);
 	for (int i = 0; i < n; i++)
 	{
+		int			h = hints ? hints[i] : -1;
+
+		/* where it was in the last row: rows of a topic share their layout */
+		if (h >= 0 && h < row_nmembers && row_members[h].namelen == namelens[i] &&
+			memcmp(row_members[h].name, names[i], namelens[i]) == 0 &&
+			(!row_names_may_repeat || !member_named_before(h, names[i], namelens[i])))
+		{
+			found[i] = row_members[h].value;
+			continue;
+		}
 		found[i].type = JSON_SPAN_MISSING;
 		/* the first of duplicate names, as json_object_members */
 		for (int m = 0; m < row_nmembers; m++)
@@ -502,6 +570,8 @@ json_row_members(const char *row, int len, int n, const char *const *names,
 				memcmp(row_members[m].name, names[i], namelens[i]) == 0)
 			{
 				found[i] = row_members[m].value;
+				if (hints)
+					hints[i] = m;
 				break;
 			}
 		}

@@ -40,6 +40,9 @@ typedef struct KappaWindowSpec
 	int			origin_month;	/* local month of the origin, year*12+month-1 */
 	pg_tz	   *tz;
 	char		tzname[64];
+	/* the calendar window found last (empty until then): events come in runs */
+	TimestampTz last_start;
+	TimestampTz last_end;
 } KappaWindowSpec;
 
 extern bool window_spec_init(KappaWindowSpec *spec, const Interval *size,

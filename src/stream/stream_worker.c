@@ -542,25 +542,77 @@ position_cmp(XLogRecPtr lsn1, int64 seq1, XLogRecPtr lsn2, int64 seq2)
 	return 0;
 }
 
+/*
+ * What the rankings make of a topic, worked out once per batch and topic
+ * rather than by comparing names for every message.  Known by librdkafka's
+ * name pointer, which is the same for every message of a topic; forgotten at
+ * each batch's start, when the rankings are reloaded.
+ */
+typedef struct TopicRankings
+{
+	const char *topic;
+	bool	   *events;			/* per ranking of sw.rankings: counts its events */
+	KappaRanking *first;		/* the first of them: its time is stream time */
+	bool		any_events;
+	bool		any_sink;		/* a sink ranking reads it */
+	bool		confirmed_only;
+	bool		without_memory; /* all its rankings go without row memory */
+} TopicRankings;
+
+static TopicRankings topic_cache;
+
+static const TopicRankings *
+topic_rankings(const char *topic)
+{
+	ListCell   *lc;
+	int			i = 0;
+	bool		memory = false;
+
+	if (topic_cache.topic == topic)
+		return &topic_cache;
+	if (topic_cache.events)
+		pfree(topic_cache.events);
+	memset(&topic_cache, 0, sizeof(topic_cache));
+	topic_cache.events = MemoryContextAllocZero(sw.batch_cxt,
+												sizeof(bool) * (list_length(sw.rankings) + 1));
+	foreach(lc, sw.rankings)
+	{
+		KappaRanking *r = lfirst(lc);
+
+		if (strcmp(r->source_topic, topic) == 0)
+		{
+			if (r->results_input)
+				topic_cache.any_sink = true;
+			else
+			{
+				topic_cache.events[i] = true;
+				if (topic_cache.first == NULL)
+					topic_cache.first = r;
+				topic_cache.any_events = true;
+				topic_cache.confirmed_only |= r->confirmed_only;
+				memory |= r->row_memory;
+			}
+		}
+		i++;
+	}
+	topic_cache.without_memory = topic_cache.any_events && !memory;
+	topic_cache.topic = topic;
+	return &topic_cache;
+}
+
 /* Event time of a row, by the first ranking on the topic, for stream time. */
 static bool
 row_event_time(const char *topic, const char *row, int rowlen, TimestampTz *t)
 {
-	ListCell   *lc;
+	KappaRanking *r = topic_rankings(topic)->first;
+	JsonSpan	span;
 
-	foreach(lc, sw.rankings)
-	{
-		KappaRanking *r = lfirst(lc);
-		JsonSpan	span;
-		const char *name = r->time_field;
-		int			len = strlen(name);
-
-		if (r->results_input || strcmp(r->source_topic, topic) != 0)
-			continue;
-		json_row_members(row, rowlen, 1, &name, &len, &span);
-		return json_row_timestamp(&span, t);
-	}
-	return false;
+	if (r == NULL)
+		return false;
+	/* (the ranking's own field list: json_row_members knows where it is) */
+	json_row_members(row, rowlen, 1, (const char *const *) &r->fields[r->time_index],
+					 &r->fieldlens[r->time_index], &span);
+	return json_row_timestamp(&span, t);
 }
 
 /* End of the window of ranking r that a row falls in. */
@@ -591,6 +643,7 @@ apply_change(rd_kafka_message_t *msg, const char *topic, const char *key,
 	int			i;
 	const char *error = NULL;
 	TimestampTz t;
+	const bool *counts = topic_rankings(topic)->events;
 
 	/* replays change nothing */
 	if (ch->has_position && s->has_position &&
@@ -621,7 +674,7 @@ apply_change(rd_kafka_message_t *msg, const char *topic, const char *key,
 	{
 		KappaRanking *r = lfirst(lc);
 
-		if (!r->results_input && strcmp(r->source_topic, topic) == 0)
+		if (counts[i])
 		{
 			if (list_has(s->counted, r->id) && s->row_data &&
 				!contribution_compute(r, s->row_data, strlen(s->row_data), &olds[i], &error))
@@ -647,8 +700,7 @@ apply_change(rd_kafka_message_t *msg, const char *topic, const char *key,
 	{
 		KappaRanking *r = lfirst(lc);
 
-		if (!r->results_input && strcmp(r->source_topic, topic) == 0 &&
-			(olds[i].valid || news[i].valid))
+		if (counts[i] && (olds[i].valid || news[i].valid))
 			move_contribution(r, s, olds[i].valid ? &olds[i] : NULL,
 							  news[i].valid ? &news[i] : NULL, ps, msg->offset);
 		i++;
@@ -661,7 +713,7 @@ apply_change(rd_kafka_message_t *msg, const char *topic, const char *key,
 		KappaRanking *r = lfirst(lc);
 		TimestampTz end;
 
-		if (newrow && !r->results_input && strcmp(r->source_topic, topic) == 0)
+		if (newrow && counts[i])
 		{
 			if (news[i].valid)
 				end = news[i].window_end;
@@ -691,20 +743,7 @@ apply_change(rd_kafka_message_t *msg, const char *topic, const char *key,
 static bool
 topic_without_memory(const char *topic)
 {
-	ListCell   *lc;
-	bool		any = false;
-
-	foreach(lc, sw.rankings)
-	{
-		KappaRanking *r = lfirst(lc);
-
-		if (r->results_input || strcmp(r->source_topic, topic) != 0)
-			continue;
-		if (r->row_memory)
-			return false;
-		any = true;
-	}
-	return any;
+	return topic_rankings(topic)->without_memory;
 }
 
 /*
@@ -730,6 +769,7 @@ apply_change_without_memory(rd_kafka_message_t *msg, const char *topic, const ch
 	int			i;
 	const char *error = NULL;
 	TimestampTz t;
+	const bool *counts = topic_rankings(topic)->events;
 
 	if (!ch->has_position)
 	{
@@ -775,7 +815,7 @@ apply_change_without_memory(rd_kafka_message_t *msg, const char *topic, const ch
 	{
 		KappaRanking *r = lfirst(lc);
 
-		if (!r->results_input && strcmp(r->source_topic, topic) == 0)
+		if (counts[i])
 		{
 			if (oldrow && !contribution_compute(r, oldrow, oldlen, &olds[i], &error))
 			{
@@ -802,9 +842,7 @@ apply_change_without_memory(rd_kafka_message_t *msg, const char *topic, const ch
 		const Contribution *oldc = olds[i].valid ? &olds[i] : NULL;
 		const Contribution *newc = news[i].valid ? &news[i] : NULL;
 
-		i++;
-		if (r->results_input || strcmp(r->source_topic, topic) != 0 ||
-			(oldc == NULL && newc == NULL))
+		if (!counts[i++] || (oldc == NULL && newc == NULL))
 			continue;
 		if (oldc && newc && contribution_equal(oldc, newc))
 			continue;
@@ -1103,6 +1141,8 @@ apply_batch(void)
 	/* the batch's working memory outlives the transaction until it is let go */
 	MemoryContextSwitchTo(sw.batch_cxt);
 	load_rankings();
+	topic_cache.topic = NULL;	/* the rankings are new */
+	topic_cache.events = NULL;	/* (in the batch memory, reset) */
 	json_row_forget();			/* the last batch's rows are gone */
 	aggregate_reset(sw.batch_cxt);
 	rows_reset(sw.batch_cxt);
@@ -1116,9 +1156,10 @@ apply_batch(void)
 		const char *topic = rd_kafka_topic_name(msg->rkt);
 		Parsed	   *p = &parsed[i];
 		const char *error = NULL;
-		bool		events_topic = false;
-		bool		sink_topic = false;
-		bool		confirmed_only = false;
+		const TopicRankings *tr;
+		bool		events_topic;
+		bool		sink_topic;
+		bool		confirmed_only;
 
 		p->ps = find_partition(topic, msg->partition);
 		if (p->ps == NULL)
@@ -1133,20 +1174,10 @@ apply_batch(void)
 		p->ps->next = msg->offset + 1;
 		p->ps->last_record_at = now;
 
-		foreach(lc, sw.rankings)
-		{
-			KappaRanking *r = lfirst(lc);
-
-			if (strcmp(r->source_topic, topic) != 0)
-				continue;
-			if (r->results_input)
-				sink_topic = true;
-			else
-			{
-				events_topic = true;
-				confirmed_only |= r->confirmed_only;
-			}
-		}
+		tr = topic_rankings(topic);
+		sink_topic = tr->any_sink;
+		events_topic = tr->any_events;
+		confirmed_only = tr->confirmed_only;
 
 		if (events_topic || is_payments_topic(topic))
 		{

@@ -167,7 +167,20 @@ window_for(const KappaWindowSpec *spec, TimestampTz t,
 		struct pg_tm tm;
 		fsec_t		fsec;
 		int			tzoff;
+		KappaWindowSpec *cache = unconstify(KappaWindowSpec *, spec);
+		bool		found;
 
+		/*
+		 * Calendar windows tile the time line, so a time inside the window
+		 * found last is in that window: no time zone arithmetic for the
+		 * run of events of one day.
+		 */
+		if (t >= spec->last_start && t < spec->last_end)
+		{
+			*start = spec->last_start;
+			*end = spec->last_end;
+			return true;
+		}
 		if (timestamp2tm(t, &tzoff, &tm, &fsec, NULL, spec->tz) != 0)
 			return false;
 
@@ -177,7 +190,7 @@ window_for(const KappaWindowSpec *spec, TimestampTz t,
 			int64		k = floor_div(month - spec->origin_month, spec->months);
 			int			first = spec->origin_month + (int) (k * spec->months);
 
-			return local_midnight(spec, first_of_month(first), start) &&
+			found = local_midnight(spec, first_of_month(first), start) &&
 				local_midnight(spec, first_of_month(first + spec->months), end);
 		}
 		else
@@ -186,9 +199,15 @@ window_for(const KappaWindowSpec *spec, TimestampTz t,
 			int64		k = floor_div(jd - spec->origin_jd, spec->days);
 			int			first = spec->origin_jd + (int) (k * spec->days);
 
-			return local_midnight(spec, first, start) &&
+			found = local_midnight(spec, first, start) &&
 				local_midnight(spec, first + spec->days, end);
 		}
+		if (found && *start <= t && t < *end)
+		{
+			cache->last_start = *start;
+			cache->last_end = *end;
+		}
+		return found;
 	}
 }
 
