@@ -144,6 +144,31 @@ local_midnight(const KappaWindowSpec *spec, int jd, TimestampTz *result)
 }
 
 /*
+ * Does the zone keep one UTC offset from a day before start to a day after
+ * end?  Then local time is UTC shifted throughout, the window's midnights
+ * are unambiguous, and every time in [start, end) has its local date in the
+ * window: the window may be remembered.  Near a transition (a DST change at
+ * midnight can repeat or skip local dates) each time is worked out anew.
+ */
+static bool
+steady_offset(const KappaWindowSpec *spec, TimestampTz start, TimestampTz end)
+{
+	pg_time_t	from = timestamptz_to_time_t(start - USECS_PER_DAY);
+	pg_time_t	boundary;
+	long int	before_gmtoff,
+				after_gmtoff;
+	int			before_isdst,
+				after_isdst;
+	int			r;
+
+	r = pg_next_dst_boundary(&from, &before_gmtoff, &before_isdst, &boundary,
+							 &after_gmtoff, &after_isdst, spec->tz);
+	if (r == 0)
+		return true;			/* no transition after from */
+	return r > 0 && boundary > timestamptz_to_time_t(end + USECS_PER_DAY);
+}
+
+/*
  * The window containing t.  False when t is infinite (or the window would
  * be out of the timestamp range).
  */
@@ -171,9 +196,9 @@ window_for(const KappaWindowSpec *spec, TimestampTz t,
 		bool		found;
 
 		/*
-		 * Calendar windows tile the time line, so a time inside the window
-		 * found last is in that window: no time zone arithmetic for the
-		 * run of events of one day.
+		 * A time inside the window found last is in that window (see
+		 * steady_offset): no time zone arithmetic for a run of events of
+		 * one day.
 		 */
 		if (t >= spec->last_start && t < spec->last_end)
 		{
@@ -202,7 +227,7 @@ window_for(const KappaWindowSpec *spec, TimestampTz t,
 			found = local_midnight(spec, first, start) &&
 				local_midnight(spec, first + spec->days, end);
 		}
-		if (found && *start <= t && t < *end)
+		if (found && *start <= t && t < *end && steady_offset(spec, *start, *end))
 		{
 			cache->last_start = *start;
 			cache->last_end = *end;
