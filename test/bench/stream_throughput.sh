@@ -32,7 +32,6 @@ kappa.cdc_enabled = off
 kappa.stream_enabled = off
 kappa.stream_workers = $workers
 kappa.stream_batch_size = 50000
-kappa.stream_batch_ms = 500
 kappa.idle_timeout = '1h'
 log_min_messages = ${BENCH_LOG_LEVEL:-warning}" sales-events:64 sales-cdc:64 payment-confirmations:4
 psql -d bench -c "SELECT kappa.create_ranking('cdc_sales_by_city', ARRAY['city'], interval '1 day',
