@@ -556,7 +556,8 @@ typedef struct TopicRankings
 	bool		any_events;
 	bool		any_sink;		/* a sink ranking reads it */
 	bool		confirmed_only;
-	bool		without_memory; /* all its rankings go without row memory */
+	bool		without_memory; /* all its rankings go without row memory
+								 * (create_ranking keeps them alike) */
 } TopicRankings;
 
 static TopicRankings topic_cache;
@@ -734,16 +735,6 @@ apply_change(rd_kafka_message_t *msg, const char *topic, const char *key,
 		s->seq = ch->seq;
 	}
 	s->dirty = true;
-}
-
-/*
- * Whether the rankings of topic go without row memory (all of them, as
- * kappa.create_ranking keeps it).
- */
-static bool
-topic_without_memory(const char *topic)
-{
-	return topic_rankings(topic)->without_memory;
 }
 
 /*
@@ -1190,7 +1181,7 @@ apply_batch(void)
 		{
 			if (change_parse(msg->payload, msg->len, &p->change, &error))
 			{
-				if (topic_without_memory(topic))
+				if (tr->without_memory)
 					p->kind = 4;
 				else
 				{
