@@ -144,11 +144,16 @@ void
 stream_array_literal_append(StringInfo out, const char *s)
 {
 	appendStringInfoChar(out, '"');
-	for (; *s; s++)
+	for (;;)
 	{
-		if (*s == '"' || *s == '\\')
-			appendStringInfoChar(out, '\\');
-		appendStringInfoChar(out, *s);
+		size_t		plain = strcspn(s, "\"\\");
+
+		appendBinaryStringInfo(out, s, (int) plain);
+		s += plain;
+		if (*s == '\0')
+			break;
+		appendStringInfoChar(out, '\\');
+		appendStringInfoChar(out, *s++);
 	}
 	appendStringInfoChar(out, '"');
 }

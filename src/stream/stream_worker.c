@@ -616,6 +616,28 @@ row_event_time(const char *topic, const char *row, int rowlen, TimestampTz *t)
 	return json_row_timestamp(&span, t);
 }
 
+/*
+ * Zeroed room for one contribution per ranking, old and new, reused from
+ * event to event (an event's contributions are used before the next one).
+ */
+static void
+contribution_scratch(int nrank, Contribution **olds, Contribution **news)
+{
+	static Contribution *scratch = NULL;
+	static int	scratch_n = 0;
+
+	if (nrank > scratch_n)
+	{
+		if (scratch)
+			pfree(scratch);
+		scratch_n = Max(nrank, 8);
+		scratch = MemoryContextAlloc(TopMemoryContext, sizeof(Contribution) * 2 * scratch_n);
+	}
+	memset(scratch, 0, sizeof(Contribution) * 2 * nrank);
+	*olds = scratch;
+	*news = scratch + nrank;
+}
+
 /* End of the window of ranking r that a row falls in. */
 static bool
 row_window_end(const KappaRanking *r, const char *row, int rowlen, TimestampTz *end)
@@ -668,8 +690,7 @@ apply_change(rd_kafka_message_t *msg, const char *topic, const char *key,
 		newrow = NULL;
 
 	/* every ranking's new contribution must be computable, or nothing happens */
-	olds = palloc0(sizeof(Contribution) * nrank);
-	news = palloc0(sizeof(Contribution) * nrank);
+	contribution_scratch(nrank, &olds, &news);
 	i = 0;
 	foreach(lc, sw.rankings)
 	{
@@ -799,8 +820,7 @@ apply_change_without_memory(rd_kafka_message_t *msg, const char *topic, const ch
 	}
 
 	/* every contribution must be computable, or nothing happens */
-	olds = palloc0(sizeof(Contribution) * nrank);
-	news = palloc0(sizeof(Contribution) * nrank);
+	contribution_scratch(nrank, &olds, &news);
 	i = 0;
 	foreach(lc, sw.rankings)
 	{
@@ -942,8 +962,8 @@ message_key(rd_kafka_message_t *msg)
 
 typedef struct Parsed
 {
-	int			kind;			/* 0 skip, 1 change, 2 payment, 3 sink,
-								 * 4 change without row memory */
+	int			kind;			/* 0 skip or done, 1 change, 2 payment,
+								 * 3 sink */
 	char	   *key;
 	KappaChange change;
 	PartitionState *ps;
@@ -1113,7 +1133,7 @@ static void
 apply_batch(void)
 {
 	MemoryContext old = MemoryContextSwitchTo(sw.batch_cxt);
-	Parsed	   *parsed = palloc0(sizeof(Parsed) * sw.batch_count);
+	Parsed	   *parsed = palloc(sizeof(Parsed) * sw.batch_count);
 	int			count = sw.batch_count;
 	ListCell   *lc;
 	TimestampTz now = GetCurrentTimestamp();
@@ -1148,10 +1168,13 @@ apply_batch(void)
 		Parsed	   *p = &parsed[i];
 		const char *error = NULL;
 		const TopicRankings *tr;
+		KappaChange change;		/* an event applied at once */
 		bool		events_topic;
 		bool		sink_topic;
 		bool		confirmed_only;
 
+		p->kind = 0;
+		p->key = NULL;
 		p->ps = find_partition(topic, msg->partition);
 		if (p->ps == NULL)
 			continue;			/* revoked meanwhile: not ours to apply */
@@ -1179,17 +1202,22 @@ apply_batch(void)
 		}
 		if (error == NULL && events_topic)
 		{
-			if (change_parse(msg->payload, msg->len, &p->change, &error))
+			if (tr->without_memory)
 			{
-				if (tr->without_memory)
-					p->kind = 4;
-				else
-				{
-					p->kind = 1;
-					rows_want(topic, p->key);
-					if (confirmed_only)
-						payments_want(p->key);
-				}
+				/*
+				 * Nothing to load first: applied now, while the message is
+				 * in the cache (a second pass over a large batch reads
+				 * every payload from memory again).
+				 */
+				if (change_parse(msg->payload, msg->len, &change, &error))
+					apply_change_without_memory(msg, topic, p->key, &change, p->ps);
+			}
+			else if (change_parse(msg->payload, msg->len, &p->change, &error))
+			{
+				p->kind = 1;
+				rows_want(topic, p->key);
+				if (confirmed_only)
+					payments_want(p->key);
 			}
 		}
 		else if (error == NULL && is_payments_topic(topic))
@@ -1233,10 +1261,6 @@ apply_batch(void)
 				break;
 			case 2:
 				apply_payment(msg, p->key, p->ps);
-				break;
-			case 4:
-				apply_change_without_memory(msg, rd_kafka_topic_name(msg->rkt), p->key,
-											&p->change, p->ps);
 				break;
 			case 3:
 				foreach(lc, sw.rankings)
@@ -1696,6 +1720,7 @@ collect(void)
 			i--;
 		}
 	}
+
 	/*
 	 * The queue had all we asked for and holds less than two more batches:
 	 * a backlog, and the fetchers may have paused on a full queue.
