@@ -320,26 +320,36 @@ json_is_object(const char *p, int len)
 	return after != NULL && skip_ws(after, end) == end;
 }
 
-/*
- * json_object_members on text not yet validated: [obj, obj+len) must be
- * exactly one JSON object; returns false if it is not.  One pass, where
- * json_is_object + json_object_members would read the text twice.
- */
-bool
-json_object_scan(const char *obj, int len, int n, const char *const *names,
-				 const int *namelens, JsonSpan *found)
-{
-	const char *end = obj + len;
-	const char *p;
+static const char *row_scan(const char *row, const char *end);
 
-	for (int i = 0; i < n; i++)
-		found[i].type = JSON_SPAN_MISSING;
-	p = skip_ws(obj, end);
-	if (p >= end || *p != '{')
-		return false;
+/* Members to find in an object, as json_object_members takes them. */
+typedef struct MemberRequest
+{
+	int			n;
+	const char *const *names;
+	const int  *namelens;
+	JsonSpan   *found;
+} MemberRequest;
+
+/*
+ * Validate the object at p (its '{'), depth levels down, and find the
+ * members req names (the first of duplicates wins).  Returns the position
+ * after the object, NULL if it is not valid JSON.  The value of the member
+ * names[row_member] (unless -1), if an object, is read into the row cache
+ * on the way (see json_row_members); that of names[sub_member], if an
+ * object, has the members sub names found in it.
+ */
+static const char *
+object_scan(const char *p, const char *end, int depth, const MemberRequest *req,
+			int row_member, int sub_member, const MemberRequest *sub)
+{
+	for (int i = 0; i < req->n; i++)
+		req->found[i].type = JSON_SPAN_MISSING;
+	if (depth > 64)
+		return NULL;
 	p = skip_ws(p + 1, end);
 	if (p < end && *p == '}')
-		return skip_ws(p + 1, end) == end;
+		return p + 1;
 	for (;;)
 	{
 		const char *key;
@@ -347,37 +357,45 @@ json_object_scan(const char *obj, int len, int n, const char *const *names,
 		const char *value;
 		const char *after;
 		int			keylen;
+		int			match = -1;
 
 		if (p >= end || *p != '"')
-			return false;
+			return NULL;
 		key = p + 1;
 		keyend = skip_string(p, end);
 		if (keyend == NULL)
-			return false;
+			return NULL;
 		keylen = (int) (keyend - key - 1);
 		p = skip_ws(keyend, end);
 		if (p >= end || *p != ':')
-			return false;
+			return NULL;
 		value = skip_ws(p + 1, end);
-		after = skip_value(value, end, 1);
-		if (after == NULL)
-			return false;
-		for (int i = 0; i < n; i++)
+		for (int i = 0; i < req->n; i++)
 		{
-			if (found[i].type == JSON_SPAN_MISSING && namelens[i] == keylen &&
-				memcmp(names[i], key, keylen) == 0)
+			if (req->found[i].type == JSON_SPAN_MISSING && req->namelens[i] == keylen &&
+				memcmp(req->names[i], key, keylen) == 0)
 			{
-				found[i] = make_span(value, after);
+				match = i;
 				break;
 			}
 		}
+		if (match >= 0 && match == row_member && value < end && *value == '{')
+			after = row_scan(value, end);
+		else if (match >= 0 && match == sub_member && value < end && *value == '{')
+			after = object_scan(value, end, depth + 1, sub, -1, -1, NULL);
+		else
+			after = skip_value(value, end, depth + 1);
+		if (after == NULL)
+			return NULL;
+		if (match >= 0)
+			req->found[match] = make_span(value, after);
 		p = skip_ws(after, end);
 		if (p >= end)
-			return false;
+			return NULL;
 		if (*p == '}')
-			return skip_ws(p + 1, end) == end;
+			return p + 1;
 		if (*p != ',')
-			return false;
+			return NULL;
 		p = skip_ws(p + 1, end);
 	}
 }
@@ -491,6 +509,86 @@ member_named_before(int h, const char *name, int namelen)
 	return false;
 }
 
+/*
+ * Read the object at row (its '{') into the row cache, validating it as
+ * skip_value would: one entry per member, in order.  Returns the position
+ * after the object, NULL if it is not valid JSON.  A row of more than
+ * ROW_MEMBERS_MAX members is validated but not cached.
+ */
+static const char *
+row_scan(const char *row, const char *end)
+{
+	const char *p;
+	uint64		seen[4] = {0, 0, 0, 0};
+	bool		wide = false;
+
+	json_row_forget();
+	row_nmembers = 0;
+	row_names_may_repeat = false;
+	p = skip_ws(row + 1, end);
+	if (p < end && *p == '}')
+		p++;
+	else
+	{
+		for (;;)
+		{
+			const char *key;
+			const char *keyend;
+			const char *value;
+			const char *after;
+
+			if (p >= end || *p != '"')
+				return NULL;
+			key = p + 1;
+			keyend = skip_string(p, end);
+			if (keyend == NULL)
+				return NULL;
+			p = skip_ws(keyend, end);
+			if (p >= end || *p != ':')
+				return NULL;
+			value = skip_ws(p + 1, end);
+			/* (members of an envelope's row are two levels down) */
+			after = skip_value(value, end, 2);
+			if (after == NULL)
+				return NULL;
+			if (row_nmembers == ROW_MEMBERS_MAX)
+				wide = true;
+			else
+			{
+				int			nl = (int) (keyend - key - 1);
+
+				/* names alike in length and ends share a bit */
+				unsigned	b = (unsigned) (nl * 31 + (nl > 0 ? (unsigned char) key[0] * 7 + (unsigned char) key[nl - 1] : 0)) & 255;
+
+				row_members[row_nmembers].name = key;
+				row_members[row_nmembers].namelen = nl;
+				row_members[row_nmembers].value = make_span(value, after);
+				if (seen[b >> 6] & (UINT64CONST(1) << (b & 63)))
+					row_names_may_repeat = true;
+				seen[b >> 6] |= UINT64CONST(1) << (b & 63);
+				row_nmembers++;
+			}
+			p = skip_ws(after, end);
+			if (p >= end)
+				return NULL;
+			if (*p == '}')
+			{
+				p++;
+				break;
+			}
+			if (*p != ',')
+				return NULL;
+			p = skip_ws(p + 1, end);
+		}
+	}
+	if (!wide)
+	{
+		row_cached = row;
+		row_cached_len = (int) (p - row);
+	}
+	return p;
+}
+
 /* json_object_members for a row (a valid object), through the cache */
 void
 json_row_members(const char *row, int len, int n, const char *const *names,
@@ -500,54 +598,13 @@ json_row_members(const char *row, int len, int n, const char *const *names,
 
 	if (row != row_cached || len != row_cached_len)
 	{
-		const char *p = row;
-		const char *end = row + len;
-
-		uint64		seen[4] = {0, 0, 0, 0};
-
-		json_row_forget();
-		row_nmembers = 0;
-		row_names_may_repeat = false;
-		p = skip_ws(p + 1, end);
-		if (p < end && *p != '}')
+		(void) row_scan(row, row + len);
+		if (row != row_cached || len != row_cached_len)
 		{
-			for (;;)
-			{
-				const char *key = p + 1;
-				const char *keyend = skip_string(p, end);
-				const char *value;
-				const char *after;
-
-				if (row_nmembers == ROW_MEMBERS_MAX)
-				{
-					/* a wide row: not cached */
-					json_object_members(row, len, n, names, namelens, found);
-					return;
-				}
-				p = skip_ws(keyend, end);
-				value = skip_ws(p + 1, end);
-				after = skip_value(value, end, 1);
-				row_members[row_nmembers].name = key;
-				row_members[row_nmembers].namelen = (int) (keyend - key - 1);
-				row_members[row_nmembers].value = make_span(value, after);
-				{
-					/* names alike in length and ends share a bit */
-					int			nl = row_members[row_nmembers].namelen;
-					unsigned	b = (unsigned) (nl * 31 + (nl > 0 ? (unsigned char) key[0] * 7 + (unsigned char) key[nl - 1] : 0)) & 255;
-
-					if (seen[b >> 6] & (UINT64CONST(1) << (b & 63)))
-						row_names_may_repeat = true;
-					seen[b >> 6] |= UINT64CONST(1) << (b & 63);
-				}
-				row_nmembers++;
-				p = skip_ws(after, end);
-				if (p >= end || *p == '}')
-					break;
-				p = skip_ws(p + 1, end);
-			}
+			/* a wide row: not cached */
+			json_object_members(row, len, n, names, namelens, found);
+			return;
 		}
-		row_cached = row;
-		row_cached_len = len;
 	}
 	hints = member_hints(names, n);
 	for (int i = 0; i < n; i++)
@@ -725,9 +782,24 @@ change_parse(const char *msg, size_t len, KappaChange *change, const char **erro
 	static const char *const src[] = {"connector", "lsn", "seq", "file", "line", "sha256", "table"};
 	static const int srclen[] = {9, 3, 3, 4, 4, 6, 5};
 	JsonSpan	t[4];
+	JsonSpan	s[7];
+	MemberRequest req = {4, top, toplen, t};
+	MemberRequest srcreq = {7, src, srclen, s};
+	const char *end = msg + len;
+	const char *p = skip_ws(msg, end);
 
 	memset(change, 0, sizeof(*change));
-	if (len > INT_MAX || !json_object_scan(msg, (int) len, 4, top, toplen, t))
+
+	/*
+	 * One pass over the message: the envelope is validated, and "after"
+	 * (into the row cache, for the rankings) and "source" are read on the
+	 * way, not again afterwards.
+	 */
+	for (int i = 0; i < 7; i++)
+		s[i].type = JSON_SPAN_MISSING;
+	if (len > INT_MAX || p >= end || *p != '{' ||
+		(p = object_scan(p, end, 0, &req, 2, 3, &srcreq)) == NULL ||
+		skip_ws(p, end) != end)
 	{
 		*error = "message is not a JSON object";
 		return false;
@@ -772,9 +844,6 @@ change_parse(const char *msg, size_t len, KappaChange *change, const char **erro
 
 	if (t[3].type == JSON_SPAN_OBJECT)
 	{
-		JsonSpan	s[7];
-
-		json_object_members(t[3].p, t[3].len, 7, src, srclen, s);
 		if (s[0].type == JSON_SPAN_STRING && s[0].len - 2 < (int) sizeof(change->connector))
 		{
 			memcpy(change->connector, s[0].p + 1, s[0].len - 2);

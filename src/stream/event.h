@@ -33,9 +33,6 @@ typedef struct JsonSpan
 } JsonSpan;
 
 extern bool json_is_object(const char *p, int len);
-extern bool json_object_scan(const char *obj, int len, int n,
-							 const char *const *names, const int *namelens,
-							 JsonSpan *found);
 extern void json_row_members(const char *row, int len, int n,
 							 const char *const *names, const int *namelens,
 							 JsonSpan *found);

@@ -34,6 +34,16 @@ sub sale
 	return [ $id, qq({"op":"$op","before":$before,"after":$after,"source":{"connector":"test"},"ts_ms":1}) ];
 }
 
+# a message with its first $from replaced by $to
+sub broken
+{
+	my ($m, $from, $to) = @_;
+	my $i = index($m->[1], $from);
+	die "no $from in $m->[1]" if $i < 0;
+	substr($m->[1], $i, length $from) = $to;
+	return $m;
+}
+
 # ---- phase A: events from another producer ---------------------------------
 my @a = (
 	sale(101, 'Madrid', 'ES', 'S-1', '10.00', '2026-11-20T10:00:00Z'),
@@ -51,6 +61,11 @@ push @a,
   sale(109, 'Madrid', 'ES', 'S-1', 'abc', '2026-11-21T01:00:00Z'),
   [ '110', '{"op":"x","before":null,"after":{"sale_id":"110"}}' ],
   [ '111', '[1,2,3]' ],
+  # sales that would count, broken inside the row or the source (read on
+  # the same pass as the envelope)
+  broken(sale(115, 'Madrid', 'ES', 'S-1', '9.00', '2026-11-21T02:00:00Z'), 'Z"}', 'Z",}'),
+  broken(sale(116, 'Madrid', 'ES', 'S-1', '9.00', '2026-11-21T02:00:00Z'), '"test"', '"test" "lsn":"0/1"'),
+  broken(sale(117, 'Madrid', 'ES', 'S-1', '9.00', '2026-11-21T02:00:00Z'), '"ST-1"', '"ST-1'),
   sale(112, 'Valencia', 'ES', 'S-2', '3.00', 'yesterday'),
   sale(113, 'Barcelona', 'ES', 'S-6', '42.42', '2026-11-22T09:00:00Z'),
   sale(114, 'Lisboa', 'PT', 'S-3', '11.11', '2026-11-21T15:00:00+01:00'), # late for the day
