@@ -159,6 +159,49 @@ skip_number(const char *p, const char *end)
 	return p;
 }
 
+/*
+ * An object's member, p at its key: sets the key (without its quotes) and
+ * returns where the value starts, NULL if this is not "key":.
+ */
+static pg_attribute_always_inline const char *
+member_key(const char *p, const char *end, const char **key, int *keylen)
+{
+	const char *keyend;
+
+	if (p >= end || *p != '"')
+		return NULL;
+	keyend = skip_string(p, end);
+	if (keyend == NULL)
+		return NULL;
+	*key = p + 1;
+	*keylen = (int) (keyend - p - 2);
+	p = skip_ws(keyend, end);
+	if (p >= end || *p != ':')
+		return NULL;
+	return skip_ws(p + 1, end);
+}
+
+/*
+ * After a member's value: returns where the next member starts, or, with
+ * *closed set, the position after the object's '}'; NULL if neither.
+ */
+static pg_attribute_always_inline const char *
+member_next(const char *p, const char *end, bool *closed)
+{
+	p = skip_ws(p, end);
+	*closed = false;
+	if (p >= end)
+		return NULL;
+	if (*p == '}')
+	{
+		*closed = true;
+		return p + 1;
+	}
+	if (*p != ',')
+		return NULL;
+	return skip_ws(p + 1, end);
+}
+
 static const char *skip_value(const char *p, const char *end, int depth);
 
 static const char *
@@ -188,15 +231,12 @@ skip_container(const char *p, const char *end, int depth, bool object)
 		first = false;
 		if (object)
 		{
-			if (p >= end || *p != '"')
-				return NULL;
-			p = skip_string(p, end);
+			const char *key;
+			int			keylen;
+
+			p = member_key(p, end, &key, &keylen);
 			if (p == NULL)
 				return NULL;
-			p = skip_ws(p, end);
-			if (p >= end || *p != ':')
-				return NULL;
-			p = skip_ws(p + 1, end);
 		}
 		p = skip_value(p, end, depth + 1);
 		if (p == NULL)
@@ -261,51 +301,6 @@ make_span(const char *p, const char *after)
 	return s;
 }
 
-/*
- * Find the members named in names[] (n of them) in the object spanning
- * [obj, obj+len), which must be valid JSON.  found[i] gets the value's span
- * (type JSON_SPAN_MISSING when absent).  Keys with escapes never match.
- */
-void
-json_object_members(const char *obj, int len, int n, const char *const *names,
-					const int *namelens, JsonSpan *found)
-{
-	const char *p = obj;
-	const char *end = obj + len;
-
-	for (int i = 0; i < n; i++)
-		found[i].type = JSON_SPAN_MISSING;
-
-	p = skip_ws(p + 1, end);
-	if (p < end && *p == '}')
-		return;
-	for (;;)
-	{
-		const char *key = p + 1;
-		const char *keyend = skip_string(p, end);
-		const char *value;
-		const char *after;
-		int			keylen = (int) (keyend - key - 1);
-
-		p = skip_ws(keyend, end);
-		value = skip_ws(p + 1, end);
-		after = skip_value(value, end, 1);
-		for (int i = 0; i < n; i++)
-		{
-			if (found[i].type == JSON_SPAN_MISSING && namelens[i] == keylen &&
-				memcmp(names[i], key, keylen) == 0)
-			{
-				found[i] = make_span(value, after);
-				break;
-			}
-		}
-		p = skip_ws(after, end);
-		if (p >= end || *p == '}')
-			return;
-		p = skip_ws(p + 1, end);
-	}
-}
-
 /* Is [p, p+len) exactly one valid JSON value, an object? */
 bool
 json_is_object(const char *p, int len)
@@ -353,23 +348,15 @@ object_scan(const char *p, const char *end, int depth, const MemberRequest *req,
 	for (;;)
 	{
 		const char *key;
-		const char *keyend;
 		const char *value;
 		const char *after;
 		int			keylen;
 		int			match = -1;
+		bool		closed;
 
-		if (p >= end || *p != '"')
+		value = member_key(p, end, &key, &keylen);
+		if (value == NULL)
 			return NULL;
-		key = p + 1;
-		keyend = skip_string(p, end);
-		if (keyend == NULL)
-			return NULL;
-		keylen = (int) (keyend - key - 1);
-		p = skip_ws(keyend, end);
-		if (p >= end || *p != ':')
-			return NULL;
-		value = skip_ws(p + 1, end);
 		for (int i = 0; i < req->n; i++)
 		{
 			if (req->found[i].type == JSON_SPAN_MISSING && req->namelens[i] == keylen &&
@@ -389,15 +376,24 @@ object_scan(const char *p, const char *end, int depth, const MemberRequest *req,
 			return NULL;
 		if (match >= 0)
 			req->found[match] = make_span(value, after);
-		p = skip_ws(after, end);
-		if (p >= end)
-			return NULL;
-		if (*p == '}')
-			return p + 1;
-		if (*p != ',')
-			return NULL;
-		p = skip_ws(p + 1, end);
+		p = member_next(after, end, &closed);
+		if (p == NULL || closed)
+			return p;
 	}
+}
+
+/*
+ * Find the members named in names[] (n of them) in the object spanning
+ * [obj, obj+len), which must be valid JSON.  found[i] gets the value's span
+ * (type JSON_SPAN_MISSING when absent).  Keys with escapes never match.
+ */
+void
+json_object_members(const char *obj, int len, int n, const char *const *names,
+					const int *namelens, JsonSpan *found)
+{
+	MemberRequest req = {n, names, namelens, found};
+
+	(void) object_scan(obj, obj + len, 0, &req, -1, -1, NULL);
 }
 
 /*
@@ -533,20 +529,14 @@ row_scan(const char *row, const char *end)
 		for (;;)
 		{
 			const char *key;
-			const char *keyend;
 			const char *value;
 			const char *after;
+			int			nl;
+			bool		closed;
 
-			if (p >= end || *p != '"')
+			value = member_key(p, end, &key, &nl);
+			if (value == NULL)
 				return NULL;
-			key = p + 1;
-			keyend = skip_string(p, end);
-			if (keyend == NULL)
-				return NULL;
-			p = skip_ws(keyend, end);
-			if (p >= end || *p != ':')
-				return NULL;
-			value = skip_ws(p + 1, end);
 			/* (members of an envelope's row are two levels down) */
 			after = skip_value(value, end, 2);
 			if (after == NULL)
@@ -555,8 +545,6 @@ row_scan(const char *row, const char *end)
 				wide = true;
 			else
 			{
-				int			nl = (int) (keyend - key - 1);
-
 				/* names alike in length and ends share a bit */
 				unsigned	b = (unsigned) (nl * 31 + (nl > 0 ? (unsigned char) key[0] * 7 + (unsigned char) key[nl - 1] : 0)) & 255;
 
@@ -568,17 +556,11 @@ row_scan(const char *row, const char *end)
 				seen[b >> 6] |= UINT64CONST(1) << (b & 63);
 				row_nmembers++;
 			}
-			p = skip_ws(after, end);
-			if (p >= end)
+			p = member_next(after, end, &closed);
+			if (p == NULL)
 				return NULL;
-			if (*p == '}')
-			{
-				p++;
+			if (closed)
 				break;
-			}
-			if (*p != ',')
-				return NULL;
-			p = skip_ws(p + 1, end);
 		}
 	}
 	if (!wide)
