@@ -94,6 +94,7 @@ shared_buffers = 256MB
 kappa.database = 'bench'
 kappa.brokers = '$bootstrap'
 kappa.cdc_enabled = off
+kappa.stream_enabled = off
 kappa.csv_enabled = off
 kappa.csv_inbox = '$work/inbox'
 kappa.csv_stable_ms = 0
