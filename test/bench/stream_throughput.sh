@@ -61,10 +61,25 @@ generate() {
 	}' "$1" "$2"
 }
 now() { date +%s.%N; }
-applied_offsets() {
-	psql -d bench -At -c "SELECT coalesce(sum(next_offset) FILTER (WHERE next_offset > 0), 0) FROM kappa.stream_offsets WHERE topic = '$1'"
-}
-assigned() { psql -d bench -At -c 'SELECT coalesce(sum(partitions), 0) FROM kappa.stream_worker_status()'; }
+# The wait runs inside one backend: polling from the shell (a psql, a
+# runuser and a new backend every 20 ms) took about half a core of the two
+# away from the workers being measured.
+psql -d bench -c "CREATE FUNCTION bench_catch_up(t text, total bigint, parts int) RETURNS float8
+LANGUAGE plpgsql AS \$\$
+DECLARE t0 timestamptz;
+BEGIN
+  -- timed from the moment every partition is assigned: fetching starts then
+  -- (joining the group takes seconds and is not what is measured)
+  WHILE (SELECT coalesce(sum(partitions), 0) FROM kappa.stream_worker_status()) < parts LOOP
+    PERFORM pg_sleep(0.005);
+  END LOOP;
+  t0 := clock_timestamp();
+  WHILE (SELECT coalesce(sum(next_offset) FILTER (WHERE next_offset > 0), 0)
+           FROM kappa.stream_offsets WHERE topic = t) < total LOOP
+    PERFORM pg_sleep(0.005);
+  END LOOP;
+  RETURN extract(epoch FROM clock_timestamp() - t0);
+END \$\$"
 sum() { echo "$1 + $2" | bc -l; }
 rate() { echo "$1 / $2" | bc -l | xargs printf '%.0f'; }
 
@@ -107,15 +122,9 @@ for r in $(seq 1 "$rounds"); do
 		kcat_s[$t]=$(sum "${kcat_s[$t]}" "$k")
 		kcat_n[$t]=$(( ${kcat_n[$t]} + got ))
 
-		# the stream workers catch up on it, timed from the moment every
-		# partition is assigned: fetching starts then (joining the group
-		# takes seconds and is not what is measured)
+		# the stream workers catch up on it (64 partitions of each topic)
 		psql -d postgres -c "ALTER SYSTEM SET kappa.stream_enabled = on" -c "SELECT pg_reload_conf()" >/dev/null
-		while [ "$(assigned)" -lt 128 ]; do sleep 0.01; done
-		t0=$(now)
-		while [ "$(applied_offsets "$t")" -lt "$total" ]; do sleep 0.02; done
-		t1=$(now)
-		w=$(echo "$t1 - $t0" | bc -l)
+		w=$(psql -d bench -At -c "SELECT bench_catch_up('$t', $total, 128)")
 		worker_s[$t]=$(sum "${worker_s[$t]}" "$w")
 		for pid in $(psql -d bench -At -c 'SELECT pid FROM kappa.stream_worker_status()'); do
 			kb=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
