@@ -22,7 +22,10 @@
 # (fetching starts then) to the last offset; then the same for the other
 # topic.  After each phase the tables it wrote are vacuumed and
 # checkpointed, untimed, so that one topic's maintenance and writes do not
-# run inside the other's timing.
+# run inside the other's timing.  A third reference bounds row memory from
+# below: PostgreSQL's own COPY FROM of the rows remembered in the round into
+# a table with the same columns and indexes (what writing a row per sale
+# costs the database alone).
 # Prints a Markdown table; docs/performance.md quotes it.
 set -euo pipefail
 
@@ -80,6 +83,22 @@ BEGIN
   END LOOP;
   RETURN extract(epoch FROM clock_timestamp() - t0);
 END \$\$"
+# The floor of row memory: PostgreSQL itself writing the rows the workers
+# remembered in a round, with COPY (multi-insert, as the workers do) into a
+# table with kappa.stream_rows' columns and indexes that grows round by
+# round as kappa.stream_rows does.  The round's rows are first copied out to
+# a file in binary format, untimed; only COPY FROM is timed: no Kafka, no
+# JSON, no probes, no text input functions.
+psql -d bench -c "CREATE TABLE bench_rows (LIKE kappa.stream_rows INCLUDING ALL)" -c "CREATE FUNCTION bench_write_floor(lo bigint, hi bigint, path text) RETURNS float8
+LANGUAGE plpgsql AS \$\$
+DECLARE t0 timestamptz;
+BEGIN
+  EXECUTE format('COPY (SELECT * FROM kappa.stream_rows WHERE topic = %L AND key::bigint BETWEEN %s AND %s) TO %L (FORMAT binary)',
+                 'sales-events', lo, hi, path);
+  t0 := clock_timestamp();
+  EXECUTE format('COPY bench_rows FROM %L (FORMAT binary)', path);
+  RETURN extract(epoch FROM clock_timestamp() - t0);
+END \$\$"
 sum() { echo "$1 + $2" | bc -l; }
 rate() { echo "$1 / $2" | bc -l | xargs printf '%.0f'; }
 
@@ -101,6 +120,7 @@ topics="sales-events sales-cdc"
 for t in $topics; do kcat_s[$t]=0; kcat_n[$t]=0; worker_s[$t]=0; peak_kb[$t]=0; anon_kb[$t]=0; done
 same_s=0
 same_n=0
+floor_s=0
 total=0
 for r in $(seq 1 "$rounds"); do
 	generate $(( (r - 1) * events + 1 )) "$events" > "$work/round.txt"
@@ -139,6 +159,14 @@ for r in $(seq 1 "$rounds"); do
 		psql -d bench -q -c "VACUUM (ANALYZE) kappa.stream_rows, kappa.ranking_results" -c "CHECKPOINT"
 		sync
 		echo "round $r, $t: kcat read $got messages in $(printf '%.2f' "$k") s; workers applied $events in $(printf '%.2f' "$w") s" >&2
+		if [ "$t" = sales-events ]; then
+			f=$(psql -d bench -At -c "SELECT bench_write_floor($(( (r - 1) * events + 1 )), $(( r * events )), '$work/rows.copy')")
+			floor_s=$(sum "$floor_s" "$f")
+			rm -f "$work/rows.copy"
+			psql -d bench -q -c "VACUUM (ANALYZE) bench_rows" -c "CHECKPOINT"
+			sync
+			echo "round $r: PostgreSQL wrote the round's $events remembered rows (COPY FROM, binary) in $(printf '%.2f' "$f") s" >&2
+		fi
 	done
 	rm -f "$work/round.txt"
 done
@@ -160,6 +188,7 @@ all_rate=$(rate "$kn" "$ks")
 kcat_rate=$(rate "$same_n" "$same_s")
 mem_rate=$(rate "$total" "${worker_s[sales-events]}")
 nomem_rate=$(rate "$total" "${worker_s[sales-cdc]}")
+floor_rate=$(rate "$total" "$floor_s")
 cat <<EOF
 Stream worker throughput, $total events each way ($rounds rounds of $events, 64 partitions), $workers worker(s), $(nproc) cores, $(date -u +%Y-%m-%d)
 
@@ -168,6 +197,7 @@ Stream worker throughput, $total events each way ($rounds rounds of $events, 64 
 | kcat -C -e to /dev/null, the same records ($same_n messages, a topic per round) | $(printf '%.2f' "$same_s") | $kcat_rate | 1.00 |
 | kcat -C -e to /dev/null, all the topic holds each round ($kn messages) | $(printf '%.2f' "$ks") | $all_rate | $(echo "$all_rate / $kcat_rate" | bc -l | xargs printf '%.2f') |
 | pg_kappa, 2 rankings with row memory, exactly once | $(printf '%.2f' "${worker_s[sales-events]}") | $mem_rate | $(echo "$mem_rate / $kcat_rate" | bc -l | xargs printf '%.2f') |
+| PostgreSQL COPY FROM (binary) of the rows remembered, into a table like kappa.stream_rows (the floor of row memory) | $(printf '%.2f' "$floor_s") | $floor_rate | $(echo "$floor_rate / $kcat_rate" | bc -l | xargs printf '%.2f') |
 | pg_kappa, 2 rankings without row memory, exactly once | $(printf '%.2f' "${worker_s[sales-cdc]}") | $nomem_rate | $(echo "$nomem_rate / $kcat_rate" | bc -l | xargs printf '%.2f') |
 
 Stream worker memory (peak RSS = VmHWM, shared buffers it touched included; private = RssAnon, largest after a round):
