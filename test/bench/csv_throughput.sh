@@ -14,13 +14,18 @@
 #               message per line, lz4 like pg_kappa's producer; kcat exits
 #               once every message is acknowledged.  Then, to tell Kafka's
 #               cost from the worker's, the envelopes pg_kappa makes of the
-#               same rows (generated here), keyed by sale_id
+#               same rows (generated here), keyed by sale_id; and both
+#               again with other producer settings (batching, no
+#               compression, zstd): how close any producer that only sends
+#               these envelopes comes to the rate of the lines
 #   pg_kappa    the files are put in the inbox while the worker is switched
 #               off; the clock runs from the reload that switches it on
 #               until every file is recorded as processed (which happens
 #               only after Kafka acknowledged all its rows).  Includes the
 #               SHA-256 pass, parsing, the input functions, the envelopes,
-#               the ledger transaction and the move of each file.
+#               the ledger transaction and the move of each file.  The
+#               stream worker is off: it would consume sales-events, and
+#               only sales-events, on the same two cores meanwhile.
 # The dev broker drops the oldest batches beyond ~5 MiB per partition: the
 # topics have 32 partitions and only acknowledgements are measured.
 set -euo pipefail
@@ -78,6 +83,7 @@ bytes=$(cat "$work"/inbox/sales_*.csv | wc -c)
 
 # ---- broker and cluster ----------------------------------------------------
 "$here/test/dev-broker" --topic sales-events:32 --topic kcat-lines:32 --topic kcat-envelopes:32 \
+	$(for i in 1 2 3; do echo "--topic ceiling-lines-$i:32 --topic ceiling-envelopes-$i:32"; done) \
 	--bootstrap-file "$work/bootstrap" >/dev/null &
 broker_pid=$!
 for _ in $(seq 50); do [ -s "$work/bootstrap" ] && break; sleep 0.1; done
@@ -134,6 +140,27 @@ psql -d bench -At -c "DO \$\$ BEGIN
 t1=$(now)
 csv_s=$(echo "$t1 - $t0" | bc -l)
 
+# ---- 3. what any producer of these envelopes can reach -------------------
+# The same lines and envelopes sent by kcat with other producer settings: a
+# producer that does nothing but send the envelopes, against the lines with
+# the same settings.  After the worker, so that the broker holds only what
+# the other phases sent while they are timed.
+ceiling=""
+i=0
+for settings in "-z lz4 -X linger.ms=20 -X batch.size=4000000 -X batch.num.messages=100000" \
+		"-z none -X linger.ms=5" "-z zstd -X linger.ms=5"; do
+	i=$((i + 1))
+	t0=$(now)
+	# shellcheck disable=SC2086
+	kcat -P -b "$bootstrap" -t "ceiling-lines-$i" $settings < "$work/lines"
+	t1=$(now)
+	# shellcheck disable=SC2086
+	kcat -P -b "$bootstrap" -t "ceiling-envelopes-$i" $settings -K "$(printf '\t')" < "$work/envelopes"
+	t2=$(now)
+	ceiling="$ceiling| \`$settings\` | $(rate "$rows" "$(echo "$t1 - $t0" | bc -l)") | $(rate "$rows" "$(echo "$t2 - $t1" | bc -l)") | $(echo "($t1 - $t0) / ($t2 - $t1)" | bc -l | xargs printf '%.2f') |
+"
+done
+
 read -r ingested rejected inner_s < <(psql -d bench -At -F ' ' -c "SELECT sum(rows_ingested), sum(rows_rejected),
 	extract(epoch FROM max(finished_at) - min(started_at)) FROM kappa.csv_files WHERE state = 'processed'")
 pid=$(psql -d bench -At -c "SELECT pid FROM kappa.stat_sources WHERE source = 'csv'")
@@ -163,5 +190,11 @@ CSV inbox throughput, $rows rows in $files files ($((bytes / 1048576)) MB of CSV
 | pg_kappa CSV inbox, first file started to last file recorded (ledger times) | $(printf '%.2f' "$inner_s") | $inner_rate | $(ratio "$inner_rate") |
 
 kcat sends each CSV line (about $(( $(wc -c < "$work/lines") / rows )) bytes), then envelopes shaped like pg_kappa's (about $(( $(wc -c < "$work/envelopes") / rows )) bytes with the key); pg_kappa makes an envelope per row from the CSV and sends it keyed by sale_id.
+The ceiling: kcat sending the envelopes against kcat sending the lines, other producer settings (rows/s):
+
+| kcat -P settings | lines | envelopes | envelopes / lines |
+|---|---:|---:|---:|
+| \`-z lz4 -X linger.ms=5\` (above) | $kcat_rate | $kcat_env_rate | $(ratio "$kcat_env_rate") |
+${ceiling}
 CSV worker memory: peak RSS $((hwm_kb / 1024)) MB (VmHWM, shared memory pages included), private $((anon_kb / 1024)) MB (RssAnon) after $rows rows.
 EOF
