@@ -120,15 +120,19 @@ psql -d bench -At -c "DO \$\$ BEGIN
 now() { date +%s.%N; }
 rate() { echo "$1 / $2" | bc -l | xargs printf '%.0f'; }
 
+# seconds of kcat -P sending FILE to TOPIC with the producer settings given
+kcat_send() {
+	local topic=$1 file=$2 t0
+	shift 2
+	t0=$(now)
+	kcat -P -b "$bootstrap" -t "$topic" "$@" < "$file"
+	echo "$(now) - $t0" | bc -l
+}
+tab=$(printf '\t')
+
 # ---- 1. kcat -P -----------------------------------------------------------
-t0=$(now)
-kcat -P -b "$bootstrap" -t kcat-lines -z lz4 -X linger.ms=5 < "$work/lines"
-t1=$(now)
-kcat_s=$(echo "$t1 - $t0" | bc -l)
-t0=$(now)
-kcat -P -b "$bootstrap" -t kcat-envelopes -z lz4 -X linger.ms=5 -K "$(printf '\t')" < "$work/envelopes"
-t1=$(now)
-kcat_env_s=$(echo "$t1 - $t0" | bc -l)
+kcat_s=$(kcat_send kcat-lines "$work/lines" -z lz4 -X linger.ms=5)
+kcat_env_s=$(kcat_send kcat-envelopes "$work/envelopes" -z lz4 -X linger.ms=5 -K "$tab")
 
 # ---- 2. pg_kappa CSV inbox -----------------------------------------------
 t0=$(now)
@@ -150,14 +154,11 @@ i=0
 for settings in "-z lz4 -X linger.ms=20 -X batch.size=4000000 -X batch.num.messages=100000" \
 		"-z none -X linger.ms=5" "-z zstd -X linger.ms=5"; do
 	i=$((i + 1))
-	t0=$(now)
 	# shellcheck disable=SC2086
-	kcat -P -b "$bootstrap" -t "ceiling-lines-$i" $settings < "$work/lines"
-	t1=$(now)
+	lines_s=$(kcat_send "ceiling-lines-$i" "$work/lines" $settings)
 	# shellcheck disable=SC2086
-	kcat -P -b "$bootstrap" -t "ceiling-envelopes-$i" $settings -K "$(printf '\t')" < "$work/envelopes"
-	t2=$(now)
-	ceiling="$ceiling| \`$settings\` | $(rate "$rows" "$(echo "$t1 - $t0" | bc -l)") | $(rate "$rows" "$(echo "$t2 - $t1" | bc -l)") | $(echo "($t1 - $t0) / ($t2 - $t1)" | bc -l | xargs printf '%.2f') |
+	env_s=$(kcat_send "ceiling-envelopes-$i" "$work/envelopes" $settings -K "$tab")
+	ceiling="$ceiling| \`$settings\` | $(rate "$rows" "$lines_s") | $(rate "$rows" "$env_s") | $(echo "$lines_s / $env_s" | bc -l | xargs printf '%.2f') |
 "
 done
 
