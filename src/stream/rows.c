@@ -29,6 +29,12 @@
 #include "access/table.h"
 #include "access/xact.h"
 #include "access/tableam.h"
+#include "access/genam.h"
+#include "access/relscan.h"
+#include "access/stratnum.h"
+#include "utils/fmgroids.h"
+#include "utils/relcache.h"
+#include "utils/snapmgr.h"
 #include "miscadmin.h"
 #include "utils/rel.h"
 #include "catalog/namespace.h"
@@ -220,12 +226,55 @@ plan_without(const char *method)
 	return nestlevel;
 }
 
-/* Load (and lock) every wanted row, one query per topic, in key order. */
+/*
+ * Copy one kappa.stream_rows tuple (its columns as rows_insert_new writes
+ * them) into the row's batch state.
+ */
+static void
+row_from_slot(RowState *s, TupleTableSlot *slot)
+{
+	Datum	   *v;
+	bool	   *isnull;
+	MemoryContext old = MemoryContextSwitchTo(row_cxt);
+
+	slot_getallattrs(slot);
+	v = slot->tts_values;
+	isnull = slot->tts_isnull;
+	s->in_db = true;
+	s->has_position = !isnull[2];
+	if (!isnull[2])
+	{
+		s->lsn = DatumGetLSN(v[2]);
+		s->seq = isnull[3] ? 0 : DatumGetInt64(v[3]);
+	}
+	s->deleted = DatumGetBool(v[4]);
+	s->row_data = isnull[5] ? NULL : TextDatumGetCString(v[5]);
+	s->counted = int_list_from_array(v[6]);
+	s->excluded = int_list_from_array(v[7]);
+	s->windows_end = isnull[9] ? DT_NOBEGIN : DatumGetTimestampTz(v[9]);
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * Load (and lock, as SELECT ... FOR UPDATE would) every wanted row, in key
+ * order, with one probe of the primary key per row.  Most probes find
+ * nothing (every new sale is one), so a probe is a B-tree descent and
+ * nothing more: no query to plan or execute per key (through SPI, one
+ * LATERAL lookup per key cost about three times as much).
+ */
 void
 rows_load(void)
 {
-	ListCell   *lc;
-	int			save_nestlevel;
+	Oid			relid;
+	Oid			pkid;
+	Relation	rel;
+	Relation	idx;
+	IndexScanDesc scan;
+	TupleTableSlot *found;
+	TupleTableSlot *locked;
+	Snapshot	snapshot;
+	CommandId	cid = GetCurrentCommandId(false);
+	ScanKeyData skey[2];
 
 	Assert(!wanted_sorted);
 	qsort(wanted, nwanted, sizeof(RowEntry *), row_entry_cmp);
@@ -233,72 +282,59 @@ rows_load(void)
 	if (nwanted == 0)
 		return;
 
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
+	relid = get_relname_relid("stream_rows", get_namespace_oid(KAPPA_SCHEMA_NAME, false));
+	rel = table_open(relid, RowShareLock);
+	pkid = RelationGetPrimaryKeyIndex(rel);
+	if (!OidIsValid(pkid) || RelationGetDescr(rel)->natts != 10)
+		elog(ERROR, "kappa.stream_rows does not have the shape this library expects");
+	idx = index_open(pkid, AccessShareLock);
+	if (idx->rd_index->indnkeyatts != 2 ||
+		idx->rd_index->indkey.values[0] != 2 || idx->rd_index->indkey.values[1] != 1)
+		elog(ERROR, "the primary key of kappa.stream_rows is not (key, topic)");
 
-	/*
-	 * A probe finds one row or none: a plain index scan.  The planner's
-	 * bitmap scan for it builds a bitmap per key, a fifth of the lookup.
-	 */
-	save_nestlevel = plan_without("enable_bitmapscan");
-	foreach(lc, row_topics)
+	/* what is committed now, as a query would see it (read committed) */
+	PushActiveSnapshot(GetTransactionSnapshot());
+	snapshot = GetActiveSnapshot();
+	found = table_slot_create(rel, NULL);
+	locked = table_slot_create(rel, NULL);
+	scan = index_beginscan(rel, idx, snapshot, 2, 0);
+	for (int i = 0; i < nwanted; i++)
 	{
-		const char *topic = lfirst(lc);
-		Datum	   *keys = palloc(sizeof(Datum) * nwanted);
-		int			nkeys = 0;
-		Oid			types[2] = {TEXTOID, TEXTARRAYOID};
-		Datum		args[2];
-		MemoryContext old;
+		RowEntry   *e = wanted[i];
+		TM_FailureData tmfd;
+		TM_Result	res;
 
-		/* probed in key order: neighbouring keys share index pages */
-		for (int i = 0; i < nwanted; i++)
-		{
-			if (wanted[i]->hkey.topic == topic)
-				keys[nkeys++] = CStringGetTextDatum(wanted[i]->hkey.key);
-		}
-		args[0] = CStringGetTextDatum(topic);
-		args[1] = PointerGetDatum(construct_array(keys, nkeys, TEXTOID, -1, false, TYPALIGN_INT));
+		ScanKeyInit(&skey[0], 1, BTEqualStrategyNumber, F_TEXTEQ,
+					CStringGetTextDatum(e->hkey.key));
+		skey[0].sk_collation = idx->rd_indcollation[0];
+		ScanKeyInit(&skey[1], 2, BTEqualStrategyNumber, F_TEXTEQ,
+					CStringGetTextDatum(e->hkey.topic));
+		skey[1].sk_collation = idx->rd_indcollation[1];
+		index_rescan(scan, skey, 2, NULL, 0);
+		if (!index_getnext_slot(scan, ForwardScanDirection, found))
+			continue;			/* a row seen for the first time */
 
 		/*
-		 * One index probe per key, in key order (LATERAL keeps the planner
-		 * from scanning a table that only grows), each row locked as found.
+		 * Lock its latest version; one deleted meanwhile was forgotten
+		 * (rows_forget), which leaves the row as new, as if it had been
+		 * forgotten before the batch began.
 		 */
-		if (SPI_execute_with_args("SELECT s.key, s.lsn, s.seq, s.deleted, s.row_data, s.counted, s.excluded, s.windows_end "
-								  "  FROM unnest($2) AS k(key), "
-								  "       LATERAL (SELECT * FROM kappa.stream_rows r "
-								  "                 WHERE r.key = k.key AND r.topic = $1 FOR UPDATE) s",
-								  2, types, args, NULL, false, 0) != SPI_OK_SELECT)
-			elog(ERROR, "could not read kappa.stream_rows");
-
-		old = MemoryContextSwitchTo(row_cxt);
-		for (uint64 i = 0; i < SPI_processed; i++)
-		{
-			HeapTuple	tuple = SPI_tuptable->vals[i];
-			TupleDesc	desc = SPI_tuptable->tupdesc;
-			bool		isnull;
-			char	   *key = SPI_getvalue(tuple, desc, 1);
-			RowState   *s = rows_get(topic, key);
-			Datum		d;
-
-			s->in_db = true;
-			d = SPI_getbinval(tuple, desc, 2, &isnull);
-			s->has_position = !isnull;
-			if (!isnull)
-			{
-				s->lsn = DatumGetLSN(d);
-				s->seq = DatumGetInt64(SPI_getbinval(tuple, desc, 3, &isnull));
-			}
-			s->deleted = DatumGetBool(SPI_getbinval(tuple, desc, 4, &isnull));
-			s->row_data = SPI_getvalue(tuple, desc, 5);
-			s->counted = int_list_from_array(SPI_getbinval(tuple, desc, 6, &isnull));
-			s->excluded = int_list_from_array(SPI_getbinval(tuple, desc, 7, &isnull));
-			d = SPI_getbinval(tuple, desc, 8, &isnull);
-			s->windows_end = isnull ? DT_NOBEGIN : DatumGetTimestampTz(d);
-		}
-		MemoryContextSwitchTo(old);
+		res = table_tuple_lock(rel, &found->tts_tid, snapshot, locked, cid,
+							   LockTupleExclusive, LockWaitBlock,
+							   TUPLE_LOCK_FLAG_FIND_LAST_VERSION, &tmfd);
+		if (res == TM_Ok)
+			row_from_slot(&e->state, locked);
+		else if (res != TM_Deleted)
+			elog(ERROR, "could not lock row \"%s\" of kappa.stream_rows (%d)",
+				 e->hkey.key, (int) res);
+		CHECK_FOR_INTERRUPTS();
 	}
-	AtEOXact_GUC(true, save_nestlevel);
-	SPI_finish();
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(found);
+	ExecDropSingleTupleTableSlot(locked);
+	PopActiveSnapshot();
+	index_close(idx, AccessShareLock);
+	table_close(rel, NoLock);
 }
 
 static void
