@@ -32,6 +32,7 @@ set -euo pipefail
 events=${1:-1000000}
 rounds=${2:-5}
 workers=${3:-1}
+partitions=64	# of each stream topic (and of each round's kcat topic)
 . "$(dirname "$0")/lib.sh"
 
 bench_start "shared_buffers = 1GB
@@ -40,8 +41,8 @@ kappa.stream_enabled = off
 kappa.stream_workers = $workers
 kappa.stream_batch_size = 50000
 kappa.idle_timeout = '1h'
-log_min_messages = ${BENCH_LOG_LEVEL:-warning}" sales-events:64 sales-cdc:64 payment-confirmations:4 \
-	$(for r in $(seq 1 "$rounds"); do echo "kcat-round-$r:64"; done)
+log_min_messages = ${BENCH_LOG_LEVEL:-warning}" sales-events:$partitions sales-cdc:$partitions payment-confirmations:4 \
+	$(for r in $(seq 1 "$rounds"); do echo "kcat-round-$r:$partitions"; done)
 psql -d bench -c "SELECT kappa.create_ranking('cdc_sales_by_city', ARRAY['city'], interval '1 day',
                          calendar => true, source_topic => 'sales-cdc', row_memory => false)" \
 	-c "SELECT kappa.create_ranking('cdc_salesman_by_country', ARRAY['country'], interval '30 days',
@@ -142,9 +143,10 @@ for r in $(seq 1 "$rounds"); do
 		kcat_s[$t]=$(sum "${kcat_s[$t]}" "$k")
 		kcat_n[$t]=$(( ${kcat_n[$t]} + got ))
 
-		# the stream workers catch up on it (64 partitions of each topic)
+		# the stream workers catch up on it (timed once both stream topics'
+		# partitions are assigned)
 		psql -d postgres -c "ALTER SYSTEM SET kappa.stream_enabled = on" -c "SELECT pg_reload_conf()" >/dev/null
-		w=$(psql -d bench -At -c "SELECT bench_catch_up('$t', $total, 128)")
+		w=$(psql -d bench -At -c "SELECT bench_catch_up('$t', $total, $((2 * partitions)))")
 		worker_s[$t]=$(sum "${worker_s[$t]}" "$w")
 		for pid in $(psql -d bench -At -c 'SELECT pid FROM kappa.stream_worker_status()'); do
 			kb=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
@@ -190,7 +192,7 @@ mem_rate=$(rate "$total" "${worker_s[sales-events]}")
 nomem_rate=$(rate "$total" "${worker_s[sales-cdc]}")
 floor_rate=$(rate "$total" "$floor_s")
 cat <<EOF
-Stream worker throughput, $total events each way ($rounds rounds of $events, 64 partitions), $workers worker(s), $(nproc) cores, $(date -u +%Y-%m-%d)
+Stream worker throughput, $total events each way ($rounds rounds of $events, $partitions partitions), $workers worker(s), $(nproc) cores, $(date -u +%Y-%m-%d)
 
 | path | seconds | events/s | vs kcat |
 |---|---:|---:|---:|
