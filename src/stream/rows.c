@@ -35,6 +35,8 @@
 #include "utils/fmgroids.h"
 #include "utils/relcache.h"
 #include "utils/snapmgr.h"
+#include "utils/pg_locale.h"
+#include "access/itup.h"
 #include "miscadmin.h"
 #include "utils/rel.h"
 #include "catalog/namespace.h"
@@ -60,6 +62,8 @@ typedef struct RowEntry
 	RowKey		hkey;
 	RowState	state;
 	uint64		prefix;			/* the key's first 8 bytes, for sorting */
+	int			keylen;
+	int			topiclen;
 } RowEntry;
 
 static HTAB *row_table = NULL;
@@ -161,6 +165,8 @@ rows_want(const char *topic, const char *key)
 		e->hkey.topic = e->state.topic = (char *) row_topic(topic);
 		e->hkey.key = e->state.key = MemoryContextStrdup(row_cxt, key);
 		e->prefix = key_prefix(key);
+		e->keylen = strlen(key);
+		e->topiclen = strlen(topic);
 		if (nwanted == wanted_cap)
 		{
 			wanted_cap *= 2;
@@ -255,26 +261,185 @@ row_from_slot(RowState *s, TupleTableSlot *slot)
 	MemoryContextSwitchTo(old);
 }
 
-/*
- * Load (and lock, as SELECT ... FOR UPDATE would) every wanted row, in key
- * order, with one probe of the primary key per row.  Most probes find
- * nothing (every new sale is one), so a probe is a B-tree descent and
- * nothing more: no query to plan or execute per key (through SPI, one
- * LATERAL lookup per key cost about three times as much).
- */
-void
-rows_load(void)
+/* What rows_load works with: kappa.stream_rows, its primary key, one scan. */
+typedef struct RowLoad
 {
-	Oid			relid;
-	Oid			pkid;
 	Relation	rel;
 	Relation	idx;
 	IndexScanDesc scan;
 	TupleTableSlot *found;
 	TupleTableSlot *locked;
 	Snapshot	snapshot;
-	CommandId	cid = GetCurrentCommandId(false);
+	CommandId	cid;
+} RowLoad;
+
+/*
+ * Lock the latest version of the tuple in ld->found and load it into the
+ * row's state.  A tuple deleted meanwhile was forgotten (rows_forget), which
+ * leaves the row as new, as if it had been forgotten before the batch began.
+ */
+static void
+row_lock_found(RowLoad *ld, RowEntry *e)
+{
+	TM_FailureData tmfd;
+	TM_Result	res;
+
+	res = table_tuple_lock(ld->rel, &ld->found->tts_tid, ld->snapshot, ld->locked, ld->cid,
+						   LockTupleExclusive, LockWaitBlock,
+						   TUPLE_LOCK_FLAG_FIND_LAST_VERSION, &tmfd);
+	if (res == TM_Ok)
+		row_from_slot(&e->state, ld->locked);
+	else if (res != TM_Deleted)
+		elog(ERROR, "could not lock row \"%s\" of kappa.stream_rows (%d)",
+			 e->hkey.key, (int) res);
+}
+
+/* One B-tree descent for each wanted row from the first'th on. */
+static void
+rows_load_by_probes(RowLoad *ld, int first)
+{
 	ScanKeyData skey[2];
+
+	if (first >= nwanted)
+		return;
+	ld->scan = index_beginscan(ld->rel, ld->idx, ld->snapshot, 2, 0);
+	for (int i = first; i < nwanted; i++)
+	{
+		RowEntry   *e = wanted[i];
+
+		ScanKeyInit(&skey[0], 1, BTEqualStrategyNumber, F_TEXTEQ,
+					CStringGetTextDatum(e->hkey.key));
+		skey[0].sk_collation = ld->idx->rd_indcollation[0];
+		ScanKeyInit(&skey[1], 2, BTEqualStrategyNumber, F_TEXTEQ,
+					CStringGetTextDatum(e->hkey.topic));
+		skey[1].sk_collation = ld->idx->rd_indcollation[1];
+		index_rescan(ld->scan, skey, 2, NULL, 0);
+		if (index_getnext_slot(ld->scan, ForwardScanDirection, ld->found))
+			row_lock_found(ld, e);
+		CHECK_FOR_INTERRUPTS();
+	}
+	index_endscan(ld->scan);
+}
+
+/* An index column (text) against a string, as the C collation orders them. */
+static int
+index_text_cmp(IndexScanDesc scan, int attno, const char *s, int slen)
+{
+	bool		isnull;
+	Datum		d = index_getattr(scan->xs_itup, attno, scan->xs_itupdesc, &isnull);
+	text	   *t = DatumGetTextPP(d);
+	int			tlen = VARSIZE_ANY_EXHDR(t);
+	int			c = memcmp(VARDATA_ANY(t), s, Min(tlen, slen));
+
+	if (c == 0 && tlen != slen)
+		c = tlen < slen ? -1 : 1;
+	return c;
+}
+
+/*
+ * A wanted row more than this many index entries past the scan's position
+ * is looked up with a descent of its own.
+ */
+#define WALK_MAX_STEPS 16
+
+/*
+ * The wanted rows in key order, merged with one forward scan of the primary
+ * key from the first of them, descending again only to skip a long stretch
+ * of other keys.  Keys that grow (a sequence, a time-ordered id) put a
+ * batch's new sales past the end of the index, or between few others: one
+ * descent tells them all apart.  Only for an index whose order is the
+ * bytes' (the C collation), the order the wanted rows are sorted in.
+ *
+ * A descent here reads the rest of its leaf page (a scan for "key >= k"
+ * matches all of it), more than a probe for one key does; so when the keys
+ * are in no order (UUIDs) and more than every other row needs a descent of
+ * its own, the walk stops and returns where the probes take over.
+ */
+static int
+rows_load_by_walk(RowLoad *ld)
+{
+	ScanKeyData skey;
+	int			i = 0;
+	bool		positioned = false;
+	bool		have = false;
+	int			steps = 0;
+	int			descents = 0;
+
+	ld->scan = index_beginscan(ld->rel, ld->idx, ld->snapshot, 1, 0);
+	ld->scan->xs_want_itup = true;	/* keys compared without the heap */
+	while (i < nwanted)
+	{
+		RowEntry   *e = wanted[i];
+		int			c;
+
+		if (!positioned)
+		{
+			if (++descents > 16 + i / 2)
+				break;			/* keys in no order: probes from here */
+			ScanKeyInit(&skey, 1, BTGreaterEqualStrategyNumber, F_TEXT_GE,
+						CStringGetTextDatum(e->hkey.key));
+			skey.sk_collation = ld->idx->rd_indcollation[0];
+			index_rescan(ld->scan, &skey, 1, NULL, 0);
+			have = index_getnext_tid(ld->scan, ForwardScanDirection) != NULL;
+			positioned = true;
+			steps = 0;
+			CHECK_FOR_INTERRUPTS();
+		}
+		if (!have)
+		{
+			i = nwanted;		/* past the last key: the rest are new */
+			break;
+		}
+
+		c = index_text_cmp(ld->scan, 1, e->hkey.key, e->keylen);
+		if (c == 0)
+			c = index_text_cmp(ld->scan, 2, e->hkey.topic, e->topiclen);
+		if (c < 0)
+		{
+			/* an entry before the wanted row: step, or descend again */
+			if (++steps > WALK_MAX_STEPS)
+				positioned = false;
+			else
+				have = index_getnext_tid(ld->scan, ForwardScanDirection) != NULL;
+			continue;
+		}
+		if (c == 0)
+		{
+			/*
+			 * The row's entry, or one of a dead version of it (then the
+			 * next entry may hold the live one).
+			 */
+			if (index_fetch_heap(ld->scan, ld->found))
+			{
+				row_lock_found(ld, e);
+				i++;
+				steps = 0;
+			}
+			have = index_getnext_tid(ld->scan, ForwardScanDirection) != NULL;
+			continue;
+		}
+		/* the scan is past the wanted row: it is new */
+		i++;
+		steps = 0;
+	}
+	index_endscan(ld->scan);
+	return i;
+}
+
+/*
+ * Load (and lock, as SELECT ... FOR UPDATE would) every wanted row, in key
+ * order, from the primary key.  Most wanted rows are not there (every new
+ * sale is one), so telling them apart must cost next to nothing: no query
+ * to plan or execute per key (through SPI, one LATERAL lookup per key cost
+ * about three times a descent), and, when the keys grow, not even a
+ * descent per key.
+ */
+void
+rows_load(void)
+{
+	Oid			relid;
+	Oid			pkid;
+	RowLoad		ld;
 
 	Assert(!wanted_sorted);
 	qsort(wanted, nwanted, sizeof(RowEntry *), row_entry_cmp);
@@ -283,58 +448,33 @@ rows_load(void)
 		return;
 
 	relid = get_relname_relid("stream_rows", get_namespace_oid(KAPPA_SCHEMA_NAME, false));
-	rel = table_open(relid, RowShareLock);
-	pkid = RelationGetPrimaryKeyIndex(rel);
-	if (!OidIsValid(pkid) || RelationGetDescr(rel)->natts != 10)
+	ld.rel = table_open(relid, RowShareLock);
+	pkid = RelationGetPrimaryKeyIndex(ld.rel);
+	if (!OidIsValid(pkid) || RelationGetDescr(ld.rel)->natts != 10)
 		elog(ERROR, "kappa.stream_rows does not have the shape this library expects");
-	idx = index_open(pkid, AccessShareLock);
-	if (idx->rd_index->indnkeyatts != 2 ||
-		idx->rd_index->indkey.values[0] != 2 || idx->rd_index->indkey.values[1] != 1)
+	ld.idx = index_open(pkid, AccessShareLock);
+	if (ld.idx->rd_index->indnkeyatts != 2 ||
+		ld.idx->rd_index->indkey.values[0] != 2 || ld.idx->rd_index->indkey.values[1] != 1)
 		elog(ERROR, "the primary key of kappa.stream_rows is not (key, topic)");
 
 	/* what is committed now, as a query would see it (read committed) */
 	PushActiveSnapshot(GetTransactionSnapshot());
-	snapshot = GetActiveSnapshot();
-	found = table_slot_create(rel, NULL);
-	locked = table_slot_create(rel, NULL);
-	scan = index_beginscan(rel, idx, snapshot, 2, 0);
-	for (int i = 0; i < nwanted; i++)
-	{
-		RowEntry   *e = wanted[i];
-		TM_FailureData tmfd;
-		TM_Result	res;
+	ld.snapshot = GetActiveSnapshot();
+	ld.cid = GetCurrentCommandId(false);
+	ld.found = table_slot_create(ld.rel, NULL);
+	ld.locked = table_slot_create(ld.rel, NULL);
 
-		ScanKeyInit(&skey[0], 1, BTEqualStrategyNumber, F_TEXTEQ,
-					CStringGetTextDatum(e->hkey.key));
-		skey[0].sk_collation = idx->rd_indcollation[0];
-		ScanKeyInit(&skey[1], 2, BTEqualStrategyNumber, F_TEXTEQ,
-					CStringGetTextDatum(e->hkey.topic));
-		skey[1].sk_collation = idx->rd_indcollation[1];
-		index_rescan(scan, skey, 2, NULL, 0);
-		if (!index_getnext_slot(scan, ForwardScanDirection, found))
-			continue;			/* a row seen for the first time */
+	if (lc_collate_is_c(ld.idx->rd_indcollation[0]) &&
+		lc_collate_is_c(ld.idx->rd_indcollation[1]))
+		rows_load_by_probes(&ld, rows_load_by_walk(&ld));
+	else
+		rows_load_by_probes(&ld, 0);
 
-		/*
-		 * Lock its latest version; one deleted meanwhile was forgotten
-		 * (rows_forget), which leaves the row as new, as if it had been
-		 * forgotten before the batch began.
-		 */
-		res = table_tuple_lock(rel, &found->tts_tid, snapshot, locked, cid,
-							   LockTupleExclusive, LockWaitBlock,
-							   TUPLE_LOCK_FLAG_FIND_LAST_VERSION, &tmfd);
-		if (res == TM_Ok)
-			row_from_slot(&e->state, locked);
-		else if (res != TM_Deleted)
-			elog(ERROR, "could not lock row \"%s\" of kappa.stream_rows (%d)",
-				 e->hkey.key, (int) res);
-		CHECK_FOR_INTERRUPTS();
-	}
-	index_endscan(scan);
-	ExecDropSingleTupleTableSlot(found);
-	ExecDropSingleTupleTableSlot(locked);
+	ExecDropSingleTupleTableSlot(ld.found);
+	ExecDropSingleTupleTableSlot(ld.locked);
 	PopActiveSnapshot();
-	index_close(idx, AccessShareLock);
-	table_close(rel, NoLock);
+	index_close(ld.idx, AccessShareLock);
+	table_close(ld.rel, NoLock);
 }
 
 static void

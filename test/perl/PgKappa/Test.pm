@@ -99,7 +99,9 @@ log_min_messages = info
 });
 	$node->append_conf('postgresql.conf', $opts{conf}) if $opts{conf};
 	$node->start;
-	$node->safe_psql('postgres', 'CREATE DATABASE shop');
+	# shop_locale: a database whose text does not sort as bytes
+	$node->safe_psql('postgres', 'CREATE DATABASE shop'
+		  . ($opts{shop_locale} ? " TEMPLATE template0 LOCALE '$opts{shop_locale}'" : ''));
 	$node->safe_psql('shop', 'CREATE EXTENSION pg_kappa') unless $opts{no_extension};
 	return $node;
 }
