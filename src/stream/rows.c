@@ -12,7 +12,7 @@
  * payment confirmation add a sale that arrived earlier.
  *
  * A batch first names the rows it will touch (rows_want), loads and locks
- * them with one query per topic (rows_load), works on the in-memory copies,
+ * them from the primary key (rows_load), works on the in-memory copies,
  * and writes back the changed ones with one statement (rows_flush).
  *
  * A row is forgotten (rows_forget) once every ranking on its topic is final
