@@ -63,8 +63,27 @@ typedef struct RowEntry
 	RowState	state;
 	uint64		prefix;			/* the key's first 8 bytes, for sorting */
 	int			keylen;
-	int			topiclen;
 } RowEntry;
+
+/*
+ * kappa.stream_rows' columns, as 0-based positions in a slot: what
+ * rows_insert_new writes and row_from_slot reads (rows_load checks the
+ * table still has this shape).
+ */
+enum
+{
+	SR_TOPIC,
+	SR_KEY,
+	SR_LSN,
+	SR_SEQ,
+	SR_DELETED,
+	SR_ROW_DATA,
+	SR_COUNTED,
+	SR_EXCLUDED,
+	SR_UPDATED_AT,
+	SR_WINDOWS_END,
+	SR_NATTS
+};
 
 static HTAB *row_table = NULL;
 static MemoryContext row_cxt = NULL;
@@ -166,7 +185,6 @@ rows_want(const char *topic, const char *key)
 		e->hkey.key = e->state.key = MemoryContextStrdup(row_cxt, key);
 		e->prefix = key_prefix(key);
 		e->keylen = strlen(key);
-		e->topiclen = strlen(topic);
 		if (nwanted == wanted_cap)
 		{
 			wanted_cap *= 2;
@@ -232,9 +250,14 @@ plan_without(const char *method)
 	return nestlevel;
 }
 
+static Oid
+stream_rows_relid(void)
+{
+	return get_relname_relid("stream_rows", get_namespace_oid(KAPPA_SCHEMA_NAME, false));
+}
+
 /*
- * Copy one kappa.stream_rows tuple (its columns as rows_insert_new writes
- * them) into the row's batch state.
+ * Copy one kappa.stream_rows tuple into the row's batch state.
  */
 static void
 row_from_slot(RowState *s, TupleTableSlot *slot)
@@ -247,17 +270,17 @@ row_from_slot(RowState *s, TupleTableSlot *slot)
 	v = slot->tts_values;
 	isnull = slot->tts_isnull;
 	s->in_db = true;
-	s->has_position = !isnull[2];
-	if (!isnull[2])
+	s->has_position = !isnull[SR_LSN];
+	if (!isnull[SR_LSN])
 	{
-		s->lsn = DatumGetLSN(v[2]);
-		s->seq = isnull[3] ? 0 : DatumGetInt64(v[3]);
+		s->lsn = DatumGetLSN(v[SR_LSN]);
+		s->seq = isnull[SR_SEQ] ? 0 : DatumGetInt64(v[SR_SEQ]);
 	}
-	s->deleted = DatumGetBool(v[4]);
-	s->row_data = isnull[5] ? NULL : TextDatumGetCString(v[5]);
-	s->counted = int_list_from_array(v[6]);
-	s->excluded = int_list_from_array(v[7]);
-	s->windows_end = isnull[9] ? DT_NOBEGIN : DatumGetTimestampTz(v[9]);
+	s->deleted = DatumGetBool(v[SR_DELETED]);
+	s->row_data = isnull[SR_ROW_DATA] ? NULL : TextDatumGetCString(v[SR_ROW_DATA]);
+	s->counted = int_list_from_array(v[SR_COUNTED]);
+	s->excluded = int_list_from_array(v[SR_EXCLUDED]);
+	s->windows_end = isnull[SR_WINDOWS_END] ? DT_NOBEGIN : DatumGetTimestampTz(v[SR_WINDOWS_END]);
 	MemoryContextSwitchTo(old);
 }
 
@@ -343,6 +366,12 @@ index_text_cmp(IndexScanDesc scan, int attno, const char *s, int slen)
 #define WALK_MAX_STEPS 16
 
 /*
+ * Descents the walk makes before it judges the keys: past these, it gives
+ * way to probes once more than every other wanted row needed one.
+ */
+#define WALK_FREE_DESCENTS 16
+
+/*
  * The wanted rows in key order, merged with one forward scan of the primary
  * key from the first of them, descending again only to skip a long stretch
  * of other keys.  Keys that grow (a sequence, a time-ordered id) put a
@@ -374,7 +403,7 @@ rows_load_by_walk(RowLoad *ld)
 
 		if (!positioned)
 		{
-			if (++descents > 16 + i / 2)
+			if (++descents > WALK_FREE_DESCENTS + i / 2)
 				break;			/* keys in no order: probes from here */
 			ScanKeyInit(&skey, 1, BTGreaterEqualStrategyNumber, F_TEXT_GE,
 						CStringGetTextDatum(e->hkey.key));
@@ -393,7 +422,7 @@ rows_load_by_walk(RowLoad *ld)
 
 		c = index_text_cmp(ld->scan, 1, e->hkey.key, e->keylen);
 		if (c == 0)
-			c = index_text_cmp(ld->scan, 2, e->hkey.topic, e->topiclen);
+			c = index_text_cmp(ld->scan, 2, e->hkey.topic, strlen(e->hkey.topic));
 		if (c < 0)
 		{
 			/* an entry before the wanted row: step, or descend again */
@@ -437,7 +466,6 @@ rows_load_by_walk(RowLoad *ld)
 void
 rows_load(void)
 {
-	Oid			relid;
 	Oid			pkid;
 	RowLoad		ld;
 
@@ -447,14 +475,14 @@ rows_load(void)
 	if (nwanted == 0)
 		return;
 
-	relid = get_relname_relid("stream_rows", get_namespace_oid(KAPPA_SCHEMA_NAME, false));
-	ld.rel = table_open(relid, RowShareLock);
+	ld.rel = table_open(stream_rows_relid(), RowShareLock);
 	pkid = RelationGetPrimaryKeyIndex(ld.rel);
-	if (!OidIsValid(pkid) || RelationGetDescr(ld.rel)->natts != 10)
+	if (!OidIsValid(pkid) || RelationGetDescr(ld.rel)->natts != SR_NATTS)
 		elog(ERROR, "kappa.stream_rows does not have the shape this library expects");
 	ld.idx = index_open(pkid, AccessShareLock);
 	if (ld.idx->rd_index->indnkeyatts != 2 ||
-		ld.idx->rd_index->indkey.values[0] != 2 || ld.idx->rd_index->indkey.values[1] != 1)
+		ld.idx->rd_index->indkey.values[0] != SR_KEY + 1 ||
+		ld.idx->rd_index->indkey.values[1] != SR_TOPIC + 1)
 		elog(ERROR, "the primary key of kappa.stream_rows is not (key, topic)");
 
 	/* what is committed now, as a query would see it (read committed) */
@@ -516,7 +544,6 @@ int_list_array(List *l)
 static void
 rows_insert_new(void)
 {
-	Oid			relid = get_relname_relid("stream_rows", get_namespace_oid(KAPPA_SCHEMA_NAME, false));
 	Relation	rel;
 	EState	   *estate;
 	ResultRelInfo *rri;
@@ -538,7 +565,7 @@ rows_insert_new(void)
 	if (nnew == 0)
 		return;
 
-	rel = table_open(relid, RowExclusiveLock);
+	rel = table_open(stream_rows_relid(), RowExclusiveLock);
 	desc = RelationGetDescr(rel);
 	/* every index of the table, as COPY maintains them */
 	estate = CreateExecutorState();
@@ -560,21 +587,21 @@ rows_insert_new(void)
 
 			ExecClearTuple(slot);
 			memset(slot->tts_isnull, 0, sizeof(bool) * desc->natts);
-			slot->tts_values[0] = CStringGetTextDatum(s->topic);
-			slot->tts_values[1] = CStringGetTextDatum(s->key);
-			slot->tts_values[2] = LSNGetDatum(s->lsn);
-			slot->tts_values[3] = Int64GetDatum(s->seq);
-			slot->tts_isnull[2] = slot->tts_isnull[3] = !s->has_position;
-			slot->tts_values[4] = BoolGetDatum(s->deleted);
+			slot->tts_values[SR_TOPIC] = CStringGetTextDatum(s->topic);
+			slot->tts_values[SR_KEY] = CStringGetTextDatum(s->key);
+			slot->tts_values[SR_LSN] = LSNGetDatum(s->lsn);
+			slot->tts_values[SR_SEQ] = Int64GetDatum(s->seq);
+			slot->tts_isnull[SR_LSN] = slot->tts_isnull[SR_SEQ] = !s->has_position;
+			slot->tts_values[SR_DELETED] = BoolGetDatum(s->deleted);
 			if (s->row_data)
-				slot->tts_values[5] = CStringGetTextDatum(s->row_data);
+				slot->tts_values[SR_ROW_DATA] = CStringGetTextDatum(s->row_data);
 			else
-				slot->tts_isnull[5] = true;
-			slot->tts_values[6] = int_list_array(s->counted);
-			slot->tts_values[7] = int_list_array(s->excluded);
-			slot->tts_values[8] = TimestampTzGetDatum(now);
-			slot->tts_values[9] = TimestampTzGetDatum(s->windows_end);
-			slot->tts_isnull[9] = (s->windows_end == DT_NOBEGIN);
+				slot->tts_isnull[SR_ROW_DATA] = true;
+			slot->tts_values[SR_COUNTED] = int_list_array(s->counted);
+			slot->tts_values[SR_EXCLUDED] = int_list_array(s->excluded);
+			slot->tts_values[SR_UPDATED_AT] = TimestampTzGetDatum(now);
+			slot->tts_values[SR_WINDOWS_END] = TimestampTzGetDatum(s->windows_end);
+			slot->tts_isnull[SR_WINDOWS_END] = (s->windows_end == DT_NOBEGIN);
 			ExecStoreVirtualTuple(slot);
 			s->dirty = false;
 		}
