@@ -1,0 +1,163 @@
+# CSV values mean what they mean in SQL: for many spellings of sold_at and
+# amount, the envelope the CSV inbox sends (or the dead letter it writes)
+# equals what PostgreSQL's own input functions say in a SQL session of the
+# same cluster.  The worker decodes the common spellings itself and hands
+# everything else to the input functions; this compares both sides of that
+# line: calendar edges, offsets, fractions, and spellings one character
+# away from the fast path's.
+use strict;
+use warnings;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use PgKappa::Test;
+
+my $broker = start_dev_broker(topics => [ 'sales-events:4' ]);
+my $inbox = PostgreSQL::Test::Utils::tempdir();
+my $node = kappa_node('csvvalues', $broker, conf => qq{
+kappa.csv_inbox = '$inbox'
+kappa.csv_poll_interval = 100
+kappa.csv_stable_ms = 300
+});
+
+# ---- the spellings ---------------------------------------------------------
+my @times;
+# every month's last day and first day, in leap and common years
+for my $year (1000, 1900, 2000, 2024, 2025, 2026, 2100, 9999)
+{
+	for my $mon (1 .. 12)
+	{
+		push @times, sprintf('%04d-%02d-01T00:00:00Z', $year, $mon);
+		push @times, sprintf('%04d-%02d-%02d 23:59:59Z', $year, $mon, $_) for (28 .. 31);
+	}
+}
+# offsets, fractions and separators
+for my $zone (qw(Z +00 -00 +01 -01 +0130 -0130 +01:30 -05:45 +14 +15:59 -15:59 +16 -16:00 +01:60 +0160 +1 +013 +01: +01:3 z))
+{
+	push @times, "2026-11-21T10:14:58$zone", "2026-03-01 00:30:00.5$zone";
+}
+push @times, "2026-11-21T10:14:58.$_" . 'Z'
+  for qw(1 12 123 1234 12345 123456 1234567 000001 999999 9999995 0);
+push @times,
+  '2026-11-21T10:14:58',            # no zone: the worker's, UTC
+  '2026-11-21 10:14:58.25',
+  '2026-11-21T24:00:00Z',           # midnight spelled as the end of the day
+  '2026-11-21T24:00:01Z',
+  '2026-11-21T24:30:00Z',
+  '2026-12-31T23:59:60Z',           # a leap second
+  '2026-11-21T10:14Z',              # no seconds
+  '2026-11-21T10:14:58.Z',
+  '2026-11-21t10:14:58Z',
+  '2026-11-21T10:14:58 +01:00',
+  '2026-11-21T10:14:58+01:00:30',
+  '20261121T101458Z',
+  '2026-1-21T10:14:58Z',
+  '0999-12-31T23:59:59Z',
+  '10000-01-01T00:00:00Z',
+  '2026-11-21T10:14:58ZZ',
+  '2026-11-21T10:14:58+',
+  'Nov 21 2026 10:14:58 UTC',
+  '2026-11-21T10:14:58 Europe/Madrid',
+  '2026-02-29T10:00:00Z',           # not a leap year
+  '2024-02-29T10:00:00Z',
+  '2026-04-31T10:00:00Z',
+  '2026-13-01T10:00:00Z',
+  '2026-00-10T10:00:00Z',
+  '2026-11-00T10:00:00Z',
+  '2026-11-21T25:00:00Z',
+  '2026-11-21T10:60:00Z',
+  '2026-11-21T10:14:61Z',
+  '2026-11-21T1a:14:58Z',
+  '2026-11-21T10:14:58.12a4Z',
+  'infinity',
+  '-infinity';
+
+my @amounts = (
+	qw(0 0.0 0.00 -0 -0.00 +0 00 007 007.5 +5 -5 5. 5.1 5.12 5.125 5.135 .5 -.5 1e3 1.5e1
+	  9999999999.99 -9999999999.99 0009999999999.99 10000000000 10000000000.00 99999999999
+	  1234567890 12345678901 -0.001 0.004 0.005 NaN nan Infinity -12.34 + - . 5..0 0x10 1_000),
+	'5,0',
+	' 5', '5 ', ' -1.25 ');
+
+# ---- one file: a row per spelling ------------------------------------------
+my $header = "sale_id,store_id,seller_id,seller_name,city,country,amount,currency,sold_at\n";
+my (@rows, %spelling);
+my $id = 100;
+for my $t (@times)
+{
+	$spelling{ ++$id } = [ 'sold_at', $t ];
+	push @rows, qq{$id,ST-1,S-1,Ana,Madrid,ES,1.00,EUR,"$t"\n};
+}
+for my $a (@amounts)
+{
+	$spelling{ ++$id } = [ 'amount', $a ];
+	push @rows, qq{$id,ST-1,S-1,Ana,Madrid,ES,"$a",EUR,2026-11-21T10:00:00Z\n};
+}
+my $file = 'sales_values.csv';
+open my $fh, '>:raw', "$inbox/.$file" or die $!;
+print $fh $header, @rows;
+close $fh;
+rename("$inbox/.$file", "$inbox/$file") or die $!;
+wait_until(
+	sub {
+		$node->safe_psql('shop',
+			"SELECT count(*) FROM kappa.csv_files WHERE name = '$file' AND state = 'processed'") == 1;
+	},
+	'the worker to process the file');
+
+# ---- what PostgreSQL says, in SQL ------------------------------------------
+$node->safe_psql('shop', q{
+CREATE FUNCTION sql_value(kind text, v text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+    IF kind = 'sold_at' THEN
+        -- as the envelope writes it: ISO 8601 in UTC, years past 9999 with
+        -- a sign, infinity as a word
+        RETURN CASE WHEN NOT isfinite(v::timestamptz) THEN v::timestamptz::text
+                    ELSE CASE WHEN v::timestamptz >= '10000-01-01 00:00:00+00' THEN '+' ELSE '' END
+                         || to_char(v::timestamptz AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') END;
+    END IF;
+    RETURN v::numeric(12,2)::text;
+EXCEPTION WHEN data_exception THEN
+    RETURN 'ERROR: ' || SQLERRM || ' (column "' || kind || '")';
+END $$;
+CREATE TABLE spelling (sale_id bigint, kind text, v text);
+});
+my $values = join(',', map {
+		my ($k, $v) = @{ $spelling{$_} };
+		$v =~ s/'/''/g;
+		"($_, '$k', '$v')"
+} sort { $a <=> $b } keys %spelling);
+$node->safe_psql('shop', "INSERT INTO spelling VALUES $values");
+my %expected = map { my ($i, $want) = split /\|/, $_, 2; ($i => $want) } split /\n/,
+  $node->safe_psql('shop', q{SET timezone = 'UTC';
+    SELECT sale_id || '|' || sql_value(kind, v) FROM spelling ORDER BY sale_id});
+
+# ---- what the worker sent ---------------------------------------------------
+my %got;
+for my $m (@{ kcat_consume($broker, 'sales-events') })
+{
+	my ($amount, $sold_at) = $m->{value} =~ /"amount":"([^"]*)","currency":"EUR","sold_at":"([^"]*)"/
+	  or die "unexpected envelope: $m->{value}";
+	$got{ $m->{key} } = $spelling{ $m->{key} }[0] eq 'sold_at' ? $sold_at : $amount;
+}
+for my $line (split /\n/, $node->safe_psql('shop',
+		"SELECT line || '|' || error FROM kappa.dead_letters WHERE file = '$file'"))
+{
+	my ($l, $error) = split /\|/, $line, 2;
+	my $sale = 100 + $l - 1;    # line 2 holds sale 101
+	$got{$sale} = "ERROR: $error";
+}
+
+my ($fast, $errors) = (0, 0);
+for my $sale (sort { $a <=> $b } keys %spelling)
+{
+	my ($kind, $v) = @{ $spelling{$sale} };
+	is($got{$sale}, $expected{$sale}, "$kind '$v' as in SQL");
+	$errors++ if ($expected{$sale} // '') =~ /^ERROR/;
+}
+# the comparison covers both sides: values that are taken and values refused
+cmp_ok($errors, '>=', 25, "refused spellings compared ($errors)");
+cmp_ok(scalar(keys %spelling) - $errors, '>=', 400, 'accepted spellings compared');
+
+done_testing();
