@@ -1,6 +1,6 @@
 -- Upgrade scripts: install each released version, update it to the current
 -- one, and compare the catalog with a fresh install of the current version.
-CREATE DATABASE kappa_upgrade;
+CREATE DATABASE kappa_upgrade TEMPLATE template0 LOCALE 'C.UTF-8';
 \c kappa_upgrade
 
 -- What the extension consists of, by name and definition.
@@ -16,6 +16,7 @@ LANGUAGE sql AS $$
            || CASE WHEN a.attnotnull THEN ' NOT NULL' ELSE '' END
            || coalesce(' DEFAULT ' || pg_get_expr(ad.adbin, ad.adrelid), '')
            || coalesce(' ' || nullif(a.attidentity::text, ''), '') || coalesce(' ' || nullif(a.attgenerated::text, ''), '')
+           || coalesce(' COLLATE ' || nullif(a.attcollation, 0)::regcollation::text, '')
       FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
       LEFT JOIN pg_attrdef ad ON ad.adrelid = c.oid AND ad.adnum = a.attnum
      WHERE c.relnamespace = to_regnamespace('kappa')
@@ -95,6 +96,28 @@ ALTER EXTENSION pg_kappa UPDATE;
 SELECT extversion FROM pg_extension WHERE extname = 'pg_kappa';
 SELECT key, topic FROM kappa.stream_rows ORDER BY key, topic;
 SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'stream_rows_pkey';
+TRUNCATE upgraded;
+INSERT INTO upgraded SELECT * FROM extension_catalog();
+SELECT * FROM catalog_differences ORDER BY 1, 2, 3;
+
+-- 0.1.3 with remembered rows and payments, updated: keys compare as bytes
+-- (in a database whose collation does not), the rows kept, the catalog the same
+DROP EXTENSION pg_kappa;
+CREATE EXTENSION pg_kappa VERSION '0.1.3';
+INSERT INTO kappa.stream_rows (topic, key, row_data, counted) VALUES
+    ('sales-events', 'b', '{"sale_id":"b"}', '{1}'), ('sales-events', 'B', '{"sale_id":"B"}', '{1}'),
+    ('sales-events', '10', '{"sale_id":"10"}', '{1}'), ('sales-events', '9', '{"sale_id":"9"}', '{1}');
+INSERT INTO kappa.payments (sale_id, payment_id, status, confirmed_at)
+    VALUES ('b', 'P-1', 'CONFIRMED', '2026-11-21 10:00:00+00');
+INSERT INTO kappa.payment_history (payment_id, status, sale_id, confirmed_at)
+    VALUES ('P-1', 'CONFIRMED', 'b', '2026-11-21 10:00:00+00');
+ALTER EXTENSION pg_kappa UPDATE;
+SELECT extversion FROM pg_extension WHERE extname = 'pg_kappa';
+SELECT c.relname, a.attname, a.attcollation::regcollation
+  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+ WHERE c.relnamespace = 'kappa'::regnamespace AND a.attcollation = 'pg_catalog."C"'::regcollation
+ ORDER BY 1, 2;
+SELECT sale_id, payment_status, payment_id FROM kappa.sales_enriched ORDER BY sale_id;
 TRUNCATE upgraded;
 INSERT INTO upgraded SELECT * FROM extension_catalog();
 SELECT * FROM catalog_differences ORDER BY 1, 2, 3;

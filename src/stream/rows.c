@@ -484,6 +484,13 @@ rows_load(void)
 		ld.idx->rd_index->indkey.values[0] != SR_KEY + 1 ||
 		ld.idx->rd_index->indkey.values[1] != SR_TOPIC + 1)
 		elog(ERROR, "the primary key of kappa.stream_rows is not (key, topic)");
+	/* the walk merges it with rows sorted as bytes (0.1.4 made sure) */
+	if (!lc_collate_is_c(ld.idx->rd_indcollation[0]) ||
+		!lc_collate_is_c(ld.idx->rd_indcollation[1]))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the primary key of kappa.stream_rows does not compare keys as bytes"),
+				 errhint("Run ALTER EXTENSION pg_kappa UPDATE: version 0.1.4 gives kappa.stream_rows.key and topic the collation \"C\".")));
 
 	/* what is committed now, as a query would see it (read committed) */
 	PushActiveSnapshot(GetTransactionSnapshot());
@@ -492,11 +499,7 @@ rows_load(void)
 	ld.found = table_slot_create(ld.rel, NULL);
 	ld.locked = table_slot_create(ld.rel, NULL);
 
-	if (lc_collate_is_c(ld.idx->rd_indcollation[0]) &&
-		lc_collate_is_c(ld.idx->rd_indcollation[1]))
-		rows_load_by_probes(&ld, rows_load_by_walk(&ld));
-	else
-		rows_load_by_probes(&ld, 0);
+	rows_load_by_probes(&ld, rows_load_by_walk(&ld));
 
 	ExecDropSingleTupleTableSlot(ld.found);
 	ExecDropSingleTupleTableSlot(ld.locked);

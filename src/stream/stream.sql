@@ -154,9 +154,13 @@ CREATE TABLE kappa.sink_partials (
 -- windows_end is the latest end of a window the row has fallen in, over the
 -- rankings on its topic: once every such ranking is final past it by
 -- kappa.row_memory_retention, the row is forgotten (0.1.1).
+-- Keys and topics compare as bytes (COLLATE "C", 0.1.4): a batch looks up
+-- and inserts one index entry per sale, and ids need no language's order;
+-- the database's collation would make every comparison a strcoll() and tie
+-- the index to the C library's collation version.
 CREATE TABLE kappa.stream_rows (
-    topic text NOT NULL,
-    key text NOT NULL,
+    topic text COLLATE "C" NOT NULL,
+    key text COLLATE "C" NOT NULL,
     lsn pg_lsn,
     seq bigint,
     deleted boolean NOT NULL DEFAULT false,
@@ -176,8 +180,9 @@ CREATE INDEX stream_rows_windows_end ON kappa.stream_rows
     USING brin (windows_end) WITH (autosummarize = on);
 
 -- Payment status per sale (latest by confirmation time) and its history.
+-- sale_id compares as kappa.stream_rows.key does (0.1.4).
 CREATE TABLE kappa.payments (
-    sale_id text PRIMARY KEY,
+    sale_id text COLLATE "C" PRIMARY KEY,
     payment_id text NOT NULL,
     status text NOT NULL,
     amount numeric,
@@ -189,7 +194,7 @@ CREATE TABLE kappa.payments (
 CREATE TABLE kappa.payment_history (
     payment_id text NOT NULL,
     status text NOT NULL,
-    sale_id text NOT NULL,
+    sale_id text COLLATE "C" NOT NULL,
     amount numeric,
     currency text,
     confirmed_at timestamptz NOT NULL,

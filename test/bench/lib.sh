@@ -33,7 +33,7 @@ bench_start() {
 	broker_pid=$!
 	for _ in $(seq 50); do [ -s "$work/bootstrap" ] && break; sleep 0.1; done
 	bootstrap=$(cat "$work/bootstrap")
-	run "$bindir/initdb" -D "$work/data" -A trust --encoding=UTF8 --locale=C >/dev/null
+	run "$bindir/initdb" -D "$work/data" -A trust --encoding=UTF8 --locale="${BENCH_LOCALE:-C}" >/dev/null
 	cat >> "$work/data/postgresql.conf" <<EOC
 port = $port
 unix_socket_directories = '$work'

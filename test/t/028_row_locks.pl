@@ -4,10 +4,12 @@
 # transaction that holds the row, then works from the row's latest committed
 # version; a row deleted by that transaction (as forgetting does) is new to
 # the batch.  And it finds exactly the rows there are among many: rows to
-# update next to, far from and between new ones, in a database whose text
-# sorts as bytes (one scan of the primary key, merged with the batch's keys)
-# and in one whose text does not (a descent per key).  Asserted on the
-# rankings' exact totals, which say which version each change retracted.
+# update next to, far from and between new ones (one scan of the primary
+# key, merged with the batch's keys, and a descent per key once they are
+# too far apart), in a database whose text sorts as bytes and in one whose
+# text does not (the keys compare as bytes in both: COLLATE "C", 0.1.4).
+# Asserted on the rankings' exact totals, which say which version each
+# change retracted.
 use strict;
 use warnings;
 
@@ -103,8 +105,8 @@ UPDATE kappa.stream_rows
 	#    "100" and "101") and past them ("2" is known, "200".."209" are not).
 	#    Rewritten (1.00 as 1.0), 131 and 132 leave a dead version in the index.
 	#    Then sixty rows each 20 entries from the next (León 3000, 3020, ...):
-	#    keys that need a descent each, as keys in no order do (in a C
-	#    database the scan gives way to a descent per key part of the way).
+	#    keys that need a descent each, as keys in no order do (the scan
+	#    gives way to a descent per key part of the way).
 	kcat_produce($broker, 'sales-events', [
 		(map { sale('c', $_, 'Oviedo', '1.00') } 100 .. 199),
 		(map { sale('c', $_, 'León', '1.00') } 3000 .. 4199) ]);
