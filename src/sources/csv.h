@@ -46,6 +46,7 @@ typedef struct CsvEnvelopeSource
 extern char *csv_map_header(const CsvRecord *header, CsvSalesMap *map);
 extern void csv_envelope_source(CsvEnvelopeSource *src, const char *file,
 								const char *sha256_hex);
+extern void csv_sales_check_settings(void);
 extern char *csv_sales_envelope(const CsvSalesMap *map, const CsvRecord *rec,
 								const CsvEnvelopeSource *src, int64 ts_ms,
 								StringInfo key, StringInfo value);

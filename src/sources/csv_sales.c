@@ -211,9 +211,11 @@ read_digits(const char *s, int n, int *value)
 /*
  * YYYY-MM-DD, 'T' or ' ', HH:MM:SS, up to six fraction digits, and 'Z' or
  * an offset +HH, +HHMM or +HH:MM (or '-'): a value that means the same in
- * every session, whatever its TimeZone, DateStyle or timezone
- * abbreviations.  Years 1000 to 9999, hours to 23, seconds to 59: other
- * years, 24:00:00 and leap seconds go to timestamptz_in.
+ * every session, whatever its TimeZone or DateStyle.  Years 1000 to 9999,
+ * hours to 23, seconds to 59: other years, 24:00:00 and leap seconds go to
+ * timestamptz_in.  (timestamptz_in looks 'T' and 'Z' up in the timezone
+ * abbreviations too; csv_sales_check_settings makes sure they mean here
+ * what they mean there.)
  */
 static bool
 iso_timestamptz(const char *s, TimestampTz *result)
@@ -349,6 +351,69 @@ plain_amount(const char *s, char *out)
 	return true;
 }
 
+/*
+ * Whether iso_timestamptz may be used: true when timestamptz_in, in the
+ * settings now in effect, reads 'T' as the date-time separator and 'Z' as
+ * UTC.  Every timezone_abbreviations set PostgreSQL ships has Z as UTC
+ * and no T; a server's own set could say otherwise.
+ */
+static bool iso_spellings_agree = false;
+
+/* Does timestamptz_in read probe as iso_timestamptz does? */
+static bool
+probe_agrees(const char *probe)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	TimestampTz fast = 0;
+	volatile TimestampTz slow = 0;
+	volatile bool refused = false;
+
+	if (!iso_timestamptz(probe, &fast))
+		elog(ERROR, "iso_timestamptz refused \"%s\"", probe);
+	PG_TRY();
+	{
+		slow = DatumGetTimestampTz(DirectFunctionCall3(timestamptz_in, CStringGetDatum(probe),
+													   ObjectIdGetDatum(InvalidOid),
+													   Int32GetDatum(-1)));
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		if (ERRCODE_TO_CATEGORY(geterrcode()) != ERRCODE_DATA_EXCEPTION)
+			PG_RE_THROW();
+		FlushErrorState();
+		refused = true;
+	}
+	PG_END_TRY();
+	return !refused && slow == fast;
+}
+
+/*
+ * Before a file: try spellings with T, Z and offsets on timestamptz_in and
+ * compare.  (The settings can change at any reload; a file is read under
+ * the ones of its start.)
+ */
+void
+csv_sales_check_settings(void)
+{
+	static const char *const probes[] = {
+		"2000-02-29T12:34:56.5Z", "2000-02-29 23:59:59Z",
+		"2000-02-29T12:34:56+01:30", "2000-02-29 12:34:56-0130"
+	};
+	static bool warned = false;
+	bool		agree = true;
+
+	for (size_t i = 0; i < lengthof(probes) && agree; i++)
+		agree = probe_agrees(probes[i]);
+	if (!agree && !warned)
+		ereport(LOG,
+				(errmsg("pg_kappa csv inbox: time zone abbreviations give \"T\" or \"Z\" another meaning"),
+				 errdetail("timestamptz_in does not read \"2000-02-29T12:34:56.5Z\" and the like as ISO 8601 does; every sold_at value now goes through it, which is slower."),
+				 errhint("Check the file named by timezone_abbreviations.")));
+	warned = !agree;
+	iso_spellings_agree = agree;
+}
+
 static void
 convert_values(const CsvSalesMap *map, const CsvRecord *rec, CsvSalesValues *v)
 {
@@ -384,7 +449,8 @@ convert_values(const CsvSalesMap *map, const CsvRecord *rec, CsvSalesValues *v)
 														   Int32GetDatum(CURRENCY_TYPMOD)));
 
 	converting_column = CSV_COL_SOLD_AT;
-	v->sold_at_iso = iso_timestamptz(rec->fields[map->field[CSV_COL_SOLD_AT]], &v->sold_at);
+	v->sold_at_iso = iso_spellings_agree &&
+		iso_timestamptz(rec->fields[map->field[CSV_COL_SOLD_AT]], &v->sold_at);
 	if (!v->sold_at_iso)
 		v->sold_at = DatumGetTimestampTz(DirectFunctionCall3(timestamptz_in, FIELD(CSV_COL_SOLD_AT),
 															 ObjectIdGetDatum(InvalidOid),

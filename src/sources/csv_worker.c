@@ -1008,6 +1008,7 @@ send_rows(CsvFile *f, KafkaDelivery *delivery, char **reason)
 		return CSV_UNREADABLE;
 
 	ensure_producer();
+	csv_sales_check_settings();
 	csv_envelope_source(&src, f->name, f->sha256);
 	initStringInfo(&key);
 	initStringInfo(&value);
