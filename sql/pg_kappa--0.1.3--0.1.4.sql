@@ -26,3 +26,7 @@ SELECT s.key AS sale_id, s.topic, s.row_data::jsonb AS sale,
   LEFT JOIN kappa.payments p ON p.sale_id = s.key
  WHERE NOT s.deleted;
 GRANT SELECT ON kappa.sales_enriched TO kappa_reader;
+
+-- Changing a column's type drops its statistics: gather them again now
+-- rather than when autovacuum next finds enough changes.
+ANALYZE kappa.stream_rows, kappa.payments, kappa.payment_history;

@@ -116,7 +116,7 @@ payments_load(void)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (SPI_execute_with_args("SELECT p.sale_id, p.payment_id, p.status, p.amount, p.currency, p.confirmed_at "
-							  "  FROM (SELECT id FROM unnest($1) AS k(id) ORDER BY 1) k, "
+							  "  FROM (SELECT id FROM unnest($1) AS k(id) ORDER BY id COLLATE \"C\") k, "
 							  "       LATERAL (SELECT * FROM kappa.payments x WHERE x.sale_id = k.id FOR UPDATE) p",
 							  1, types, args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read kappa.payments");
@@ -331,7 +331,7 @@ payments_flush(void)
 								  "       (sale_id, payment_id, status, amount, currency, confirmed_at) "
 								  "SELECT i, p, s, a::numeric, c, t::timestamptz "
 								  "  FROM unnest($1, $2, $3, $4, $5, $6) AS u(i, p, s, a, c, t) "
-								  " ORDER BY 1 "
+								  " ORDER BY i COLLATE \"C\" "
 								  "ON CONFLICT (sale_id) DO UPDATE "
 								  "   SET payment_id = EXCLUDED.payment_id, status = EXCLUDED.status, "
 								  "       amount = EXCLUDED.amount, currency = EXCLUDED.currency, "

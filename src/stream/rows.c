@@ -716,7 +716,7 @@ rows_flush(void)
 							  "SELECT t, k, l::pg_lsn, q::bigint, d::boolean, r, c::integer[], x::integer[], now(), "
 							  "       w "
 							  "  FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9) AS u(t, k, l, q, d, r, c, x, w) "
-							  " ORDER BY 2, 1 "
+							  " ORDER BY k COLLATE \"C\", t COLLATE \"C\" "	/* the index's order */
 							  "ON CONFLICT (topic, key) DO UPDATE "
 							  "   SET lsn = EXCLUDED.lsn, seq = EXCLUDED.seq, deleted = EXCLUDED.deleted, "
 							  "       row_data = EXCLUDED.row_data, counted = EXCLUDED.counted, "
