@@ -1,0 +1,69 @@
+# The library runs ahead of the schema: a 0.1.3 install in a database whose
+# collation is not C (kappa.stream_rows' keys in the database's collation)
+# under the current library.  The stream worker must refuse the batch, say
+# why and how to fix it, and apply nothing; after ALTER EXTENSION pg_kappa
+# UPDATE (0.1.4: the keys COLLATE "C") it applies the same events, each
+# once.
+use strict;
+use warnings;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use PgKappa::Test;
+
+sub sale
+{
+	my ($id, $city, $amount) = @_;
+	return [ $id, sprintf('{"op":"c","before":null,"after":{"sale_id":"%s","store_id":"ST-1","seller_id":"S-1","seller_name":"Seller","city":"%s","country":"ES","amount":"%s","currency":"EUR","sold_at":"2026-05-04T10:00:00Z"},"source":{"connector":"csv"},"ts_ms":1}',
+		$id, $city, $amount) ];
+}
+
+my $broker = start_dev_broker(topics => [
+	'sales-events:1', 'payment-confirmations:1',
+	'top-sales-by-city:1', 'top-salesman-by-country:1' ]);
+my $node = kappa_node('rows_collation', $broker, shop_locale => 'C.UTF-8', no_extension => 1, conf => q{
+kappa.idle_timeout = '1h'
+kappa.stream_batch_ms = 20
+kappa.cdc_enabled = off
+# (after the group's last member left, the dev broker was seen to answer the
+# next JoinGroup only when the session timeout, 45 s by default, had passed)
+kappa.kafka_options = 'session.timeout.ms=6000'
+});
+$node->safe_psql('shop', q{CREATE EXTENSION pg_kappa VERSION '0.1.3'});
+is($node->safe_psql('shop', q{
+SELECT a.attcollation::regcollation FROM pg_attribute a
+ WHERE a.attrelid = 'kappa.stream_rows'::regclass AND a.attname = 'key'}),
+	'"default"', '0.1.3: the keys in the database collation (C.UTF-8)');
+
+my $city_totals = sub {
+	return $node->safe_psql('shop', q{
+SELECT coalesce(string_agg(group_values[1] || '=' || total || '/' || sale_count, ',' ORDER BY group_values[1]), '')
+  FROM kappa.ranking_results WHERE ranking = 'top_sales_by_city'});
+};
+
+my $log_offset = -s $node->logfile;
+kcat_produce($broker, 'sales-events',
+	[ sale(1, 'Bilbao', '10.00'), sale(2, 'Vigo', '7.00'), sale(1005, 'Bilbao', '1.50') ]);
+$node->wait_for_log(qr/ERROR:  the primary key of kappa.stream_rows does not compare keys as bytes/, $log_offset);
+like(slurp_file($node->logfile, $log_offset),
+	qr/ERROR:  the primary key of kappa.stream_rows does not compare keys as bytes\n.*HINT:  Run ALTER EXTENSION pg_kappa UPDATE/,
+	'the worker refuses the batch and says how to fix it');
+# (it is restarted and refuses again meanwhile)
+sleep 2;
+is($city_totals->(), '', 'nothing counted');
+is($node->safe_psql('shop', q{SELECT count(*) FROM kappa.stream_rows}), '0', 'nothing remembered');
+is($node->safe_psql('shop', q{SELECT count(*) FROM kappa.stream_offsets WHERE topic = 'sales-events' AND next_offset > 0}),
+	'0', 'no offset stored past the start');
+
+$node->safe_psql('shop', q{ALTER EXTENSION pg_kappa UPDATE});
+is($node->safe_psql('shop', q{SELECT extversion FROM pg_extension WHERE extname = 'pg_kappa'}), '0.1.4', 'updated');
+wait_until(sub { $city_totals->() eq 'Bilbao=11.50/2,Vigo=7.00/1' }, 'the three sales applied after the update');
+is($city_totals->(), 'Bilbao=11.50/2,Vigo=7.00/1', 'each sale counted once');
+is($node->safe_psql('shop', q{SELECT string_agg(key, ',' ORDER BY key) FROM kappa.stream_rows}), '1,1005,2',
+	'remembered, in byte order');
+is($node->safe_psql('shop', q{SELECT next_offset FROM kappa.stream_offsets WHERE topic = 'sales-events'}),
+	'3', 'the offset stored after the three');
+
+$node->stop;
+done_testing();
