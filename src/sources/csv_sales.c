@@ -35,6 +35,7 @@
 
 #include "cdc/envelope.h"
 #include "sources/csv.h"
+#include "stream/event.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
 #include "utils/fmgrprotos.h"
@@ -192,108 +193,18 @@ typedef struct CsvSalesValues
  * cases.  (The input functions are most of a row's cost: ParseDateTime,
  * DecodeDateTime and the timezone lookup alone were a fifth of the
  * worker's main thread.)
- */
-static inline bool
-read_digits(const char *s, int n, int *value)
-{
-	int			v = 0;
-
-	for (int i = 0; i < n; i++)
-	{
-		if (s[i] < '0' || s[i] > '9')
-			return false;		/* also stops at the terminating NUL */
-		v = v * 10 + (s[i] - '0');
-	}
-	*value = v;
-	return true;
-}
-
-/*
+ *
+ * sold_at: the ISO 8601 spellings timestamptz_in reads alike in every session:
  * YYYY-MM-DD, 'T' or ' ', HH:MM:SS, up to six fraction digits, and 'Z' or
- * an offset +HH, +HHMM or +HH:MM (or '-'): a value that means the same in
- * every session, whatever its TimeZone or DateStyle.  Years 1000 to 9999,
- * hours to 23, seconds to 59: other years, 24:00:00 and leap seconds go to
- * timestamptz_in.  (timestamptz_in looks 'T' and 'Z' up in the timezone
- * abbreviations too; csv_sales_check_settings makes sure they mean here
- * what they mean there.)
+ * an offset +HH, +HHMM or +HH:MM (the stream worker's parser, narrowed;
+ * see iso_time_parse).  timestamptz_in looks 'T' and 'Z' up in the time
+ * zone abbreviations too; csv_sales_check_settings makes sure they mean
+ * here what they mean there.
  */
 static bool
 iso_timestamptz(const char *s, TimestampTz *result)
 {
-	int			year,
-				mon,
-				mday,
-				hour,
-				min,
-				sec,
-				fsec = 0,
-				offset = 0;
-	const char *p;
-
-	if (!read_digits(s, 4, &year) || s[4] != '-' ||
-		!read_digits(s + 5, 2, &mon) || s[7] != '-' ||
-		!read_digits(s + 8, 2, &mday) || (s[10] != 'T' && s[10] != ' ') ||
-		!read_digits(s + 11, 2, &hour) || s[13] != ':' ||
-		!read_digits(s + 14, 2, &min) || s[16] != ':' ||
-		!read_digits(s + 17, 2, &sec))
-		return false;
-	if (year < 1000 || mon < 1 || mon > MONTHS_PER_YEAR ||
-		mday < 1 || mday > day_tab[isleap(year)][mon - 1] ||
-		hour >= HOURS_PER_DAY || min >= MINS_PER_HOUR || sec >= SECS_PER_MINUTE)
-		return false;
-
-	p = s + 19;
-	if (*p == '.')
-	{
-		int			n = 0;
-
-		p++;
-		while (p[n] >= '0' && p[n] <= '9')
-			n++;
-		/* more digits are rounded by timestamptz_in */
-		if (n < 1 || n > 6 || !read_digits(p, n, &fsec))
-			return false;
-		for (int i = n; i < 6; i++)
-			fsec *= 10;
-		p += n;
-	}
-
-	if (p[0] == 'Z' && p[1] == '\0')
-		offset = 0;
-	else if (p[0] == '+' || p[0] == '-')
-	{
-		int			oh,
-					om = 0;
-		const char *q = p + 3;
-
-		if (!read_digits(p + 1, 2, &oh))
-			return false;
-		if (*q == ':')
-		{
-			if (!read_digits(q + 1, 2, &om))
-				return false;
-			q += 3;
-		}
-		else if (*q != '\0')
-		{
-			if (!read_digits(q, 2, &om))
-				return false;
-			q += 2;
-		}
-		if (*q != '\0' || oh > MAX_TZDISP_HOUR || om >= MINS_PER_HOUR)
-			return false;
-		offset = (oh * MINS_PER_HOUR + om) * SECS_PER_MINUTE;
-		if (p[0] == '-')
-			offset = -offset;
-	}
-	else
-		return false;
-
-	/* local time minus its offset east of UTC, as tm2timestamp computes it */
-	*result = ((int64) (date2j(year, mon, mday) - POSTGRES_EPOCH_JDATE) * SECS_PER_DAY +
-			   (hour * MINS_PER_HOUR + min) * SECS_PER_MINUTE + sec - offset) * USECS_PER_SEC
-		+ fsec;
-	return true;
+	return iso_time_parse(s, s + strlen(s), true, result);
 }
 
 /*

@@ -1006,21 +1006,109 @@ digits_at(const char *p, int n)
 }
 
 /*
- * An ISO-8601 date-time with a zone: YYYY-MM-DD[T ]HH:MM[:SS[.fraction]]
- * followed by Z, +HH, +HH:MM or +HHMM.  Numbers are microseconds since the
- * Unix epoch (Debezium's MicroTimestamp).  Times without a zone are refused:
+ * An ISO-8601 date-time with a zone, p to end: YYYY-MM-DD[T ]HH:MM[:SS[.fraction]]
+ * followed by Z, +HH, +HH:MM or +HHMM.  Times without a zone are refused:
  * an event time must be an instant.
+ *
+ * as_timestamptz_in narrows that to spellings that timestamptz_in reads to
+ * the same value, whatever the session's TimeZone and DateStyle (the CSV
+ * inbox decodes its common spellings so): seconds required, at most six
+ * fraction digits (timestamptz_in rounds more, this would truncate), an
+ * upper-case Z, years from 1000, and two digits after an offset's colon.
  */
 bool
-timestamp_parse(const JsonSpan *s, TimestampTz *result)
+iso_time_parse(const char *p, const char *end, bool as_timestamptz_in, TimestampTz *result)
 {
-	const char *p;
-	const char *end;
 	struct pg_tm tm;
 	fsec_t		fsec = 0;
 	int			tz = 0;
 	Timestamp	ts;
 
+	if (end - p < 16)
+		return false;
+
+	memset(&tm, 0, sizeof(tm));
+	tm.tm_year = digits_at(p, 4);
+	tm.tm_mon = digits_at(p + 5, 2);
+	tm.tm_mday = digits_at(p + 8, 2);
+	tm.tm_hour = digits_at(p + 11, 2);
+	tm.tm_min = digits_at(p + 14, 2);
+	if (tm.tm_year < (as_timestamptz_in ? 1000 : 0) || tm.tm_mon < 1 || tm.tm_mon > 12 || tm.tm_mday < 1 ||
+		tm.tm_hour < 0 || tm.tm_hour > 23 || tm.tm_min < 0 || tm.tm_min > 59 ||
+		p[4] != '-' || p[7] != '-' || (p[10] != 'T' && p[10] != ' ') || p[13] != ':')
+		return false;
+	if (tm.tm_mday > day_tab[isleap(tm.tm_year)][tm.tm_mon - 1])
+		return false;
+	p += 16;
+	if (p < end && *p == ':')
+	{
+		if (end - p < 3 || (tm.tm_sec = digits_at(p + 1, 2)) < 0 || tm.tm_sec > 59)
+			return false;
+		p += 3;
+		if (p < end && *p == '.')
+		{
+			int			scale = 100000;
+			const char *digits = ++p;
+
+			if (p >= end || !isdigit((unsigned char) *p))
+				return false;
+			while (p < end && isdigit((unsigned char) *p))
+			{
+				fsec += (*p - '0') * scale;
+				scale /= 10;
+				p++;
+			}
+			if (as_timestamptz_in && p - digits > 6)
+				return false;
+		}
+	}
+	else if (as_timestamptz_in)
+		return false;
+	if (p >= end)
+		return false;			/* no zone */
+	if (*p == 'Z' || (*p == 'z' && !as_timestamptz_in))
+	{
+		if (p + 1 != end)
+			return false;
+	}
+	else if (*p == '+' || *p == '-')
+	{
+		int			sign = (*p == '-') ? 1 : -1;	/* PostgreSQL: seconds west */
+		int			hh = digits_at(p + 1, 2),
+					mm = 0;
+		const char *q = p + 3;
+
+		if (end - p < 3 || hh < 0 || hh > 15)
+			return false;
+		if (q < end && *q == ':')
+		{
+			q++;
+			if (as_timestamptz_in && q == end)
+				return false;
+		}
+		if (q < end)
+		{
+			if (end - q != 2 || (mm = digits_at(q, 2)) < 0 || mm > 59)
+				return false;
+		}
+		tz = sign * (hh * SECS_PER_HOUR + mm * SECS_PER_MINUTE);
+	}
+	else
+		return false;
+
+	if (tm2timestamp(&tm, fsec, &tz, &ts) != 0)
+		return false;
+	*result = ts;
+	return IS_VALID_TIMESTAMP(ts);
+}
+
+/*
+ * An event time: an ISO-8601 string (iso_time_parse), or a number of
+ * microseconds since the Unix epoch (Debezium's MicroTimestamp).
+ */
+bool
+timestamp_parse(const JsonSpan *s, TimestampTz *result)
+{
 	if (s->type == JSON_SPAN_NUMBER)
 	{
 		char	   *endptr;
@@ -1040,74 +1128,5 @@ timestamp_parse(const JsonSpan *s, TimestampTz *result)
 	}
 	if (s->type != JSON_SPAN_STRING)
 		return false;
-	p = s->p + 1;
-	end = s->p + s->len - 1;
-	if (end - p < 16)
-		return false;
-
-	memset(&tm, 0, sizeof(tm));
-	tm.tm_year = digits_at(p, 4);
-	tm.tm_mon = digits_at(p + 5, 2);
-	tm.tm_mday = digits_at(p + 8, 2);
-	tm.tm_hour = digits_at(p + 11, 2);
-	tm.tm_min = digits_at(p + 14, 2);
-	if (tm.tm_year < 0 || tm.tm_mon < 1 || tm.tm_mon > 12 || tm.tm_mday < 1 ||
-		tm.tm_hour < 0 || tm.tm_hour > 23 || tm.tm_min < 0 || tm.tm_min > 59 ||
-		p[4] != '-' || p[7] != '-' || (p[10] != 'T' && p[10] != ' ') || p[13] != ':')
-		return false;
-	if (tm.tm_mday > day_tab[isleap(tm.tm_year)][tm.tm_mon - 1])
-		return false;
-	p += 16;
-	if (p < end && *p == ':')
-	{
-		if (end - p < 3 || (tm.tm_sec = digits_at(p + 1, 2)) < 0 || tm.tm_sec > 59)
-			return false;
-		p += 3;
-		if (p < end && *p == '.')
-		{
-			int			scale = 100000;
-
-			p++;
-			if (p >= end || !isdigit((unsigned char) *p))
-				return false;
-			while (p < end && isdigit((unsigned char) *p))
-			{
-				fsec += (*p - '0') * scale;
-				scale /= 10;
-				p++;
-			}
-		}
-	}
-	if (p >= end)
-		return false;			/* no zone */
-	if (*p == 'Z' || *p == 'z')
-	{
-		if (p + 1 != end)
-			return false;
-	}
-	else if (*p == '+' || *p == '-')
-	{
-		int			sign = (*p == '-') ? 1 : -1;	/* PostgreSQL: seconds west */
-		int			hh = digits_at(p + 1, 2),
-					mm = 0;
-		const char *q = p + 3;
-
-		if (end - p < 3 || hh < 0 || hh > 15)
-			return false;
-		if (q < end && *q == ':')
-			q++;
-		if (q < end)
-		{
-			if (end - q != 2 || (mm = digits_at(q, 2)) < 0 || mm > 59)
-				return false;
-		}
-		tz = sign * (hh * SECS_PER_HOUR + mm * SECS_PER_MINUTE);
-	}
-	else
-		return false;
-
-	if (tm2timestamp(&tm, fsec, &tz, &ts) != 0)
-		return false;
-	*result = ts;
-	return IS_VALID_TIMESTAMP(ts);
+	return iso_time_parse(s->p + 1, s->p + s->len - 1, false, result);
 }

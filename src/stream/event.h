@@ -72,6 +72,8 @@ extern bool decimal_add(KappaDecimal *a, const KappaDecimal *b, int sign);
 extern bool decimal_equal(const KappaDecimal *a, const KappaDecimal *b);
 extern void decimal_append(StringInfo out, const KappaDecimal *d);
 
+extern bool iso_time_parse(const char *p, const char *end, bool as_timestamptz_in,
+						   TimestampTz *result);
 extern bool timestamp_parse(const JsonSpan *s, TimestampTz *result);
 
 /* for spans of the row last given to json_row_members: read once */
