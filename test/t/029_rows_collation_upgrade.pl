@@ -12,12 +12,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use PgKappa::Test;
 
-sub sale
-{
-	my ($id, $city, $amount) = @_;
-	return [ $id, sprintf('{"op":"c","before":null,"after":{"sale_id":"%s","store_id":"ST-1","seller_id":"S-1","seller_name":"Seller","city":"%s","country":"ES","amount":"%s","currency":"EUR","sold_at":"2026-05-04T10:00:00Z"},"source":{"connector":"csv"},"ts_ms":1}',
-		$id, $city, $amount) ];
-}
+sub sale { return position_free_change('c', @_); }
 
 my $broker = start_dev_broker(topics => [
 	'sales-events:1', 'payment-confirmations:1',

@@ -18,7 +18,7 @@ use Time::HiRes qw(usleep time);
 
 our @EXPORT = qw(start_dev_broker kappa_node kcat_consume kcat_produce
   wait_until wait_published sales_table_sql crash_node parse_change
-  check_replays);
+  check_replays position_free_change);
 
 my $srcdir = $ENV{TESTDIR} || '.';
 
@@ -219,6 +219,19 @@ sub kcat_produce
 		'<', \$in, '>', \$out, '2>', \$err)
 	  or die "kcat -P failed: $err";
 	return;
+}
+
+# A change without a CDC position (as the CSV inbox sends them: each one is
+# applied as the newest), as [key, value] for kcat_produce:
+# position_free_change('c' | 'u' | 'd', $id, $city, $amount).  A delete
+# carries the key only.
+sub position_free_change
+{
+	my ($op, $id, $city, $amount) = @_;
+	return [ $id, qq({"op":"d","before":{"sale_id":"$id"},"after":null,"source":{"connector":"csv"},"ts_ms":1}) ]
+	  if $op eq 'd';
+	return [ $id, sprintf('{"op":"%s","before":null,"after":{"sale_id":"%s","store_id":"ST-1","seller_id":"S-1","seller_name":"Seller","city":"%s","country":"ES","amount":"%s","currency":"EUR","sold_at":"2026-05-04T10:00:00Z"},"source":{"connector":"csv"},"ts_ms":1}',
+		$op, $id, $city, $amount) ];
 }
 
 package PgKappa::Test::DevBroker;
