@@ -558,7 +558,10 @@ kafka_client_topic(KafkaClient *client, const char *topic)
 }
 
 /*
- * Produce one message (copied) into delivery's group.  When librdkafka's
+ * Produce one message (copied) into delivery's group, with the record
+ * timestamp given (milliseconds since the epoch; 0: librdkafka reads the
+ * clock).  Callers pass their envelope's ts_ms, which they read once per
+ * many messages, instead of a clock read per message.  When librdkafka's
  * local queue is full this waits for deliveries, so memory stays bounded
  * whatever the input rate.  Other errors are raised.
  */
@@ -566,7 +569,7 @@ void
 kafka_produce(KafkaClient *client, const char *topic,
 			  const char *key, size_t keylen,
 			  const char *value, size_t len,
-			  KafkaDelivery *delivery)
+			  int64 timestamp_ms, KafkaDelivery *delivery)
 {
 	rd_kafka_topic_t *rkt = kafka_client_topic(client, topic);
 
@@ -574,10 +577,17 @@ kafka_produce(KafkaClient *client, const char *topic,
 	{
 		rd_kafka_resp_err_t err;
 
-		if (rd_kafka_produce(rkt, RD_KAFKA_PARTITION_UA, RD_KAFKA_MSG_F_COPY,
-							 (void *) value, len, key, keylen, delivery) == 0)
+		err = rd_kafka_producev(client->rk,
+								RD_KAFKA_V_RKT(rkt),
+								RD_KAFKA_V_PARTITION(RD_KAFKA_PARTITION_UA),
+								RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+								RD_KAFKA_V_VALUE((void *) value, len),
+								RD_KAFKA_V_KEY(key, keylen),
+								RD_KAFKA_V_TIMESTAMP(timestamp_ms),
+								RD_KAFKA_V_OPAQUE(delivery),
+								RD_KAFKA_V_END);
+		if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
 			break;
-		err = rd_kafka_last_error();
 		if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
 			ereport(ERROR,
 					(errcode(kafka_sqlstate(err)),

@@ -76,7 +76,7 @@ extern rd_kafka_topic_t *kafka_client_topic(KafkaClient *client,
 extern void kafka_produce(KafkaClient *client, const char *topic,
 						  const char *key, size_t keylen,
 						  const char *value, size_t len,
-						  KafkaDelivery *delivery);
+						  int64 timestamp_ms, KafkaDelivery *delivery);
 extern bool kafka_wait_delivered(KafkaClient *client, KafkaDelivery *delivery,
 								 int timeout_ms);
 

@@ -1029,7 +1029,7 @@ send_rows(CsvFile *f, KafkaDelivery *delivery, char **reason)
 		else
 		{
 			kafka_produce(worker.producer, kappa_sales_topic, key.data, key.len,
-						  value.data, value.len, delivery);
+						  value.data, value.len, ts_ms, delivery);
 			f->rows_sent++;
 		}
 		MemoryContextReset(row_cxt);

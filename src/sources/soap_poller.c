@@ -649,7 +649,7 @@ poll_page(SoapPollState *ps)
 		soap_append_envelope(&buf, c, p, source_json, ts_ms);
 		kafka_produce(soap.producer, kappa_payments_topic,
 					  c->sale_id, strlen(c->sale_id), buf.data, buf.len,
-					  &soap_delivery);
+					  ts_ms, &soap_delivery);
 		if (++produced % SOAP_SERVE_EVERY == 0)
 		{
 			kafka_client_serve(soap.producer, 0);

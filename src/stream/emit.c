@@ -196,7 +196,7 @@ emit_final_results(KafkaClient *producer, int max_windows)
 				envelope_append_json_string(&value, kappa_instance_name(), strlen(kappa_instance_name()));
 				appendStringInfoChar(&value, '}');
 
-				kafka_produce(producer, topic, key.data, key.len, value.data, value.len, &delivery);
+				kafka_produce(producer, topic, key.data, key.len, value.data, value.len, 0, &delivery);
 			}
 		}
 	}
