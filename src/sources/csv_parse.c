@@ -148,6 +148,20 @@ csv_refill(CsvReader *r)
 	return true;
 }
 
+/*
+ * Copy bytes of the current field.  csv_scan reserves room for the whole
+ * rest of the buffer first (the values never outgrow the bytes they come
+ * from, plus a NUL per field, and a field takes at least its delimiter),
+ * so copies need no checks.
+ */
+static inline void
+csv_put_value(CsvReader *r, const char *s, size_t len)
+{
+	Assert(r->values.len + len < (size_t) r->values.maxlen);
+	memcpy(r->values.data + r->values.len, s, len);
+	r->values.len += len;
+}
+
 static void
 csv_add_field(CsvReader *r, int nfields, int offset, bool quoted)
 {
@@ -162,7 +176,8 @@ csv_add_field(CsvReader *r, int nfields, int offset, bool quoted)
 	r->offsets[nfields] = offset;
 	r->lengths[nfields] = r->values.len - offset;
 	r->quoted[nfields] = quoted;
-	appendStringInfoCharMacro(&r->values, '\0');
+	Assert(r->values.len + 1 < r->values.maxlen);
+	r->values.data[r->values.len++] = '\0';
 }
 
 static int64
@@ -197,6 +212,7 @@ csv_scan(CsvReader *r, CsvRecord *rec)
 	size_t		next;
 
 	resetStringInfo(&r->values);
+	enlargeStringInfo(&r->values, end - p + 2);
 
 	for (;;)
 	{
@@ -215,7 +231,7 @@ csv_scan(CsvReader *r, CsvRecord *rec)
 				size_t		stop = q ? (size_t) (q - buf) : end;
 
 				newlines += count_newlines(buf + p, stop - p);
-				appendBinaryStringInfo(&r->values, buf + p, stop - p);
+				csv_put_value(r, buf + p, stop - p);
 				p = stop;
 				if (q == NULL)
 				{
@@ -232,7 +248,7 @@ csv_scan(CsvReader *r, CsvRecord *rec)
 					return SCAN_NEED_MORE;
 				if (p + 1 < end && buf[p + 1] == '"')
 				{
-					appendStringInfoCharMacro(&r->values, '"');
+					csv_put_value(r, "\"", 1);
 					p += 2;
 					continue;
 				}
@@ -256,7 +272,7 @@ csv_scan(CsvReader *r, CsvRecord *rec)
 			{
 				if (!r->eof)
 					return SCAN_NEED_MORE;
-				appendBinaryStringInfo(&r->values, buf + run, p - run);
+				csv_put_value(r, buf + run, p - run);
 				csv_add_field(r, nfields++, offset, quoted);
 				rawend = next = end;
 				goto record_end;
@@ -286,14 +302,14 @@ csv_scan(CsvReader *r, CsvRecord *rec)
 					continue;
 				}
 				/* CRLF, or a CR that ends the file */
-				appendBinaryStringInfo(&r->values, buf + run, p - run);
+				csv_put_value(r, buf + run, p - run);
 				csv_add_field(r, nfields++, offset, quoted);
 				rawend = p;
 				next = (p + 1 < end) ? p + 2 : p + 1;
 				newlines++;
 				goto record_end;
 			}
-			appendBinaryStringInfo(&r->values, buf + run, p - run);
+			csv_put_value(r, buf + run, p - run);
 			csv_add_field(r, nfields++, offset, quoted);
 			if (c == ',')
 			{
