@@ -12,8 +12,9 @@
  * amount numeric(12,2) (rounded to cents, refused when it does not fit),
  * sold_at timestamptz (any spelling PostgreSQL accepts; without an offset
  * it is UTC, the worker's time zone).  The usual spellings of amount and
- * sold_at are decoded here without the input function, to the same
- * result (see iso_timestamptz).  The results are then written with
+ * sold_at, and country and currency values of exactly their length in
+ * ASCII, are decoded here without the input function, to the same result
+ * (see iso_timestamptz and fixed_char).  The results are then written with
  * the same encoders as the CDC publisher's: the stream worker cannot tell
  * the sources apart.
  *
@@ -177,8 +178,10 @@ typedef struct CsvSalesValues
 {
 	char	   *refused;		/* why the row is refused, or NULL */
 	int64		sale_id;
-	BpChar	   *country;
-	BpChar	   *currency;		/* NULL: the default */
+	const char *country;		/* the char(2) value, padded */
+	int			country_len;
+	const char *currency;		/* the char(3) value, padded; NULL: the default */
+	int			currency_len;
 	char	   *amount;			/* numeric_out of the numeric(12,2) value */
 	char		amount_buf[16]; /* (where plain_amount writes it) */
 	TimestampTz sold_at;
@@ -325,6 +328,39 @@ csv_sales_check_settings(void)
 	iso_spellings_agree = agree;
 }
 
+/*
+ * A char(n) column: a field of exactly n printable ASCII bytes is its own
+ * value (bpcharin pads shorter values, trims trailing spaces past n and
+ * counts characters, not bytes: those go through it).
+ */
+static void
+fixed_char(const CsvRecord *rec, int field, int32 typmod, const char **value, int *len)
+{
+	const char *s = rec->fields[field];
+	int			n = typmod - VARHDRSZ;
+	BpChar	   *result;
+
+	if (rec->lengths[field] == n)
+	{
+		int			i;
+
+		for (i = 0; i < n; i++)
+			if ((unsigned char) s[i] < 0x20 || (unsigned char) s[i] > 0x7e)
+				break;
+		if (i == n)
+		{
+			*value = s;
+			*len = n;
+			return;
+		}
+	}
+	result = DatumGetBpCharPP(DirectFunctionCall3(bpcharin, CStringGetDatum(s),
+												  ObjectIdGetDatum(InvalidOid),
+												  Int32GetDatum(typmod)));
+	*value = VARDATA_ANY(result);
+	*len = VARSIZE_ANY_EXHDR(result);
+}
+
 static void
 convert_values(const CsvSalesMap *map, const CsvRecord *rec, CsvSalesValues *v)
 {
@@ -336,9 +372,7 @@ convert_values(const CsvSalesMap *map, const CsvRecord *rec, CsvSalesValues *v)
 	v->sale_id = DatumGetInt64(DirectFunctionCall1(int8in, FIELD(CSV_COL_SALE_ID)));
 
 	converting_column = CSV_COL_COUNTRY;
-	v->country = DatumGetBpCharPP(DirectFunctionCall3(bpcharin, FIELD(CSV_COL_COUNTRY),
-													  ObjectIdGetDatum(InvalidOid),
-													  Int32GetDatum(COUNTRY_TYPMOD)));
+	fixed_char(rec, map->field[CSV_COL_COUNTRY], COUNTRY_TYPMOD, &v->country, &v->country_len);
 	converting_column = CSV_COL_AMOUNT;
 	if (plain_amount(rec->fields[map->field[CSV_COL_AMOUNT]], v->amount_buf))
 		v->amount = v->amount_buf;
@@ -355,9 +389,8 @@ convert_values(const CsvSalesMap *map, const CsvRecord *rec, CsvSalesValues *v)
 	if (map->field[CSV_COL_CURRENCY] >= 0 &&
 		!(rec->lengths[map->field[CSV_COL_CURRENCY]] == 0 &&
 		  !rec->quoted[map->field[CSV_COL_CURRENCY]]))
-		v->currency = DatumGetBpCharPP(DirectFunctionCall3(bpcharin, FIELD(CSV_COL_CURRENCY),
-														   ObjectIdGetDatum(InvalidOid),
-														   Int32GetDatum(CURRENCY_TYPMOD)));
+		fixed_char(rec, map->field[CSV_COL_CURRENCY], CURRENCY_TYPMOD,
+				   &v->currency, &v->currency_len);
 
 	converting_column = CSV_COL_SOLD_AT;
 	v->sold_at_iso = iso_spellings_agree &&
@@ -574,7 +607,7 @@ csv_sales_envelope(const CsvSalesMap *map, const CsvRecord *rec,
 	bound = keylen + strlen(v.amount) + src->before_len + src->after_len + 400;
 	for (int c = 0; c < CSV_NCOLUMNS; c++)
 		bound += 6 * rec->lengths[map->field[c] >= 0 ? map->field[c] : 0];
-	bound += 6 * (VARSIZE_ANY_EXHDR(v.country) + (v.currency ? VARSIZE_ANY_EXHDR(v.currency) : 0));
+	bound += 6 * (v.country_len + (v.currency ? v.currency_len : 0));
 	resetStringInfo(value);
 	enlargeStringInfo(value, bound);
 	p = value->data;
@@ -590,12 +623,12 @@ csv_sales_envelope(const CsvSalesMap *map, const CsvRecord *rec,
 	PUT_LITERAL(p, ",\"city\":");
 	p = put_text_field(p, rec, map->field[CSV_COL_CITY]);
 	PUT_LITERAL(p, ",\"country\":");
-	p = put_json_string(p, VARDATA_ANY(v.country), VARSIZE_ANY_EXHDR(v.country));
+	p = put_json_string(p, v.country, v.country_len);
 	PUT_LITERAL(p, ",\"amount\":\"");
 	p = put_bytes(p, v.amount, strlen(v.amount));
 	PUT_LITERAL(p, "\",\"currency\":");
 	if (v.currency)
-		p = put_json_string(p, VARDATA_ANY(v.currency), VARSIZE_ANY_EXHDR(v.currency));
+		p = put_json_string(p, v.currency, v.currency_len);
 	else
 		PUT_LITERAL(p, "\"" DEFAULT_CURRENCY "\"");
 	PUT_LITERAL(p, ",\"sold_at\":");

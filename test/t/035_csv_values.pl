@@ -11,6 +11,7 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use JSON::PP;
 use PgKappa::Test;
 
 my $broker = start_dev_broker(topics => [ 'sales-events:4' ]);
@@ -80,6 +81,12 @@ my @amounts = (
 	'5,0',
 	' 5', '5 ', ' -1.25 ');
 
+# char(2) and char(3): padded when shorter, trailing spaces trimmed past
+# the length, counted in characters (multibyte ones included)
+my @countries = ('ES', 'es', 'E', '', ' E', 'E ', 'ES ', 'ES  ', 'ESP', ' ES', 'É', 'ÉS', 'ÉSP',
+	'E"', 'E\\', "E\t", '~~', '  ');
+my @currencies = ('EUR', 'eur', 'EU', '', 'EUR ', 'EURO', ' EU', '€', '€UR', '€URO', 'E"R', "EU\t", '   ');
+
 # ---- one file: a row per spelling ------------------------------------------
 my $header = "sale_id,store_id,seller_id,seller_name,city,country,amount,currency,sold_at\n";
 my (@rows, %spelling);
@@ -93,6 +100,18 @@ for my $a (@amounts)
 {
 	$spelling{ ++$id } = [ 'amount', $a ];
 	push @rows, qq{$id,ST-1,S-1,Ana,Madrid,ES,"$a",EUR,2026-11-21T10:00:00Z\n};
+}
+for my $c (@countries)
+{
+	$spelling{ ++$id } = [ 'country', $c ];
+	(my $q = $c) =~ s/"/""/g;
+	push @rows, qq{$id,ST-1,S-1,Ana,Madrid,"$q",1.00,EUR,2026-11-21T10:00:00Z\n};
+}
+for my $c (@currencies)
+{
+	$spelling{ ++$id } = [ 'currency', $c ];
+	(my $q = $c) =~ s/"/""/g;
+	push @rows, qq{$id,ST-1,S-1,Ana,Madrid,ES,1.00,"$q",2026-11-21T10:00:00Z\n};
 }
 my $file = 'sales_values.csv';
 open my $fh, '>:raw', "$inbox/.$file" or die $!;
@@ -109,6 +128,9 @@ wait_until(
 # ---- what PostgreSQL says, in SQL ------------------------------------------
 $node->safe_psql('shop', q{
 CREATE FUNCTION sql_value(kind text, v text) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    country char(2);    -- assigned as an INSERT would (an explicit cast truncates)
+    currency char(3);
 BEGIN
     IF kind = 'sold_at' THEN
         -- as the envelope writes it: ISO 8601 in UTC, years past 9999 with
@@ -116,6 +138,13 @@ BEGIN
         RETURN CASE WHEN NOT isfinite(v::timestamptz) THEN v::timestamptz::text
                     ELSE CASE WHEN v::timestamptz >= '10000-01-01 00:00:00+00' THEN '+' ELSE '' END
                          || to_char(v::timestamptz AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') END;
+    END IF;
+    IF kind = 'country' THEN
+        country := v;
+        RETURN format('%s', country);    -- char's output: padded
+    ELSIF kind = 'currency' THEN
+        currency := v;
+        RETURN format('%s', currency);
     END IF;
     RETURN v::numeric(12,2)::text;
 EXCEPTION WHEN data_exception THEN
@@ -137,9 +166,10 @@ my %expected = map { my ($i, $want) = split /\|/, $_, 2; ($i => $want) } split /
 my %got;
 for my $m (@{ kcat_consume($broker, 'sales-events') })
 {
-	my ($amount, $sold_at) = $m->{value} =~ /"amount":"([^"]*)","currency":"EUR","sold_at":"([^"]*)"/
+	# bytes in, bytes out: the values compare with psql's output as bytes
+	my $after = JSON::PP->new->decode($m->{value})->{after}
 	  or die "unexpected envelope: $m->{value}";
-	$got{ $m->{key} } = $spelling{ $m->{key} }[0] eq 'sold_at' ? $sold_at : $amount;
+	$got{ $m->{key} } = $after->{ $spelling{ $m->{key} }[0] };
 }
 for my $line (split /\n/, $node->safe_psql('shop',
 		"SELECT line || '|' || error FROM kappa.dead_letters WHERE file = '$file'"))
@@ -159,5 +189,8 @@ for my $sale (sort { $a <=> $b } keys %spelling)
 # the comparison covers both sides: values that are taken and values refused
 cmp_ok($errors, '>=', 25, "refused spellings compared ($errors)");
 cmp_ok(scalar(keys %spelling) - $errors, '>=', 400, 'accepted spellings compared');
+# the char(n) columns' spellings: taken as they are, padded, trimmed, refused
+is( scalar(grep { $spelling{$_}[0] =~ /^(country|currency)$/ && ($expected{$_} // '') =~ /^ERROR/ } keys %spelling),
+	5, 'char(n) spellings refused as too long');
 
 done_testing();
