@@ -19,6 +19,7 @@
 
 #include <ctype.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <unistd.h>
 
 #include "kafka/kafka.h"
@@ -324,6 +325,139 @@ conf_set_or_error(rd_kafka_conf_t *conf, const char *key, const char *value,
 	}
 }
 
+/* ---------------------------------------------------------------------
+ * Which clients a property concerns.  kappa.kafka_options (and the secrets
+ * file) serve every client of the instance, producers and consumers alike;
+ * handed a producer property, a consumer logs a CONFWARN at every start
+ * (and a producer for a consumer property).  So each property goes only to
+ * the clients it concerns, as librdkafka's own property table says: the
+ * "C/P" column of rd_kafka_conf_properties_show(), read once per process.
+ * A property missing from the table goes to every client, as before.
+ * ---------------------------------------------------------------------
+ */
+#define KAFKA_SCOPE_CONSUMER	0x1
+#define KAFKA_SCOPE_PRODUCER	0x2
+#define KAFKA_SCOPE_ALL			(KAFKA_SCOPE_CONSUMER | KAFKA_SCOPE_PRODUCER)
+
+typedef struct KafkaPropertyScope
+{
+	char	   *name;
+	int			scope;
+} KafkaPropertyScope;
+
+static KafkaPropertyScope *kafka_scopes = NULL;
+static int	kafka_nscopes = -1;		/* -1: not read yet */
+
+/* One row of the table: "name | C/P | range | default | ...". */
+static void
+kafka_scope_parse_line(const char *line, int len, List **rows)
+{
+	const char *bar = memchr(line, '|', len);
+	const char *bar2;
+	const char *p;
+	int			namelen;
+	int			scope = 0;
+	KafkaPropertyScope *row;
+	ListCell   *lc;
+
+	if (bar == NULL)
+		return;
+	namelen = bar - line;
+	while (namelen > 0 && line[namelen - 1] == ' ')
+		namelen--;
+	if (namelen == 0 || memchr(line, ' ', namelen) != NULL ||
+		strncmp(line, "Property", namelen) == 0 || line[0] == '-')
+		return;
+	bar2 = memchr(bar + 1, '|', len - (bar + 1 - line));
+	if (bar2 == NULL)
+		return;
+	for (p = bar + 1; p < bar2; p++)
+	{
+		if (*p == '*')
+			scope |= KAFKA_SCOPE_ALL;
+		else if (*p == 'C')
+			scope |= KAFKA_SCOPE_CONSUMER;
+		else if (*p == 'P')
+			scope |= KAFKA_SCOPE_PRODUCER;
+		else if (*p != ' ')
+			return;
+	}
+	if (scope == 0)
+		return;
+	/* global and topic tables may both list a property: join the scopes */
+	foreach(lc, *rows)
+	{
+		KafkaPropertyScope *prev = lfirst(lc);
+
+		if (strlen(prev->name) == (size_t) namelen &&
+			strncmp(prev->name, line, namelen) == 0)
+		{
+			prev->scope |= scope;
+			return;
+		}
+	}
+	row = palloc(sizeof(KafkaPropertyScope));
+	row->name = pnstrdup(line, namelen);
+	row->scope = scope;
+	*rows = lappend(*rows, row);
+}
+
+static void
+kafka_scopes_load(void)
+{
+	char	   *text = NULL;
+	size_t		size = 0;
+	FILE	   *fp;
+	List	   *rows = NIL;
+	ListCell   *lc;
+	MemoryContext old;
+	int			i = 0;
+
+	kafka_nscopes = 0;
+	fp = open_memstream(&text, &size);
+	if (fp == NULL)
+		return;
+	rd_kafka_conf_properties_show(fp);
+	if (fclose(fp) != 0 || text == NULL)
+	{
+		free(text);
+		return;
+	}
+
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	for (const char *line = text; line < text + size;)
+	{
+		const char *nl = memchr(line, '\n', text + size - line);
+		int			len = nl ? (int) (nl - line) : (int) (text + size - line);
+
+		kafka_scope_parse_line(line, len, &rows);
+		line += len + 1;
+	}
+	free(text);
+	kafka_scopes = palloc(sizeof(KafkaPropertyScope) * Max(list_length(rows), 1));
+	foreach(lc, rows)
+		kafka_scopes[i++] = *(KafkaPropertyScope *) lfirst(lc);
+	kafka_nscopes = i;
+	list_free_deep(rows);
+	MemoryContextSwitchTo(old);
+}
+
+/* Does property name concern a client of this type? */
+static bool
+kafka_property_concerns(const char *name, rd_kafka_type_t type)
+{
+	int			want = type == RD_KAFKA_PRODUCER ? KAFKA_SCOPE_PRODUCER : KAFKA_SCOPE_CONSUMER;
+
+	if (kafka_nscopes < 0)
+		kafka_scopes_load();
+	for (int i = 0; i < kafka_nscopes; i++)
+	{
+		if (strcmp(kafka_scopes[i].name, name) == 0)
+			return (kafka_scopes[i].scope & want) != 0;
+	}
+	return true;
+}
+
 /*
  * A librdkafka configuration for one client of this process: our defaults
  * for the client type, then kappa.brokers, then kappa.kafka_options (which
@@ -384,13 +518,15 @@ kafka_conf_for(rd_kafka_type_t type, const char *role)
 	{
 		KafkaOption *opt = lfirst(lc);
 
-		conf_set_or_error(conf, opt->key, opt->value, "kappa.kafka_options");
+		if (kafka_property_concerns(opt->key, type))
+			conf_set_or_error(conf, opt->key, opt->value, "kappa.kafka_options");
 	}
 	foreach(lc, kappa_read_secrets("kafka."))
 	{
 		KafkaOption *opt = lfirst(lc);
 
-		conf_set_or_error(conf, opt->key, opt->value, "kappa.secrets_file");
+		if (kafka_property_concerns(opt->key, type))
+			conf_set_or_error(conf, opt->key, opt->value, "kappa.secrets_file");
 	}
 
 	rd_kafka_conf_set_log_cb(conf, kafka_log_cb);

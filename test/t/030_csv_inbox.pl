@@ -353,9 +353,11 @@ like($err, qr/permission denied for (schema kappa|table csv_files)/, 'non-superu
 
 # ---- 9. a crash in the middle of a big file --------------------------------
 # A slow producer (few messages in flight, long linger) keeps the worker in
-# the middle of the file long enough to kill the server there.
+# the middle of the file long enough to kill the server there.  (With a
+# consumer property too, pg_kappa's default for it: the options serve every
+# client, and each takes only what concerns it; checked at the end.)
 $node->safe_psql('shop', q{ALTER SYSTEM SET kappa.kafka_options =
-  'queue.buffering.max.messages=200; batch.num.messages=100; linger.ms=50'});
+  'queue.buffering.max.messages=200; batch.num.messages=100; linger.ms=50; fetch.wait.max.ms=100'});
 $node->reload;
 my $big = 'sales_20261121110000_big.csv';
 my ($first, $n) = (100_001, 20_000);
@@ -407,6 +409,11 @@ is($node->safe_psql('shop',
 is($node->safe_psql('shop', "SELECT count(*), count(DISTINCT line) FROM kappa.dead_letters WHERE file = '$big'"),
 	'20|20', 'crash: its dead letters are stored once');
 ok(-f "$inbox/processed/$big", 'crash: the file is in processed/');
+
+# kappa.kafka_options serves producers and consumers alike: each property
+# went only to the clients it concerns (librdkafka logs a CONFWARN for a
+# property of the other kind)
+unlike(slurp_file($node->logfile), qr/CONFWARN/, 'no Kafka client was given a property it ignores');
 
 $node->stop;
 $broker->stop;
