@@ -416,11 +416,15 @@ kafka_scopes_load(void)
 	kafka_nscopes = 0;
 	fp = open_memstream(&text, &size);
 	if (fp == NULL)
+	{
+		elog(LOG, "pg_kappa: could not read librdkafka's property table: %m; kappa.kafka_options goes to every Kafka client");
 		return;
+	}
 	rd_kafka_conf_properties_show(fp);
 	if (fclose(fp) != 0 || text == NULL)
 	{
 		free(text);
+		elog(LOG, "pg_kappa: could not read librdkafka's property table; kappa.kafka_options goes to every Kafka client");
 		return;
 	}
 
@@ -434,6 +438,8 @@ kafka_scopes_load(void)
 		line += len + 1;
 	}
 	free(text);
+	if (rows == NIL)
+		elog(LOG, "pg_kappa: librdkafka's property table lists no property; kappa.kafka_options goes to every Kafka client");
 	kafka_scopes = palloc(sizeof(KafkaPropertyScope) * Max(list_length(rows), 1));
 	foreach(lc, rows)
 		kafka_scopes[i++] = *(KafkaPropertyScope *) lfirst(lc);
@@ -442,7 +448,20 @@ kafka_scopes_load(void)
 	MemoryContextSwitchTo(old);
 }
 
-/* Does property name concern a client of this type? */
+/*
+ * Properties librdkafka 2.0's table marks as the producer's that every
+ * client uses: retry.backoff.ms spaces the retries of any protocol request,
+ * a consumer's included (later releases mark it "*").
+ */
+static const char *const kafka_all_clients_options[] = {
+	"retry.backoff.ms",
+	NULL
+};
+
+/*
+ * Does property name concern a client of this type?  Names may carry
+ * librdkafka's "topic." prefix for topic properties.
+ */
 static bool
 kafka_property_concerns(const char *name, rd_kafka_type_t type)
 {
@@ -450,12 +469,32 @@ kafka_property_concerns(const char *name, rd_kafka_type_t type)
 
 	if (kafka_nscopes < 0)
 		kafka_scopes_load();
+	if (strncmp(name, "topic.", 6) == 0)
+		name += 6;
+	for (int i = 0; kafka_all_clients_options[i]; i++)
+		if (strcmp(name, kafka_all_clients_options[i]) == 0)
+			return true;
 	for (int i = 0; i < kafka_nscopes; i++)
 	{
 		if (strcmp(kafka_scopes[i].name, name) == 0)
 			return (kafka_scopes[i].scope & want) != 0;
 	}
 	return true;
+}
+
+/* Set a property from kappa.kafka_options or the secrets file, if it concerns the client. */
+static void
+conf_set_option(rd_kafka_conf_t *conf, rd_kafka_type_t type, const char *role,
+				const KafkaOption *opt, const char *source)
+{
+	if (!kafka_property_concerns(opt->key, type))
+	{
+		elog(DEBUG1, "pg_kappa: %s property \"%s\" from %s not given to the %s client \"%s\"",
+			 type == RD_KAFKA_PRODUCER ? "consumer" : "producer", opt->key, source,
+			 type == RD_KAFKA_PRODUCER ? "producer" : "consumer", role);
+		return;
+	}
+	conf_set_or_error(conf, opt->key, opt->value, source);
 }
 
 /*
@@ -515,19 +554,9 @@ kafka_conf_for(rd_kafka_type_t type, const char *role)
 				 errdetail("%s", error)));
 	}
 	foreach(lc, opts)
-	{
-		KafkaOption *opt = lfirst(lc);
-
-		if (kafka_property_concerns(opt->key, type))
-			conf_set_or_error(conf, opt->key, opt->value, "kappa.kafka_options");
-	}
+		conf_set_option(conf, type, role, lfirst(lc), "kappa.kafka_options");
 	foreach(lc, kappa_read_secrets("kafka."))
-	{
-		KafkaOption *opt = lfirst(lc);
-
-		if (kafka_property_concerns(opt->key, type))
-			conf_set_or_error(conf, opt->key, opt->value, "kappa.secrets_file");
-	}
+		conf_set_option(conf, type, role, lfirst(lc), "kappa.secrets_file");
 
 	rd_kafka_conf_set_log_cb(conf, kafka_log_cb);
 	rd_kafka_conf_set_error_cb(conf, kafka_error_cb);
@@ -697,7 +726,9 @@ kafka_client_topic(KafkaClient *client, const char *topic)
  * Produce one message (copied) into delivery's group, with the record
  * timestamp given (milliseconds since the epoch; 0: librdkafka reads the
  * clock).  Callers pass their envelope's ts_ms, which they read once per
- * many messages, instead of a clock read per message.  When librdkafka's
+ * many messages, saving librdkafka's gettimeofday per message; the record
+ * then says when the envelope was made, which can be a little before it is
+ * enqueued when the local queue is full.  When librdkafka's
  * local queue is full this waits for deliveries, so memory stays bounded
  * whatever the input rate.  Other errors are raised.
  */
