@@ -149,10 +149,12 @@ csv_refill(CsvReader *r)
 }
 
 /*
- * Copy bytes of the current field.  csv_scan reserves room for the whole
- * rest of the buffer first (the values never outgrow the bytes they come
- * from, plus a NUL per field, and a field takes at least its delimiter),
- * so copies need no checks.
+ * Copy bytes of the current field.  csv_scan first reserves room for the
+ * rest of the buffer plus two: from n bytes a record's values take at most
+ * n + 1 (each field's NUL stands for a byte not copied, its delimiter or
+ * opening quote, except for a last field at the end of the file), so
+ * copies need no checks.  (The values buffer thus grows to the read
+ * buffer's size, 4 MB, for files that large.)
  */
 static inline void
 csv_put_value(CsvReader *r, const char *s, size_t len)

@@ -639,7 +639,7 @@ csv_sales_envelope(const CsvSalesMap *map, const CsvRecord *rec,
 	p = put_bytes(p, num, pg_lltoa(ts_ms, num));
 	*p++ = '}';
 	value->len = p - value->data;
-	Assert(value->len < bound);
+	Assert((size_t) value->len < bound);
 	value->data[value->len] = '\0';
 	return NULL;
 }
