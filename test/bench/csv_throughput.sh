@@ -3,7 +3,8 @@
 # acknowledgement, side by side with kcat -P sending the same rows as lines,
 # in the same run on the same machine and broker.
 #
-#   test/bench/csv_throughput.sh [ROWS] [ROWS_PER_FILE]   (default 1000000 50000)
+#   test/bench/csv_throughput.sh [ROWS] [ROWS_PER_FILE] [ROUNDS]
+#       defaults: 1000000 rows in files of 50000, 3 rounds
 #
 # Needs the extension installed (test/run-tests or make install) and kcat;
 # runs as root (cluster as postgres) or as an ordinary user.  Prints a
@@ -26,12 +27,18 @@
 #               the ledger transaction and the move of each file.  The
 #               stream worker is off: it would consume sales-events, and
 #               only sales-events, on the same two cores meanwhile.
+# Rounds: the machine's speed can swing by a third within minutes, so kcat
+# and the worker are measured back to back ROUNDS times, each round with
+# rows of its own (other sale ids and file names: the inbox's ledger would
+# recognise the same files), and the table gives every round and the
+# medians.  A round's ratio compares the runs of that round only.
 # The dev broker drops the oldest batches beyond ~5 MiB per partition: the
 # topics have 32 partitions and only acknowledgements are measured.
 set -euo pipefail
 
 rows=${1:-1000000}
 per_file=${2:-50000}
+rounds=${3:-3}
 here=$(cd "$(dirname "$0")/../.." && pwd)
 bindir=/usr/lib/postgresql/15/bin
 port=${BENCH_PORT:-55433}
@@ -53,33 +60,41 @@ cleanup() {
 trap cleanup EXIT
 
 # ---- the files -------------------------------------------------------------
-mkdir "$work/inbox"
+# A round's files go to $work/stage/ (moved into the inbox while the worker
+# is off), its envelopes and lines to $work/envelopes and $work/lines.
 files=$(( (rows + per_file - 1) / per_file ))
-awk -v rows="$rows" -v per="$per_file" -v dir="$work/inbox" -v envelopes="$work/envelopes" \
-	-v sha=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef 'BEGIN {
-	hdr = "sale_id,store_id,seller_id,seller_name,city,country,amount,currency,sold_at"
-	for (i = 1; i <= rows; i++) {
-		if ((i - 1) % per == 0) {
-			if (f) close(f)
-			f = sprintf("%s/sales_%08d.csv", dir, int((i - 1) / per))
-			print hdr > f
+mkdir "$work/inbox" "$work/stage"
+chown "$owner" "$work/inbox"
+make_round() {
+	local round=$1
+	awk -v rows="$rows" -v per="$per_file" -v dir="$work/stage" -v envelopes="$work/envelopes" \
+		-v first=$(( (round - 1) * rows )) -v round="$round" \
+		-v sha=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef 'BEGIN {
+		hdr = "sale_id,store_id,seller_id,seller_name,city,country,amount,currency,sold_at"
+		for (n = 1; n <= rows; n++) {
+			i = first + n
+			if ((n - 1) % per == 0) {
+				if (f) close(f)
+				name = sprintf("sales_r%d_%08d.csv", round, int((n - 1) / per))
+				f = dir "/" name
+				print hdr > f
+			}
+			s = i % 86400
+			# the envelope pg_kappa makes of the row, for the second kcat baseline
+			printf "%d\t{\"op\":\"c\",\"before\":null,\"after\":{\"sale_id\":\"%d\",\"store_id\":\"ST-%d\",\"seller_id\":\"S-%d\",\"seller_name\":\"Seller, %d\",\"city\":\"City %d\",\"country\":\"%s\",\"amount\":\"%d.%02d\",\"currency\":\"EUR\",\"sold_at\":\"2026-11-21T%02d:%02d:%02d.000000Z\"},\"source\":{\"connector\":\"csv\",\"file\":\"%s\",\"line\":%d,\"sha256\":\"%s\"},\"ts_ms\":1763720103213}\n",
+				i, i, i % 50, i % 200, i % 200, i % 37, (i % 2 ? "ES" : "PT"), i % 10000, i % 100,
+				int(s / 3600), int(s / 60) % 60, s % 60, name, (n - 1) % per + 2, sha > envelopes
+			printf "%d,ST-%d,S-%d,\"Seller, %d\",City %d,%s,%d.%02d,EUR,2026-11-21T%02d:%02d:%02dZ\n",
+				i, i % 50, i % 200, i % 200, i % 37, (i % 2 ? "ES" : "PT"), i % 10000, i % 100,
+				int(s / 3600), int(s / 60) % 60, s % 60 > f
 		}
-		s = i % 86400
-		# the envelope pg_kappa makes of the row, for the second kcat baseline
-		printf "%d\t{\"op\":\"c\",\"before\":null,\"after\":{\"sale_id\":\"%d\",\"store_id\":\"ST-%d\",\"seller_id\":\"S-%d\",\"seller_name\":\"Seller, %d\",\"city\":\"City %d\",\"country\":\"%s\",\"amount\":\"%d.%02d\",\"currency\":\"EUR\",\"sold_at\":\"2026-11-21T%02d:%02d:%02d.000000Z\"},\"source\":{\"connector\":\"csv\",\"file\":\"sales_%08d.csv\",\"line\":%d,\"sha256\":\"%s\"},\"ts_ms\":1763720103213}\n",
-			i, i, i % 50, i % 200, i % 200, i % 37, (i % 2 ? "ES" : "PT"), i % 10000, i % 100,
-			int(s / 3600), int(s / 60) % 60, s % 60, int((i - 1) / per), (i - 1) % per + 2, sha > envelopes
-		printf "%d,ST-%d,S-%d,\"Seller, %d\",City %d,%s,%d.%02d,EUR,2026-11-21T%02d:%02d:%02dZ\n",
-			i, i % 50, i % 200, i % 200, i % 37, (i % 2 ? "ES" : "PT"), i % 10000, i % 100,
-			int(s / 3600), int(s / 60) % 60, s % 60 > f
-	}
-	close(f)
-	close(envelopes)
-}'
-# the same rows as kcat input: every file without its header
-for f in "$work"/inbox/sales_*.csv; do tail -n +2 "$f"; done > "$work/lines"
-chown -R "$owner" "$work/inbox"
-bytes=$(cat "$work"/inbox/sales_*.csv | wc -c)
+		close(f)
+		close(envelopes)
+	}'
+	# the same rows as kcat input: every file without its header
+	for f in "$work"/stage/sales_*.csv; do tail -n +2 "$f"; done > "$work/lines"
+	chown -R "$owner" "$work/stage"
+}
 
 # ---- broker and cluster ----------------------------------------------------
 "$here/test/dev-broker" --topic sales-events:32 --topic kcat-lines:32 --topic kcat-envelopes:32 \
@@ -130,19 +145,35 @@ kcat_send() {
 }
 tab=$(printf '\t')
 
-# ---- 1. kcat -P -----------------------------------------------------------
-kcat_s=$(kcat_send kcat-lines "$work/lines" -z lz4 -X linger.ms=5)
-kcat_env_s=$(kcat_send kcat-envelopes "$work/envelopes" -z lz4 -X linger.ms=5 -K "$tab")
+# ---- the rounds: kcat -P, then the pg_kappa CSV inbox ---------------------
+csv_switch() {
+	psql -d postgres -c "ALTER SYSTEM SET kappa.csv_enabled = $1" -c "SELECT pg_reload_conf()" >/dev/null
+}
+declare -a kcat_s kcat_env_s csv_s
+bytes=0
+for r in $(seq 1 "$rounds"); do
+	make_round "$r"
+	[ "$r" -eq 1 ] && bytes=$(cat "$work"/stage/sales_*.csv | wc -c)
+	kcat_s[$r]=$(kcat_send kcat-lines "$work/lines" -z lz4 -X linger.ms=5)
+	kcat_env_s[$r]=$(kcat_send kcat-envelopes "$work/envelopes" -z lz4 -X linger.ms=5 -K "$tab")
 
-# ---- 2. pg_kappa CSV inbox -----------------------------------------------
-t0=$(now)
-psql -d postgres -c "ALTER SYSTEM SET kappa.csv_enabled = on" -c "SELECT pg_reload_conf()" >/dev/null
-psql -d bench -At -c "DO \$\$ BEGIN
-  WHILE (SELECT count(*) FROM kappa.csv_files WHERE state = 'processed') < $files LOOP
-    PERFORM pg_sleep(0.005);
-  END LOOP; END \$\$"
-t1=$(now)
-csv_s=$(echo "$t1 - $t0" | bc -l)
+	# the worker is off: the files appear at once, then it is switched on
+	mv "$work"/stage/sales_*.csv "$work/inbox/"
+	t0=$(now)
+	csv_switch on
+	psql -d bench -At -c "DO \$\$ BEGIN
+	  WHILE (SELECT count(*) FROM kappa.csv_files WHERE state = 'processed') < $((r * files)) LOOP
+	    PERFORM pg_sleep(0.005);
+	  END LOOP; END \$\$"
+	t1=$(now)
+	csv_s[$r]=$(echo "$t1 - $t0" | bc -l)
+	csv_switch off
+	psql -d bench -At -c "DO \$\$ BEGIN
+	  WHILE NOT EXISTS (SELECT FROM kappa.stat_sources WHERE source = 'csv' AND state LIKE 'disabled%') LOOP
+	    PERFORM pg_sleep(0.01);
+	  END LOOP; END \$\$"
+	echo "round $r: kcat lines $(printf '%.2f' "${kcat_s[$r]}") s, kcat envelopes $(printf '%.2f' "${kcat_env_s[$r]}") s, pg_kappa $(printf '%.2f' "${csv_s[$r]}") s" >&2
+done
 
 # ---- 3. what any producer of these envelopes can reach -------------------
 # The same lines and envelopes sent by kcat with other producer settings: a
@@ -162,40 +193,61 @@ for settings in "-z lz4 -X linger.ms=20 -X batch.size=4000000 -X batch.num.messa
 "
 done
 
-read -r ingested rejected inner_s < <(psql -d bench -At -F ' ' -c "SELECT sum(rows_ingested), sum(rows_rejected),
-	extract(epoch FROM max(finished_at) - min(started_at)) FROM kappa.csv_files WHERE state = 'processed'")
+read -r ingested rejected < <(psql -d bench -At -F ' ' -c "SELECT sum(rows_ingested), sum(rows_rejected)
+	FROM kappa.csv_files WHERE state = 'processed'")
 pid=$(psql -d bench -At -c "SELECT pid FROM kappa.stat_sources WHERE source = 'csv'")
 hwm_kb=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
 anon_kb=$(awk '/RssAnon/ {print $2}' "/proc/$pid/status")
 left=$(find "$work/inbox" -maxdepth 1 -name 'sales_*.csv' | wc -l)
 
-if [ "$ingested" -ne "$rows" ] || [ "$rejected" -ne 0 ] || [ "$left" -ne 0 ]; then
+if [ "$ingested" -ne $((rows * rounds)) ] || [ "$rejected" -ne 0 ] || [ "$left" -ne 0 ]; then
 	echo "bench: counts do not match ($ingested rows ingested, $rejected rejected, $left files left)" >&2
 	exit 1
 fi
 
-kcat_rate=$(rate "$rows" "$kcat_s")
-kcat_env_rate=$(rate "$rows" "$kcat_env_s")
-csv_rate=$(rate "$rows" "$csv_s")
-inner_rate=$(rate "$rows" "$inner_s")
-ratio() { echo "$1 / $kcat_rate" | bc -l | xargs printf '%.2f'; }
+div() { echo "$1 / $2" | bc -l | xargs printf '%.2f'; }
+# the median of the arguments, printed with the printf format $fmt
+median() {
+	local fmt=$1
+	shift
+	printf '%s\n' "$@" | sort -g | awk -v fmt="$fmt" '{ v[NR] = $1 }
+		END { printf fmt "\n", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+per_round=""
+declare -a kr er cr cvk cve evk inner
+for r in $(seq 1 "$rounds"); do
+	kr[$r]=$(rate "$rows" "${kcat_s[$r]}")
+	er[$r]=$(rate "$rows" "${kcat_env_s[$r]}")
+	cr[$r]=$(rate "$rows" "${csv_s[$r]}")
+	evk[$r]=$(div "${er[$r]}" "${kr[$r]}")
+	cvk[$r]=$(div "${cr[$r]}" "${kr[$r]}")
+	cve[$r]=$(div "${cr[$r]}" "${er[$r]}")
+	# the round's files, first started to last recorded (no reload in it)
+	inner[$r]=$(psql -d bench -At -c "SELECT extract(epoch FROM max(finished_at) - min(started_at))
+		FROM kappa.csv_files WHERE state = 'processed' AND name LIKE 'sales\_r${r}\_%'")
+	per_round="$per_round| $r | ${kr[$r]} | ${er[$r]} (${evk[$r]}) | ${cr[$r]} (${cvk[$r]}) | ${cve[$r]} |
+"
+done
+kcat_rate=$(median %.0f "${kr[@]}")
+kcat_env_rate=$(median %.0f "${er[@]}")
+csv_rate=$(median %.0f "${cr[@]}")
+inner_rate=$(rate "$rows" "$(median %.6f "${inner[@]}")")
 
 cat <<EOF
-CSV inbox throughput, $rows rows in $files files ($((bytes / 1048576)) MB of CSV), $(nproc) cores, $(date -u +%Y-%m-%d)
+CSV inbox throughput, $rows rows in $files files ($((bytes / 1048576)) MB of CSV) a round, $rounds rounds, $(nproc) cores, $(date -u +%Y-%m-%d)
 
-| path | seconds | rows/s | vs kcat -P |
-|---|---:|---:|---:|
-| kcat -P, the rows as lines (lz4) | $(printf '%.2f' "$kcat_s") | $kcat_rate | 1.00 |
-| kcat -P, the same envelopes pg_kappa sends, keyed (lz4) | $(printf '%.2f' "$kcat_env_s") | $kcat_env_rate | $(ratio "$kcat_env_rate") |
-| pg_kappa CSV inbox, reload to last file processed (Kafka ack + ledger) | $(printf '%.2f' "$csv_s") | $csv_rate | $(ratio "$csv_rate") |
-| pg_kappa CSV inbox, first file started to last file recorded (ledger times) | $(printf '%.2f' "$inner_s") | $inner_rate | $(ratio "$inner_rate") |
+Each round: kcat sends the round's rows as lines, then as the envelopes pg_kappa makes of them, then the pg_kappa CSV inbox reads the round's files (rows/s; in parentheses, against kcat's lines in the same round):
 
+| round | kcat -P, the rows as lines (lz4) | kcat -P, the same envelopes, keyed (lz4) | pg_kappa CSV inbox, reload to last file processed (Kafka ack + ledger) | pg_kappa vs kcat's envelopes |
+|---|---:|---:|---:|---:|
+${per_round}| median | $kcat_rate | $kcat_env_rate ($(median %.2f "${evk[@]}")) | $csv_rate ($(median %.2f "${cvk[@]}")) | $(median %.2f "${cve[@]}") |
+
+pg_kappa from the first file started to the last file recorded (the ledger's times, no reload in it), median of the rounds: $inner_rate rows/s.
 kcat sends each CSV line (about $(( $(wc -c < "$work/lines") / rows )) bytes), then envelopes shaped like pg_kappa's (about $(( $(wc -c < "$work/envelopes") / rows )) bytes with the key); pg_kappa makes an envelope per row from the CSV and sends it keyed by sale_id.
-The ceiling: kcat sending the envelopes against kcat sending the lines, other producer settings (rows/s):
+The ceiling: kcat sending the envelopes against kcat sending the lines, other producer settings, the last round's rows (rows/s):
 
 | kcat -P settings | lines | envelopes | envelopes / lines |
 |---|---:|---:|---:|
-| \`-z lz4 -X linger.ms=5\` (above) | $kcat_rate | $kcat_env_rate | $(ratio "$kcat_env_rate") |
 ${ceiling}
-CSV worker memory: peak RSS $((hwm_kb / 1024)) MB (VmHWM, shared memory pages included), private $((anon_kb / 1024)) MB (RssAnon) after $rows rows.
+CSV worker memory: peak RSS $((hwm_kb / 1024)) MB (VmHWM, shared memory pages included), private $((anon_kb / 1024)) MB (RssAnon) after $rounds rounds of $rows rows.
 EOF
