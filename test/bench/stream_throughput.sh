@@ -39,7 +39,7 @@ bench_start "shared_buffers = 1GB
 kappa.cdc_enabled = off
 kappa.stream_enabled = off
 kappa.stream_workers = $workers
-kappa.stream_batch_size = 50000
+kappa.stream_batch_size = ${BENCH_BATCH_SIZE:-50000}
 kappa.idle_timeout = '1h'
 log_min_messages = ${BENCH_LOG_LEVEL:-warning}" sales-events:$partitions sales-cdc:$partitions payment-confirmations:4 \
 	$(for r in $(seq 1 "$rounds"); do echo "kcat-round-$r:$partitions"; done)
