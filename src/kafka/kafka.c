@@ -417,14 +417,20 @@ kafka_scopes_load(void)
 	fp = open_memstream(&text, &size);
 	if (fp == NULL)
 	{
-		elog(LOG, "pg_kappa: could not read librdkafka's property table: %m; kappa.kafka_options goes to every Kafka client");
+		ereport(LOG,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("pg_kappa kafka: could not read librdkafka's property table: %m"),
+				 errdetail("Every property of kappa.kafka_options goes to every Kafka client.")));
 		return;
 	}
 	rd_kafka_conf_properties_show(fp);
 	if (fclose(fp) != 0 || text == NULL)
 	{
 		free(text);
-		elog(LOG, "pg_kappa: could not read librdkafka's property table; kappa.kafka_options goes to every Kafka client");
+		ereport(LOG,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("pg_kappa kafka: could not read librdkafka's property table"),
+				 errdetail("Every property of kappa.kafka_options goes to every Kafka client.")));
 		return;
 	}
 
@@ -439,7 +445,10 @@ kafka_scopes_load(void)
 	}
 	free(text);
 	if (rows == NIL)
-		elog(LOG, "pg_kappa: librdkafka's property table lists no property; kappa.kafka_options goes to every Kafka client");
+		ereport(LOG,
+				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
+				 errmsg("pg_kappa kafka: librdkafka's property table lists no property"),
+				 errdetail("Every property of kappa.kafka_options goes to every Kafka client.")));
 	kafka_scopes = palloc(sizeof(KafkaPropertyScope) * Max(list_length(rows), 1));
 	foreach(lc, rows)
 		kafka_scopes[i++] = *(KafkaPropertyScope *) lfirst(lc);
