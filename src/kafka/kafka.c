@@ -345,8 +345,8 @@ typedef struct KafkaPropertyScope
 	int			scope;
 } KafkaPropertyScope;
 
-static KafkaPropertyScope *kafka_scopes = NULL;
-static int	kafka_nscopes = -1;		/* -1: not read yet */
+static List *kafka_scopes = NIL;	/* of KafkaPropertyScope, in TopMemoryContext */
+static bool kafka_scopes_read = false;
 
 /* One row of the table: "name | C/P | range | default | ...". */
 static void
@@ -408,53 +408,33 @@ kafka_scopes_load(void)
 	char	   *text = NULL;
 	size_t		size = 0;
 	FILE	   *fp;
-	List	   *rows = NIL;
-	ListCell   *lc;
 	MemoryContext old;
-	int			i = 0;
 
-	kafka_nscopes = 0;
+	kafka_scopes_read = true;
 	fp = open_memstream(&text, &size);
-	if (fp == NULL)
+	if (fp != NULL)
 	{
-		ereport(LOG,
-				(errcode(ERRCODE_OUT_OF_MEMORY),
-				 errmsg("pg_kappa kafka: could not read librdkafka's property table: %m"),
-				 errdetail("Every property of kappa.kafka_options goes to every Kafka client.")));
-		return;
-	}
-	rd_kafka_conf_properties_show(fp);
-	if (fclose(fp) != 0 || text == NULL)
-	{
-		free(text);
-		ereport(LOG,
-				(errcode(ERRCODE_OUT_OF_MEMORY),
-				 errmsg("pg_kappa kafka: could not read librdkafka's property table"),
-				 errdetail("Every property of kappa.kafka_options goes to every Kafka client.")));
-		return;
+		rd_kafka_conf_properties_show(fp);
+		if (fclose(fp) != 0)
+			size = 0;
 	}
 
 	old = MemoryContextSwitchTo(TopMemoryContext);
-	for (const char *line = text; line < text + size;)
+	for (const char *line = text; text != NULL && line < text + size;)
 	{
 		const char *nl = memchr(line, '\n', text + size - line);
 		int			len = nl ? (int) (nl - line) : (int) (text + size - line);
 
-		kafka_scope_parse_line(line, len, &rows);
+		kafka_scope_parse_line(line, len, &kafka_scopes);
 		line += len + 1;
 	}
+	MemoryContextSwitchTo(old);
 	free(text);
-	if (rows == NIL)
+	if (kafka_scopes == NIL)
 		ereport(LOG,
 				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
-				 errmsg("pg_kappa kafka: librdkafka's property table lists no property"),
+				 errmsg("pg_kappa kafka: could not read librdkafka's property table"),
 				 errdetail("Every property of kappa.kafka_options goes to every Kafka client.")));
-	kafka_scopes = palloc(sizeof(KafkaPropertyScope) * Max(list_length(rows), 1));
-	foreach(lc, rows)
-		kafka_scopes[i++] = *(KafkaPropertyScope *) lfirst(lc);
-	kafka_nscopes = i;
-	list_free_deep(rows);
-	MemoryContextSwitchTo(old);
 }
 
 /*
@@ -475,18 +455,21 @@ static bool
 kafka_property_concerns(const char *name, rd_kafka_type_t type)
 {
 	int			want = type == RD_KAFKA_PRODUCER ? KAFKA_SCOPE_PRODUCER : KAFKA_SCOPE_CONSUMER;
+	ListCell   *lc;
 
-	if (kafka_nscopes < 0)
+	if (!kafka_scopes_read)
 		kafka_scopes_load();
 	if (strncmp(name, "topic.", 6) == 0)
 		name += 6;
 	for (int i = 0; kafka_all_clients_options[i]; i++)
 		if (strcmp(name, kafka_all_clients_options[i]) == 0)
 			return true;
-	for (int i = 0; i < kafka_nscopes; i++)
+	foreach(lc, kafka_scopes)
 	{
-		if (strcmp(kafka_scopes[i].name, name) == 0)
-			return (kafka_scopes[i].scope & want) != 0;
+		KafkaPropertyScope *row = lfirst(lc);
+
+		if (strcmp(row->name, name) == 0)
+			return (row->scope & want) != 0;
 	}
 	return true;
 }
