@@ -113,17 +113,25 @@ for my $c (@currencies)
 	(my $q = $c) =~ s/"/""/g;
 	push @rows, qq{$id,ST-1,S-1,Ana,Madrid,ES,1.00,"$q",2026-11-21T10:00:00Z\n};
 }
+# Put a file of rows into the inbox (renamed into place) and wait until the
+# worker has processed it.
+sub process_file
+{
+	my ($file, $rows, $what) = @_;
+	open my $fh, '>:raw', "$inbox/.$file" or die $!;
+	print $fh $header, @$rows;
+	close $fh;
+	rename("$inbox/.$file", "$inbox/$file") or die $!;
+	wait_until(
+		sub {
+			$node->safe_psql('shop',
+				"SELECT count(*) FROM kappa.csv_files WHERE name = '$file' AND state = 'processed'") == 1;
+		},
+		$what);
+}
+
 my $file = 'sales_values.csv';
-open my $fh, '>:raw', "$inbox/.$file" or die $!;
-print $fh $header, @rows;
-close $fh;
-rename("$inbox/.$file", "$inbox/$file") or die $!;
-wait_until(
-	sub {
-		$node->safe_psql('shop',
-			"SELECT count(*) FROM kappa.csv_files WHERE name = '$file' AND state = 'processed'") == 1;
-	},
-	'the worker to process the file');
+process_file($file, \@rows, 'the worker to process the file');
 
 # ---- what PostgreSQL says, in SQL ------------------------------------------
 $node->safe_psql('shop', q{
@@ -150,36 +158,50 @@ BEGIN
 EXCEPTION WHEN data_exception THEN
     RETURN 'ERROR: ' || SQLERRM || ' (column "' || kind || '")';
 END $$;
-CREATE TABLE spelling (sale_id bigint, kind text, v text);
 });
-my $values = join(',', map {
-		my ($k, $v) = @{ $spelling{$_} };
-		$v =~ s/'/''/g;
-		"($_, '$k', '$v')"
-} sort { $a <=> $b } keys %spelling);
-$node->safe_psql('shop', "INSERT INTO spelling VALUES $values");
-my %expected = map { my ($i, $want) = split /\|/, $_, 2; ($i => $want) } split /\n/,
-  $node->safe_psql('shop', q{SET timezone = 'UTC';
-    SELECT sale_id || '|' || sql_value(kind, v) FROM spelling ORDER BY sale_id});
+
+# What sql_value says for each spelling (sale id => [kind, value]), after
+# the SET commands given.
+sub sql_expected
+{
+	my ($spelling, $settings) = @_;
+	my $values = join(',', map {
+			my ($k, $v) = @{ $spelling->{$_} };
+			$v =~ s/'/''/g;
+			"($_, '$k', '$v')"
+	} sort { $a <=> $b } keys %$spelling);
+	return map { my ($i, $want) = split /\|/, $_, 2; ($i => $want) } split /\n/,
+	  $node->safe_psql('shop', "$settings
+	    SELECT sale_id || '|' || sql_value(kind, v) FROM (VALUES $values) AS s(sale_id, kind, v) ORDER BY sale_id");
+}
+my %expected = sql_expected(\%spelling, "SET timezone = 'UTC';");
 
 # ---- what the worker sent ---------------------------------------------------
-my %got;
-for my $m (@{ kcat_consume($broker, 'sales-events') })
+# For each spelling of a file: the value of its column in the envelope, or
+# the dead letter's reason.  Sale base + 1 is on line 2.
+sub worker_values
 {
-	# bytes in, bytes out: the values compare with psql's output as bytes
-	my $after = JSON::PP->new->decode($m->{value})->{after}
-	  or die "unexpected envelope: $m->{value}";
-	$got{ $m->{key} } = $after->{ $spelling{ $m->{key} }[0] };
+	my ($spelling, $file, $base) = @_;
+	my %got;
+	for my $m (@{ kcat_consume($broker, 'sales-events') })
+	{
+		next unless $spelling->{ $m->{key} };
+		# bytes in, bytes out: the values compare with psql's output as bytes
+		my $after = JSON::PP->new->decode($m->{value})->{after}
+		  or die "unexpected envelope: $m->{value}";
+		$got{ $m->{key} } = $after->{ $spelling->{ $m->{key} }[0] };
+	}
+	for my $line (split /\n/, $node->safe_psql('shop',
+			"SELECT line || '|' || error FROM kappa.dead_letters WHERE file = '$file'"))
+	{
+		my ($l, $error) = split /\|/, $line, 2;
+		$got{ $base + $l - 1 } = "ERROR: $error";
+	}
+	return %got;
 }
-for my $line (split /\n/, $node->safe_psql('shop',
-		"SELECT line || '|' || error FROM kappa.dead_letters WHERE file = '$file'"))
-{
-	my ($l, $error) = split /\|/, $line, 2;
-	my $sale = 100 + $l - 1;    # line 2 holds sale 101
-	$got{$sale} = "ERROR: $error";
-}
+my %got = worker_values(\%spelling, $file, 100);
 
-my ($fast, $errors) = (0, 0);
+my $errors = 0;
 for my $sale (sort { $a <=> $b } keys %spelling)
 {
 	my ($kind, $v) = @{ $spelling{$sale} };
@@ -213,48 +235,20 @@ SKIP:
 	my $zid = 100_000;
 	for my $t (@times)
 	{
-		$zspelling{ ++$zid } = $t;
+		$zspelling{ ++$zid } = [ 'sold_at', $t ];
 		push @zrows, qq{$zid,ST-1,S-1,Ana,Madrid,ES,1.00,EUR,"$t"\n};
 	}
 	my $zfile = 'sales_values_z.csv';
-	open my $zfh, '>:raw', "$inbox/.$zfile" or die $!;
-	print $zfh $header, @zrows;
-	close $zfh;
-	rename("$inbox/.$zfile", "$inbox/$zfile") or die $!;
-	wait_until(
-		sub {
-			$node->safe_psql('shop',
-				"SELECT count(*) FROM kappa.csv_files WHERE name = '$zfile' AND state = 'processed'") == 1;
-		},
-		'the worker to process the file read with the other abbreviations');
-
-	$node->safe_psql('shop', 'CREATE TABLE zspelling (sale_id bigint, v text)');
-	$node->safe_psql('shop', 'INSERT INTO zspelling VALUES ' . join(',', map {
-			(my $v = $zspelling{$_}) =~ s/'/''/g;
-			"($_, '$v')"
-	} sort { $a <=> $b } keys %zspelling));
-	my %zexpected = map { my ($i, $want) = split /\|/, $_, 2; ($i => $want) } split /\n/,
-	  $node->safe_psql('shop', q{SET timezone = 'UTC'; SET timezone_abbreviations = 'PgKappaTest';
-	    SELECT sale_id || '|' || sql_value('sold_at', v) FROM zspelling ORDER BY sale_id});
-
-	my %zgot;
-	for my $m (@{ kcat_consume($broker, 'sales-events') })
-	{
-		next unless $m->{key} > 100_000;
-		$zgot{ $m->{key} } = JSON::PP->new->decode($m->{value})->{after}{sold_at};
-	}
-	for my $line (split /\n/, $node->safe_psql('shop',
-			"SELECT line || '|' || error FROM kappa.dead_letters WHERE file = '$zfile'"))
-	{
-		my ($l, $error) = split /\|/, $line, 2;
-		$zgot{ 100_000 + $l - 1 } = "ERROR: $error";
-	}
+	process_file($zfile, \@zrows, 'the worker to process the file read with the other abbreviations');
+	my %zexpected = sql_expected(\%zspelling,
+		"SET timezone = 'UTC'; SET timezone_abbreviations = 'PgKappaTest';");
+	my %zgot = worker_values(\%zspelling, $zfile, 100_000);
 	for my $sale (sort { $a <=> $b } keys %zspelling)
 	{
-		is($zgot{$sale}, $zexpected{$sale}, "sold_at '$zspelling{$sale}' as in SQL, Z an hour east");
+		is($zgot{$sale}, $zexpected{$sale}, "sold_at '$zspelling{$sale}[1]' as in SQL, Z an hour east");
 	}
 	# the set was in effect: "Z" no longer means UTC
-	my ($zulu) = grep { $zspelling{$_} eq '2026-11-21T10:14:58Z' } keys %zspelling;
+	my ($zulu) = grep { $zspelling{$_}[1] eq '2026-11-21T10:14:58Z' } keys %zspelling;
 	is($zexpected{$zulu}, '2026-11-21T09:14:58.000000Z', 'with this set, timestamptz_in reads Z as +01');
 	my $log = substr(slurp_file($node->logfile), $log_from);
 	my $said = () = $log =~ /time zone abbreviations give "T" or "Z" another meaning/g;
