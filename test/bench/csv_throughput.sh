@@ -5,6 +5,8 @@
 #
 #   test/bench/csv_throughput.sh [ROWS] [ROWS_PER_FILE] [ROUNDS]
 #       defaults: 1000000 rows in files of 50000, 3 rounds
+#   BENCH_KAFKA_OPTIONS='compression.type=none' ...   other producer settings
+#       for the worker (kappa.kafka_options)
 #
 # Needs the extension installed (test/run-tests or make install) and kcat;
 # runs as root (cluster as postgres) or as an ordinary user.  Prints a
@@ -120,6 +122,7 @@ kappa.csv_enabled = off
 kappa.csv_inbox = '$work/inbox'
 kappa.csv_stable_ms = 0
 kappa.csv_poll_interval = 20
+kappa.kafka_options = '${BENCH_KAFKA_OPTIONS:-}'
 EOF
 run "$bindir/pg_ctl" -D "$work/data" -l "$work/log" -w start >/dev/null
 psql() { run "$bindir/psql" -X -q -h "$work" -p "$port" -v ON_ERROR_STOP=1 "$@"; }
@@ -234,7 +237,7 @@ csv_rate=$(median %.0f "${cr[@]}")
 inner_rate=$(rate "$rows" "$(median %.6f "${inner[@]}")")
 
 cat <<EOF
-CSV inbox throughput, $rows rows in $files files ($((bytes / 1048576)) MB of CSV) a round, $rounds rounds, $(nproc) cores, $(date -u +%Y-%m-%d)
+CSV inbox throughput, $rows rows in $files files ($((bytes / 1048576)) MB of CSV) a round, $rounds rounds, $(nproc) cores${BENCH_KAFKA_OPTIONS:+, worker kappa.kafka_options = '$BENCH_KAFKA_OPTIONS'}, $(date -u +%Y-%m-%d)
 
 Each round: kcat sends the round's rows as lines, then as the envelopes pg_kappa makes of them, then the pg_kappa CSV inbox reads the round's files (rows/s; in parentheses, against kcat's lines in the same round):
 
