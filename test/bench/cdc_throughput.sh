@@ -45,6 +45,7 @@ wait_confirmed() {
 	psql -d bench -At -c "DO \$\$ BEGIN
 	  WHILE (SELECT coalesce(confirmed_lsn < '$1', true) FROM kappa.cdc_status) LOOP
 	    PERFORM pg_sleep(0.005);
+	    COMMIT;	-- a snapshot held to the end would keep every old row version
 	  END LOOP; END \$\$"
 }
 worker_pid() { psql -d bench -At -c 'SELECT pid FROM kappa.cdc_status'; }

@@ -90,6 +90,7 @@ wait_polled() {
 	  WHILE NOT EXISTS (SELECT FROM kappa.soap_state WHERE endpoint = '$1'
 	                     AND page_token IS NULL AND since = '$2') LOOP
 	    PERFORM pg_sleep(0.005);
+	    COMMIT;	-- a snapshot held to the end would keep every old row version
 	  END LOOP; END \$\$"
 }
 ingested() { psql -d bench -At -c "SELECT coalesce(sum(rows_ingested), 0) FROM kappa.stat_sources WHERE source = 'soap'"; }

@@ -67,8 +67,12 @@ generate() {
 now() { date +%s.%N; }
 # The wait runs inside one backend: polling from the shell (a psql, a
 # runuser and a new backend every 20 ms) took about half a core of the two
-# away from the workers being measured.
-psql -d bench -c "CREATE FUNCTION bench_catch_up(t text, total bigint, parts int) RETURNS float8
+# away from the workers being measured.  It is a procedure that commits
+# after every look: a function (or a DO block without COMMIT) holds its
+# statement's snapshot to the end, and its xmin keeps the old versions of
+# every result row a batch updates from being pruned while the workers are
+# timed (docs/operations.md#long-transactions).
+psql -d bench -c "CREATE PROCEDURE bench_catch_up(t text, total bigint, parts int, INOUT seconds float8 DEFAULT NULL)
 LANGUAGE plpgsql AS \$\$
 DECLARE t0 timestamptz;
 BEGIN
@@ -76,13 +80,15 @@ BEGIN
   -- (joining the group takes seconds and is not what is measured)
   WHILE (SELECT coalesce(sum(partitions), 0) FROM kappa.stream_worker_status()) < parts LOOP
     PERFORM pg_sleep(0.005);
+    COMMIT;
   END LOOP;
   t0 := clock_timestamp();
   WHILE (SELECT coalesce(sum(next_offset) FILTER (WHERE next_offset > 0), 0)
            FROM kappa.stream_offsets WHERE topic = t) < total LOOP
     PERFORM pg_sleep(0.005);
+    COMMIT;
   END LOOP;
-  RETURN extract(epoch FROM clock_timestamp() - t0);
+  seconds := extract(epoch FROM clock_timestamp() - t0);
 END \$\$"
 # The floor of row memory: PostgreSQL itself writing the rows the workers
 # remembered in a round, with COPY (multi-insert, as the workers do) into a
@@ -146,7 +152,7 @@ for r in $(seq 1 "$rounds"); do
 		# the stream workers catch up on it (timed once both stream topics'
 		# partitions are assigned)
 		psql -d postgres -c "ALTER SYSTEM SET kappa.stream_enabled = on" -c "SELECT pg_reload_conf()" >/dev/null
-		w=$(psql -d bench -At -c "SELECT bench_catch_up('$t', $total, $((2 * partitions)))")
+		w=$(psql -d bench -At -c "CALL bench_catch_up('$t', $total, $((2 * partitions)))")
 		worker_s[$t]=$(sum "${worker_s[$t]}" "$w")
 		for pid in $(psql -d bench -At -c 'SELECT pid FROM kappa.stream_worker_status()'); do
 			kb=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
