@@ -5,6 +5,9 @@
 # committed every 100 ms; a procedure polls every 5 ms until each appears.
 #
 #   test/bench/freshness.sh [SECONDS] [ROWS_PER_SECOND]     defaults: 30, 10000
+#   BENCH_HOLD_SNAPSHOT=1 ...   a session holds one snapshot open for the
+#       whole load (as a long report or pg_dump does): no old row version
+#       written meanwhile can be pruned or vacuumed
 set -euo pipefail
 seconds=${1:-30}
 rate=${2:-10000}
@@ -35,6 +38,7 @@ BEGIN
         WHILE NOT EXISTS (SELECT FROM kappa.ranking_results
                            WHERE ranking = 'top_sales_by_city' AND group_values = ARRAY['probe-' || i]) LOOP
             PERFORM pg_sleep(0.005);
+            COMMIT;  -- a snapshot held while waiting would keep old row versions
         END LOOP;
         INSERT INTO probe_latency VALUES (i, extract(epoch FROM clock_timestamp() - t0));
         COMMIT;
@@ -53,12 +57,24 @@ INSERT INTO sales SELECT nextval('sale_ids'), 'ST-' || (i % 50), 'S-' || (i % 20
 EOF2
 chown "$owner" "$work/load.sql"
 tps=$((rate / 100))
+if [ -n "${BENCH_HOLD_SNAPSHOT:-}" ]; then
+	psql -d bench -c 'BEGIN ISOLATION LEVEL REPEATABLE READ' -c 'SELECT count(*) FROM kappa.rankings' \
+		-c "SELECT pg_sleep($seconds + 5)" -c 'COMMIT' >/dev/null 2>&1 &
+	hold_pid=$!
+	psql -d bench -At -c "DO \$\$ BEGIN
+	  WHILE NOT EXISTS (SELECT FROM pg_stat_activity WHERE backend_xmin IS NOT NULL
+	                       AND query LIKE 'SELECT pg_sleep%') LOOP
+	    PERFORM pg_sleep(0.01);
+	    COMMIT;
+	  END LOOP; END \$\$"
+fi
 run "$bindir/pgbench" -n -h "$work" -p "$port" -c 2 -j 2 -R "$tps" -T "$seconds" -f "$work/load.sql" bench \
 	> "$work/pgbench.out" 2>&1 &
 load_pid=$!
 probes=$(( seconds * 2 - 4 ))
 psql -d bench -c "CALL probe($probes)"
 wait "$load_pid"
+[ -n "${hold_pid:-}" ] && kill "$hold_pid" 2>/dev/null
 achieved=$(awk '/^tps =/ {printf "%.0f", $3 * 100}' "$work/pgbench.out")
 
 lat=$(psql -d bench -At -c 'SELECT seconds FROM probe_latency')
@@ -66,12 +82,18 @@ n=$(echo "$lat" | wc -l)
 p50=$(echo "$lat" | percentile 50)
 p99=$(echo "$lat" | percentile 99)
 max=$(echo "$lat" | percentile 100)
+# the last fifth of the probes: does it get worse as the run goes on?
+late=$(psql -d bench -At -c 'SELECT seconds FROM probe_latency ORDER BY probe DESC LIMIT (SELECT count(*) / 5 FROM probe_latency)')
+late_p50=$(echo "$late" | percentile 50)
+late_p99=$(echo "$late" | percentile 99)
 cat <<EOF2
-Freshness under load: $achieved sales/s inserted for $seconds s (target $rate), $n probes, $(nproc) cores, $(date -u +%Y-%m-%d)
+Freshness under load: $achieved sales/s inserted for $seconds s (target $rate), $n probes, $(nproc) cores, $(date -u +%Y-%m-%d)${BENCH_HOLD_SNAPSHOT:+, one snapshot held open throughout}
 
 | commit to visible in the rankings | seconds |
 |---|---:|
 | p50 | $(printf '%.3f' "$p50") |
 | p99 | $(printf '%.3f' "$p99") |
 | max | $(printf '%.3f' "$max") |
+| p50, the last fifth of the run | $(printf '%.3f' "$late_p50") |
+| p99, the last fifth of the run | $(printf '%.3f' "$late_p99") |
 EOF2
