@@ -8,12 +8,13 @@
 #   BENCH_HOLD_SNAPSHOT=1 ...   a session holds one snapshot open for the
 #       whole load (as a long report or pg_dump does): no old row version
 #       written meanwhile can be pruned or vacuumed
+#   BENCH_BATCH_MS=N ...        kappa.stream_batch_ms (20 unless given)
 set -euo pipefail
 seconds=${1:-30}
 rate=${2:-10000}
 . "$(dirname "$0")/lib.sh"
 
-bench_start "kappa.stream_batch_ms = 20" sales-events:8 payment-confirmations:2 \
+bench_start "kappa.stream_batch_ms = ${BENCH_BATCH_MS:-20}" sales-events:8 payment-confirmations:2 \
 	top-sales-by-city:1 top-salesman-by-country:1
 psql -d bench >/dev/null <<'EOF2'
 CREATE TABLE sales (sale_id bigint PRIMARY KEY, store_id text NOT NULL, seller_id text NOT NULL,
@@ -25,12 +26,15 @@ SET client_min_messages = warning;
 SELECT kappa.publish_table('sales');
 CREATE TABLE probe_latency (probe int, seconds float8);
 CREATE SEQUENCE probe_ids;
-CREATE PROCEDURE probe(n int) LANGUAGE plpgsql AS $$
+-- up to n probes, none started after secs seconds (while the load runs)
+CREATE PROCEDURE probe(n int, secs float8 DEFAULT 1e6) LANGUAGE plpgsql AS $$
 DECLARE
     t0 timestamptz;
     i bigint;
+    deadline timestamptz := clock_timestamp() + secs * interval '1 s';
 BEGIN
     FOR k IN 1 .. n LOOP
+        EXIT WHEN clock_timestamp() > deadline;
         i := nextval('probe_ids');
         INSERT INTO sales VALUES (-i, 'P', 'P', 'P', 'probe-' || i, 'ES', 1, 'EUR', now());
         COMMIT;
@@ -59,7 +63,7 @@ chown "$owner" "$work/load.sql"
 tps=$((rate / 100))
 if [ -n "${BENCH_HOLD_SNAPSHOT:-}" ]; then
 	psql -d bench -c 'BEGIN ISOLATION LEVEL REPEATABLE READ' -c 'SELECT count(*) FROM kappa.rankings' \
-		-c "SELECT pg_sleep($seconds + 5)" -c 'COMMIT' >/dev/null 2>&1 &
+		-c "SELECT pg_sleep($seconds + 600)" -c 'COMMIT' >/dev/null 2>&1 &
 	hold_pid=$!
 	psql -d bench -At -c "DO \$\$ BEGIN
 	  WHILE NOT EXISTS (SELECT FROM pg_stat_activity WHERE backend_xmin IS NOT NULL
@@ -72,9 +76,12 @@ run "$bindir/pgbench" -n -h "$work" -p "$port" -c 2 -j 2 -R "$tps" -T "$seconds"
 	> "$work/pgbench.out" 2>&1 &
 load_pid=$!
 probes=$(( seconds * 2 - 4 ))
-psql -d bench -c "CALL probe($probes)"
+psql -d bench -c "CALL probe($probes, $seconds - 1)"
 wait "$load_pid"
-[ -n "${hold_pid:-}" ] && kill "$hold_pid" 2>/dev/null
+if [ -n "${hold_pid:-}" ]; then
+	psql -d bench -c "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%'" >/dev/null
+	wait "$hold_pid" || true
+fi
 achieved=$(awk '/^tps =/ {printf "%.0f", $3 * 100}' "$work/pgbench.out")
 
 lat=$(psql -d bench -At -c 'SELECT seconds FROM probe_latency')
@@ -87,7 +94,7 @@ late=$(psql -d bench -At -c 'SELECT seconds FROM probe_latency ORDER BY probe DE
 late_p50=$(echo "$late" | percentile 50)
 late_p99=$(echo "$late" | percentile 99)
 cat <<EOF2
-Freshness under load: $achieved sales/s inserted for $seconds s (target $rate), $n probes, $(nproc) cores, $(date -u +%Y-%m-%d)${BENCH_HOLD_SNAPSHOT:+, one snapshot held open throughout}
+Freshness under load: $achieved sales/s inserted for $seconds s (target $rate), $n probes, $(nproc) cores, kappa.stream_batch_ms = ${BENCH_BATCH_MS:-20}, $(date -u +%Y-%m-%d)${BENCH_HOLD_SNAPSHOT:+, one snapshot held open throughout}
 
 | commit to visible in the rankings | seconds |
 |---|---:|
