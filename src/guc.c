@@ -43,7 +43,7 @@ int			kappa_row_memory_retention = 30 * 24 * 3600;
 bool		kappa_stream_enabled = true;
 int			kappa_stream_workers = 1;
 char	   *kappa_stream_group = NULL;
-int			kappa_stream_batch_size = 20000;
+int			kappa_stream_batch_size = 50000;
 int			kappa_stream_batch_ms = 100;
 char	   *kappa_instance_id = NULL;
 
@@ -399,7 +399,7 @@ kappa_define_gucs(void)
 							"Most messages a stream worker applies in one transaction.",
 							NULL,
 							&kappa_stream_batch_size,
-							20000, 1, 1000000,
+							50000, 1, 1000000,
 							PGC_SIGHUP, 0,
 							NULL, NULL, NULL);
 
