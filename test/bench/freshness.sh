@@ -62,12 +62,12 @@ EOF2
 chown "$owner" "$work/load.sql"
 tps=$((rate / 100))
 if [ -n "${BENCH_HOLD_SNAPSHOT:-}" ]; then
-	psql -d bench -c 'BEGIN ISOLATION LEVEL REPEATABLE READ' -c 'SELECT count(*) FROM kappa.rankings' \
-		-c "SELECT pg_sleep($seconds + 600)" -c 'COMMIT' >/dev/null 2>&1 &
+	psql -d bench -c "SET application_name = 'bench_hold'" -c 'BEGIN ISOLATION LEVEL REPEATABLE READ' \
+		-c 'SELECT count(*) FROM kappa.rankings' -c "SELECT pg_sleep($seconds + 600)" >/dev/null 2>&1 &
 	hold_pid=$!
 	psql -d bench -At -c "DO \$\$ BEGIN
 	  WHILE NOT EXISTS (SELECT FROM pg_stat_activity WHERE backend_xmin IS NOT NULL
-	                       AND query LIKE 'SELECT pg_sleep%') LOOP
+	                       AND application_name = 'bench_hold') LOOP
 	    PERFORM pg_sleep(0.01);
 	    COMMIT;
 	  END LOOP; END \$\$"
@@ -79,7 +79,7 @@ probes=$(( seconds * 2 - 4 ))
 psql -d bench -c "CALL probe($probes, $seconds - 1)"
 wait "$load_pid"
 if [ -n "${hold_pid:-}" ]; then
-	psql -d bench -c "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%'" >/dev/null
+	psql -d bench -c "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'bench_hold'" >/dev/null
 	wait "$hold_pid" || true
 fi
 achieved=$(awk '/^tps =/ {printf "%.0f", $3 * 100}' "$work/pgbench.out")
