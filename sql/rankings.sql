@@ -76,6 +76,37 @@ SELECT rank, group_values, item, total FROM kappa.ranking('top_salesman_by_count
 SELECT * FROM kappa.top_sales_by_city ORDER BY window_start, rank, city;
 SELECT country, rank, seller_id, seller_name, total_sales FROM kappa.top_salesman_by_country ORDER BY country, rank, seller_id;
 
+-- Top n in each group, against the same ranking computed over every row
+-- with a window function: 300 items in 12 groups of two values, with many
+-- ties, and rows of another window and of another ranking that must not
+-- show.  Same rows, in the same order (by group, then rank).
+SELECT name FROM kappa.create_ranking('store_sellers', ARRAY['city', 'store_id'], '1 day', item => 'seller_id');
+INSERT INTO kappa.ranking_windows VALUES
+  ('store_sellers', '2026-11-21 00:00+00', '2026-11-22 00:00+00', false, NULL, NULL),
+  ('store_sellers', '2026-11-22 00:00+00', '2026-11-23 00:00+00', false, NULL, NULL);
+INSERT INTO kappa.ranking_results (ranking, window_start, window_end, group_values, item, total, sale_count)
+SELECT 'store_sellers', v.d, v.d + interval '1 day', ARRAY['City ' || (i % 3), 'ST-' || (i % 4)], 'S-' || i,
+       (i % 7) * 10.5 + CASE WHEN v.d > '2026-11-21 00:00+00' THEN 1000 ELSE 0 END, 1 + i % 2
+  FROM generate_series(1, 300) i,
+       (VALUES (timestamptz '2026-11-21 00:00+00'), ('2026-11-22 00:00+00')) v(d)
+ WHERE v.d = '2026-11-21 00:00+00' OR i % 5 = 0;
+CREATE TEMP TABLE all_ranked AS
+SELECT row_number() OVER (PARTITION BY r.group_values
+                          ORDER BY r.total DESC, r.sale_count DESC, r.item) AS rank,
+       r.group_values, r.item, r.total, r.sale_count
+  FROM kappa.ranking_results r
+ WHERE r.ranking = 'store_sellers' AND r.window_start = '2026-11-21 00:00+00';
+SELECT t.n, count(*) AS rows,
+       array_agg(ROW(f.rank, f.group_values, f.item, f.total, f.sale_count)::text ORDER BY f.o)
+       = (SELECT array_agg(ROW(e.rank, e.group_values, e.item, e.total, e.sale_count)::text
+                           ORDER BY e.group_values, e.rank)
+            FROM all_ranked e WHERE e.rank <= t.n) AS same_as_every_row_ranked
+  FROM (VALUES (1), (3), (30), (1000)) t(n),
+       kappa.ranking('store_sellers', '2026-11-21 12:00+00', t.n) WITH ORDINALITY f(rank, window_start, window_end, group_values, item, item_label, total, sale_count, is_final, o)
+ GROUP BY t.n ORDER BY t.n;
+SELECT count(*) FROM kappa.ranking('store_sellers', '2026-11-23 12:00+00', 3);
+SELECT kappa.drop_ranking('store_sellers');
+
 -- Readers read, admins define, others do neither.
 CREATE ROLE kappa_test_reader IN ROLE kappa_reader;
 CREATE ROLE kappa_test_admin IN ROLE kappa_admin;

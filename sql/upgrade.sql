@@ -122,5 +122,28 @@ TRUNCATE upgraded;
 INSERT INTO upgraded SELECT * FROM extension_catalog();
 SELECT * FROM catalog_differences ORDER BY 1, 2, 3;
 
+-- 0.1.4 with results of a ranking with items, updated: the same top n in
+-- each group, in the same order, and the catalog the same
+DROP EXTENSION pg_kappa;
+CREATE EXTENSION pg_kappa VERSION '0.1.4';
+INSERT INTO kappa.ranking_windows (ranking, window_start, window_end)
+    VALUES ('top_salesman_by_country', '2026-11-03 00:00+00', '2026-12-03 00:00+00');
+INSERT INTO kappa.ranking_results (ranking, window_start, window_end, group_values, item, item_label, total, sale_count)
+SELECT 'top_salesman_by_country', '2026-11-03 00:00+00', '2026-12-03 00:00+00',
+       ARRAY[(ARRAY['ES', 'PT', 'FR'])[1 + i % 3]], 'S-' || i, 'Seller ' || i, (i % 4) * 2.5, 1 + i % 3
+  FROM generate_series(1, 40) i;
+CREATE TEMP TABLE top_before AS
+SELECT * FROM kappa.top_salesmen_by_country(at => '2026-11-21 12:00+00', n => 3) WITH ORDINALITY;
+ALTER EXTENSION pg_kappa UPDATE;
+SELECT extversion FROM pg_extension WHERE extname = 'pg_kappa';
+SELECT count(*) AS rows,
+       array_agg(b::text ORDER BY b.ordinality)
+       = (SELECT array_agg(a::text ORDER BY a.ordinality)
+            FROM kappa.top_salesmen_by_country(at => '2026-11-21 12:00+00', n => 3) WITH ORDINALITY a) AS same
+  FROM top_before b;
+TRUNCATE upgraded;
+INSERT INTO upgraded SELECT * FROM extension_catalog();
+SELECT * FROM catalog_differences ORDER BY 1, 2, 3;
+
 \c contrib_regression
 DROP DATABASE kappa_upgrade;

@@ -463,15 +463,34 @@ BEGIN
                  ORDER BY res.total DESC, res.sale_count DESC, res.group_values
                  LIMIT n) x;
     ELSE
-        -- top n items within each group
+        -- Top n items within each group.  The window's groups are found one
+        -- primary key descent each (PostgreSQL 15 has no skip scan), then
+        -- each group's top n is read from ranking_results_group_top: the
+        -- cost follows groups * n, not the items in the window.
         RETURN QUERY
+        WITH RECURSIVE grp(gv) AS (
+            (SELECT res.group_values FROM kappa.ranking_results res
+              WHERE res.ranking = ranking.name AND res.window_start = w.window_start
+              ORDER BY res.group_values LIMIT 1)
+            UNION ALL
+            SELECT (SELECT res.group_values FROM kappa.ranking_results res
+                     WHERE res.ranking = ranking.name AND res.window_start = w.window_start
+                       AND res.group_values > grp.gv
+                     ORDER BY res.group_values LIMIT 1)
+              FROM grp
+             WHERE grp.gv IS NOT NULL
+        )
         SELECT x.rk, x.window_start, x.window_end, x.group_values, x.item, x.item_label,
                x.total, x.sale_count, x.is_final
-          FROM (SELECT res.*, row_number() OVER (PARTITION BY res.group_values
-                                                 ORDER BY res.total DESC, res.sale_count DESC, res.item) AS rk
-                  FROM kappa.ranking_results res
-                 WHERE res.ranking = ranking.name AND res.window_start = w.window_start) x
-         WHERE x.rk <= n
+          FROM grp
+         CROSS JOIN LATERAL (
+                SELECT t.*, row_number() OVER (ORDER BY t.total DESC, t.sale_count DESC, t.item) AS rk
+                  FROM (SELECT * FROM kappa.ranking_results res
+                         WHERE res.ranking = ranking.name AND res.window_start = w.window_start
+                           AND res.group_values = grp.gv
+                         ORDER BY res.total DESC, res.sale_count DESC, res.item
+                         LIMIT n) t) x
+         WHERE grp.gv IS NOT NULL
          ORDER BY x.group_values, x.rk;
     END IF;
 END

@@ -1,0 +1,70 @@
+-- pg_kappa 0.1.4 -> 0.1.5
+\echo Use "ALTER EXTENSION pg_kappa UPDATE TO '0.1.5'" to load this file. \quit
+
+-- kappa.ranking() for a ranking with an item (top n items in each group,
+-- e.g. kappa.top_salesmen_by_country() without a country) read and sorted
+-- every item of the window; it now finds the window's groups one index
+-- descent each and reads each group's top n from its index.  Same results,
+-- same order; the function keeps its privileges (CREATE OR REPLACE).
+
+-- Ties rank by total, then sale count, then group values, then item: the
+-- order is total and deterministic.
+CREATE OR REPLACE FUNCTION kappa.ranking(name text, at timestamptz DEFAULT now(), n integer DEFAULT 10)
+RETURNS TABLE (rank bigint, window_start timestamptz, window_end timestamptz,
+               group_values text[], item text, item_label text,
+               total numeric, sale_count bigint, is_final boolean)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    w record;
+    has_item boolean;
+BEGIN
+    IF n IS NULL OR n < 1 THEN
+        RAISE EXCEPTION 'n must be at least 1'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT * INTO w FROM kappa.ranking_window(name, at);
+    SELECT r.item IS NOT NULL INTO has_item FROM kappa.rankings r WHERE r.name = ranking.name;
+    IF NOT has_item THEN
+        RETURN QUERY
+        SELECT row_number() OVER (ORDER BY x.total DESC, x.sale_count DESC, x.group_values),
+               x.window_start, x.window_end, x.group_values, NULL::text, NULL::text,
+               x.total, x.sale_count, x.is_final
+          FROM (SELECT * FROM kappa.ranking_results res
+                 WHERE res.ranking = ranking.name AND res.window_start = w.window_start
+                 ORDER BY res.total DESC, res.sale_count DESC, res.group_values
+                 LIMIT n) x;
+    ELSE
+        -- Top n items within each group.  The window's groups are found one
+        -- primary key descent each (PostgreSQL 15 has no skip scan), then
+        -- each group's top n is read from ranking_results_group_top: the
+        -- cost follows groups * n, not the items in the window.
+        RETURN QUERY
+        WITH RECURSIVE grp(gv) AS (
+            (SELECT res.group_values FROM kappa.ranking_results res
+              WHERE res.ranking = ranking.name AND res.window_start = w.window_start
+              ORDER BY res.group_values LIMIT 1)
+            UNION ALL
+            SELECT (SELECT res.group_values FROM kappa.ranking_results res
+                     WHERE res.ranking = ranking.name AND res.window_start = w.window_start
+                       AND res.group_values > grp.gv
+                     ORDER BY res.group_values LIMIT 1)
+              FROM grp
+             WHERE grp.gv IS NOT NULL
+        )
+        SELECT x.rk, x.window_start, x.window_end, x.group_values, x.item, x.item_label,
+               x.total, x.sale_count, x.is_final
+          FROM grp
+         CROSS JOIN LATERAL (
+                SELECT t.*, row_number() OVER (ORDER BY t.total DESC, t.sale_count DESC, t.item) AS rk
+                  FROM (SELECT * FROM kappa.ranking_results res
+                         WHERE res.ranking = ranking.name AND res.window_start = w.window_start
+                           AND res.group_values = grp.gv
+                         ORDER BY res.total DESC, res.sale_count DESC, res.item
+                         LIMIT n) t) x
+         WHERE grp.gv IS NOT NULL
+         ORDER BY x.group_values, x.rk;
+    END IF;
+END
+$$;

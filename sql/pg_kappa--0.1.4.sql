@@ -1,0 +1,897 @@
+-- pg_kappa install script, assembled by the Makefile from the SQL of each
+-- component (src/*.sql, src/*/*.sql).  See docs/sql-reference.md.
+\echo Use "CREATE EXTENSION pg_kappa" to load this file. \quit
+
+-- -------------------------------------------------------------------------
+-- Dead letters: records a pipeline refused, with their origin and reason
+-- -------------------------------------------------------------------------
+CREATE TABLE kappa.dead_letters (
+    id bigserial PRIMARY KEY,
+    source text NOT NULL,
+    topic text,
+    partition integer,
+    "offset" bigint,
+    file text,
+    line bigint,
+    raw bytea,
+    error text NOT NULL,
+    received_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX ON kappa.dead_letters (source, received_at);
+
+COMMENT ON TABLE kappa.dead_letters IS
+    'Records refused by pg_kappa (source, Kafka position or file/line, raw bytes, reason)';
+
+SELECT pg_catalog.pg_extension_config_dump('kappa.dead_letters', '');
+SELECT pg_catalog.pg_extension_config_dump('kappa.dead_letters_id_seq', '');
+REVOKE ALL ON kappa.dead_letters FROM PUBLIC;
+GRANT SELECT ON kappa.dead_letters TO pg_monitor;
+
+-- -------------------------------------------------------------------------
+-- CDC: published tables
+-- -------------------------------------------------------------------------
+
+-- Tables whose changes the CDC publisher sends to Kafka.  A
+-- user_catalog_table, so that the output plugin reads it under the historic
+-- snapshot of each decoded change: a change is published exactly when its
+-- table was published at its commit.
+CREATE TABLE kappa.published_tables (
+    relid regclass PRIMARY KEY,
+    topic text CHECK (topic IS NULL OR topic ~ '^[A-Za-z0-9._-]{1,249}$'),
+    published_at timestamptz NOT NULL DEFAULT now(),
+    published_by name NOT NULL DEFAULT current_user
+) WITH (user_catalog_table = true);
+
+COMMENT ON TABLE kappa.published_tables IS
+    'Tables published to Kafka by the pg_kappa CDC publisher (topic NULL: kappa.sales_topic)';
+
+SELECT pg_catalog.pg_extension_config_dump('kappa.published_tables', '');
+
+CREATE FUNCTION kappa.publish_table(tbl regclass, topic text DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'kappa_publish_table'
+LANGUAGE C VOLATILE;
+
+COMMENT ON FUNCTION kappa.publish_table(regclass, text) IS
+    'Publish the table''s committed changes to Kafka; returns the number of existing rows sent as snapshot events';
+
+CREATE FUNCTION kappa.unpublish_table(tbl regclass)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'kappa_unpublish_table'
+LANGUAGE C VOLATILE STRICT;
+
+COMMENT ON FUNCTION kappa.unpublish_table(regclass) IS
+    'Stop publishing the table''s changes';
+
+-- Dropping a published table unpublishes it.
+CREATE FUNCTION kappa.forget_dropped_tables()
+RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM kappa.published_tables p
+     USING pg_event_trigger_dropped_objects() d
+     WHERE d.classid = 'pg_catalog.pg_class'::regclass
+       AND d.objsubid = 0
+       AND d.objid = p.relid::oid;
+END
+$$;
+
+CREATE EVENT TRIGGER kappa_forget_dropped_tables ON sql_drop
+    EXECUTE FUNCTION kappa.forget_dropped_tables();
+
+-- -------------------------------------------------------------------------
+-- CDC: status
+-- -------------------------------------------------------------------------
+
+CREATE FUNCTION kappa.cdc_worker_status(
+    OUT pid integer,
+    OUT state text,
+    OUT slot_name text,
+    OUT decoded_lsn pg_lsn,
+    OUT confirmed_lsn pg_lsn,
+    OUT in_flight bigint,
+    OUT produced bigint,
+    OUT acknowledged bigint,
+    OUT transactions bigint,
+    OUT errors bigint,
+    OUT retries bigint,
+    OUT last_error text,
+    OUT last_error_at timestamptz,
+    OUT started_at timestamptz)
+RETURNS record
+AS 'MODULE_PATHNAME', 'kappa_cdc_worker_status'
+LANGUAGE C STABLE;
+
+CREATE VIEW kappa.cdc_status AS
+SELECT w.pid,
+       w.state,
+       w.slot_name,
+       ARRAY(SELECT p.relid::text FROM kappa.published_tables p ORDER BY 1) AS tables,
+       w.decoded_lsn,
+       s.confirmed_flush_lsn AS confirmed_lsn,
+       CASE WHEN s.confirmed_flush_lsn IS NOT NULL
+            THEN pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(),
+                                            s.confirmed_flush_lsn)::bigint
+       END AS lag_bytes,
+       CASE WHEN s.restart_lsn IS NOT NULL
+            THEN pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(),
+                                            s.restart_lsn)::bigint
+       END AS retained_wal_bytes,
+       w.in_flight,
+       w.produced,
+       w.acknowledged,
+       w.transactions,
+       w.errors,
+       w.retries,
+       w.last_error,
+       w.last_error_at,
+       w.started_at
+  FROM kappa.cdc_worker_status() w
+  LEFT JOIN pg_catalog.pg_replication_slots s ON s.slot_name = w.slot_name;
+
+COMMENT ON VIEW kappa.cdc_status IS
+    'The CDC publisher: state, slot positions, lag, messages in flight, errors';
+
+-- -------------------------------------------------------------------------
+-- Privileges: publishing is for table owners with REPLICATION (checked in
+-- the functions); monitoring is for pg_monitor.
+-- -------------------------------------------------------------------------
+REVOKE ALL ON FUNCTION kappa.publish_table(regclass, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kappa.unpublish_table(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION kappa.cdc_worker_status() FROM PUBLIC;
+REVOKE ALL ON kappa.cdc_status FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION kappa.cdc_worker_status() TO pg_monitor;
+GRANT SELECT ON kappa.cdc_status TO pg_monitor;
+GRANT USAGE ON SCHEMA kappa TO PUBLIC;
+GRANT SELECT ON kappa.published_tables TO pg_monitor;
+
+-- -------------------------------------------------------------------------
+-- Store sources: counters
+-- -------------------------------------------------------------------------
+CREATE FUNCTION kappa.source_stats(
+    OUT source text,
+    OUT pid integer,
+    OUT state text,
+    OUT files_seen bigint,
+    OUT rows_ingested bigint,
+    OUT rows_rejected bigint,
+    OUT errors bigint,
+    OUT last_error text,
+    OUT last_error_at timestamptz,
+    OUT last_success_at timestamptz)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'kappa_source_stats'
+LANGUAGE C STABLE;
+
+CREATE VIEW kappa.stat_sources AS
+SELECT * FROM kappa.source_stats();
+
+COMMENT ON VIEW kappa.stat_sources IS
+    'Store sources (CSV inbox, SOAP payments, HTTP): files, rows ingested and rejected, errors';
+
+REVOKE ALL ON FUNCTION kappa.source_stats() FROM PUBLIC;
+REVOKE ALL ON kappa.stat_sources FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION kappa.source_stats() TO pg_monitor;
+GRANT SELECT ON kappa.stat_sources TO pg_monitor;
+
+-- -------------------------------------------------------------------------
+-- Rankings: windowed top-N definitions (src/stream/)
+-- -------------------------------------------------------------------------
+
+-- Readers query rankings; admins define them.  Roles are cluster-wide and
+-- outlive the extension.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'kappa_reader') THEN
+        CREATE ROLE kappa_reader NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'kappa_admin') THEN
+        CREATE ROLE kappa_admin NOLOGIN IN ROLE kappa_reader;
+    END IF;
+END
+$$;
+
+CREATE TABLE kappa.rankings (
+    id integer GENERATED ALWAYS AS IDENTITY UNIQUE,
+    name text PRIMARY KEY CHECK (name ~ '^[a-z][a-z0-9_]{0,62}$'),
+    input text NOT NULL DEFAULT 'events' CHECK (input IN ('events', 'results')),
+    source_topic text CHECK (source_topic ~ '^[A-Za-z0-9._-]{1,249}$'),
+    group_by text[] NOT NULL,
+    item text,
+    item_label text,
+    measure text NOT NULL CHECK (measure IN ('sum', 'count')),
+    measure_field text,
+    event_time_field text NOT NULL DEFAULT 'sold_at',
+    window_size interval NOT NULL,
+    calendar boolean NOT NULL,
+    window_origin timestamptz,
+    time_zone text NOT NULL,
+    grace interval CHECK (grace >= interval '0'),
+    confirmed_only boolean NOT NULL DEFAULT false,
+    results_topic text CHECK (results_topic ~ '^[A-Za-z0-9._-]{1,249}$'),
+    created_at timestamptz NOT NULL DEFAULT now(),
+    CHECK (measure = 'count' OR measure_field IS NOT NULL),
+    CHECK (cardinality(group_by) BETWEEN 1 AND 8),
+    -- false: updates and deletes are undone from the event's "before" row and
+    -- replays recognised by source.lsn/seq, with no kappa.stream_rows (0.1.2)
+    row_memory boolean NOT NULL DEFAULT true
+);
+
+COMMENT ON TABLE kappa.rankings IS
+    'Windowed top-N rankings computed by the stream workers (see kappa.create_ranking)';
+
+-- Where each window stands.  A window is final once stream time passed
+-- window_end + grace; its results are then produced to the results topic.
+CREATE TABLE kappa.ranking_windows (
+    ranking text NOT NULL REFERENCES kappa.rankings (name) ON DELETE CASCADE,
+    window_start timestamptz NOT NULL,
+    window_end timestamptz NOT NULL,
+    is_final boolean NOT NULL DEFAULT false,
+    finalized_at timestamptz,
+    produced_at timestamptz,
+    PRIMARY KEY (ranking, window_start)
+);
+CREATE INDEX ranking_windows_to_produce ON kappa.ranking_windows (ranking)
+    WHERE is_final AND produced_at IS NULL;
+
+-- The aggregates: one row per ranking, window, group (and item).
+CREATE TABLE kappa.ranking_results (
+    ranking text NOT NULL,
+    window_start timestamptz NOT NULL,
+    window_end timestamptz NOT NULL,
+    group_values text[] NOT NULL,
+    item text NOT NULL DEFAULT '',
+    item_label text,
+    total numeric NOT NULL,
+    sale_count bigint NOT NULL,
+    is_final boolean NOT NULL DEFAULT false,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (ranking, window_start, group_values, item),
+    FOREIGN KEY (ranking, window_start) REFERENCES kappa.ranking_windows ON DELETE CASCADE
+);
+-- top N of a window, and top N within a group of a window
+CREATE INDEX ranking_results_top
+    ON kappa.ranking_results (ranking, window_start, total DESC, group_values, item);
+CREATE INDEX ranking_results_group_top
+    ON kappa.ranking_results (ranking, window_start, group_values, total DESC, item);
+
+-- Per ranking: up to where windows are final, and counters.
+CREATE TABLE kappa.ranking_state (
+    ranking text PRIMARY KEY REFERENCES kappa.rankings (name) ON DELETE CASCADE,
+    finalized_through timestamptz,
+    events_applied bigint NOT NULL DEFAULT 0,
+    late_events bigint NOT NULL DEFAULT 0,
+    last_event_at timestamptz
+);
+
+-- Events that arrived for a window already final (or past its grace in
+-- their partition): recorded, counted, never silently dropped or added.
+CREATE TABLE kappa.late_events (
+    id bigserial PRIMARY KEY,
+    ranking text NOT NULL,
+    topic text NOT NULL,
+    partition integer NOT NULL,
+    "offset" bigint NOT NULL,
+    key text,
+    event_time timestamptz,
+    window_start timestamptz,
+    window_end timestamptz,
+    stream_time timestamptz,
+    reason text NOT NULL,
+    received_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX ON kappa.late_events (ranking, received_at);
+
+-- -------------------------------------------------------------------------
+-- Stream worker state: Kafka offsets and the memory of counted rows, both
+-- written in the transaction that applies a batch.
+-- -------------------------------------------------------------------------
+-- next_offset -2: from the beginning.  stream_time: the highest event time
+-- seen in the partition; last_record_at/caught_up: whether it is idle, for
+-- kappa.idle_timeout.
+CREATE TABLE kappa.stream_offsets (
+    consumer_group text NOT NULL,
+    topic text NOT NULL,
+    partition integer NOT NULL,
+    next_offset bigint NOT NULL,
+    stream_time timestamptz,
+    last_record_at timestamptz,
+    caught_up boolean NOT NULL DEFAULT false,
+    high_watermark bigint,
+    owner_pid integer,
+    assigned_at timestamptz,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    -- the latest CDC position (source.lsn/seq) applied from the partition,
+    -- for topics whose rankings have no row memory (0.1.2)
+    position_lsn pg_lsn,
+    position_seq bigint,
+    PRIMARY KEY (consumer_group, topic, partition)
+);
+
+-- Sink rankings: each producer's latest value per window, group and item.
+CREATE TABLE kappa.sink_partials (
+    ranking text NOT NULL REFERENCES kappa.rankings (name) ON DELETE CASCADE,
+    window_start timestamptz NOT NULL,
+    window_end timestamptz NOT NULL,
+    group_values text[] NOT NULL,
+    item text NOT NULL DEFAULT '',
+    item_label text,
+    producer text NOT NULL,
+    total numeric NOT NULL,
+    sale_count bigint NOT NULL,
+    final boolean NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (ranking, window_start, group_values, item, producer)
+);
+
+-- What the stream worker last counted for each row (sale) of a topic: the
+-- row itself, its CDC position, and the rankings it currently counts in.
+-- windows_end is the latest end of a window the row has fallen in, over the
+-- rankings on its topic: once every such ranking is final past it by
+-- kappa.row_memory_retention, the row is forgotten (0.1.1).
+-- Keys and topics compare as bytes (COLLATE "C", 0.1.4): a batch looks up
+-- and inserts one index entry per sale, and ids need no language's order;
+-- the database's collation would make every comparison a strcoll() and tie
+-- the index to the C library's collation version.
+CREATE TABLE kappa.stream_rows (
+    topic text COLLATE "C" NOT NULL,
+    key text COLLATE "C" NOT NULL,
+    lsn pg_lsn,
+    seq bigint,
+    deleted boolean NOT NULL DEFAULT false,
+    row_data text,
+    counted integer[] NOT NULL DEFAULT '{}',
+    excluded integer[] NOT NULL DEFAULT '{}',
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    windows_end timestamptz,
+    -- key first: it tells rows apart at the first column of every index
+    -- comparison (a batch probes and inserts one entry per sale), and
+    -- kappa.sales_enriched finds a sale by its key alone
+    PRIMARY KEY (key, topic)
+);
+-- Finding the rows to forget without reading the table: rows arrive roughly
+-- in event-time order, so block ranges summarise windows_end well.
+CREATE INDEX stream_rows_windows_end ON kappa.stream_rows
+    USING brin (windows_end) WITH (autosummarize = on);
+
+-- Payment status per sale (latest by confirmation time) and its history.
+-- sale_id compares as kappa.stream_rows.key does (0.1.4).
+CREATE TABLE kappa.payments (
+    sale_id text COLLATE "C" PRIMARY KEY,
+    payment_id text NOT NULL,
+    status text NOT NULL,
+    amount numeric,
+    currency text,
+    confirmed_at timestamptz NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE kappa.payment_history (
+    payment_id text NOT NULL,
+    status text NOT NULL,
+    sale_id text COLLATE "C" NOT NULL,
+    amount numeric,
+    currency text,
+    confirmed_at timestamptz NOT NULL,
+    source text,
+    received_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (payment_id, status, confirmed_at)
+);
+CREATE INDEX ON kappa.payment_history (sale_id);
+
+-- -------------------------------------------------------------------------
+-- Window arithmetic
+-- -------------------------------------------------------------------------
+CREATE FUNCTION kappa.window_bounds(
+    ts timestamptz,
+    size interval,
+    calendar boolean DEFAULT NULL,
+    origin timestamptz DEFAULT NULL,
+    time_zone text DEFAULT NULL,
+    OUT window_start timestamptz,
+    OUT window_end timestamptz)
+RETURNS record
+AS 'MODULE_PATHNAME', 'kappa_window_bounds'
+LANGUAGE C STABLE;
+
+COMMENT ON FUNCTION kappa.window_bounds(timestamptz, interval, boolean, timestamptz, text) IS
+    'The tumbling window containing ts: fixed (aligned to origin, default the Unix epoch) or calendar (days/weeks/months in time_zone)';
+
+CREATE FUNCTION kappa.ranking_window(
+    ranking text,
+    ts timestamptz DEFAULT now(),
+    OUT window_start timestamptz,
+    OUT window_end timestamptz)
+RETURNS record
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r kappa.rankings;
+BEGIN
+    SELECT * INTO r FROM kappa.rankings WHERE name = ranking;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'ranking "%" does not exist', ranking
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'SELECT name FROM kappa.rankings lists them.';
+    END IF;
+    SELECT b.window_start, b.window_end INTO window_start, window_end
+      FROM kappa.window_bounds(ts, r.window_size, r.calendar, r.window_origin, r.time_zone) b;
+END
+$$;
+
+-- -------------------------------------------------------------------------
+-- Managing rankings
+-- -------------------------------------------------------------------------
+CREATE FUNCTION kappa.create_ranking(
+    name text,
+    group_by text[],
+    window_size interval,
+    measure text DEFAULT 'sum',
+    measure_field text DEFAULT 'amount',
+    item text DEFAULT NULL,
+    item_label text DEFAULT NULL,
+    calendar boolean DEFAULT NULL,
+    window_origin timestamptz DEFAULT NULL,
+    time_zone text DEFAULT NULL,
+    grace interval DEFAULT NULL,
+    confirmed_only boolean DEFAULT false,
+    source_topic text DEFAULT NULL,
+    results_topic text DEFAULT NULL,
+    event_time_field text DEFAULT 'sold_at',
+    input text DEFAULT 'events',
+    row_memory boolean DEFAULT true)
+RETURNS kappa.rankings
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r kappa.rankings;
+    field text;
+    cal boolean := coalesce(calendar,
+                            extract(year FROM window_size) * 12 + extract(month FROM window_size) <> 0);
+    zone text := coalesce(time_zone, current_setting('kappa.window_time_zone'));
+    topic text := coalesce(source_topic, current_setting('kappa.sales_topic'));
+    other kappa.rankings;
+BEGIN
+    IF name IS NULL OR name !~ '^[a-z][a-z0-9_]{0,62}$' THEN
+        RAISE EXCEPTION 'invalid ranking name "%"', name
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'A ranking name starts with a lower-case letter and has at most 63 lower-case letters, digits and underscores.';
+    END IF;
+    IF EXISTS (SELECT FROM kappa.rankings x WHERE x.name = create_ranking.name) THEN
+        RAISE EXCEPTION 'ranking "%" already exists', name
+            USING ERRCODE = 'duplicate_object',
+                  HINT = 'Drop it first with kappa.drop_ranking().';
+    END IF;
+    IF group_by IS NULL OR cardinality(group_by) NOT BETWEEN 1 AND 8 THEN
+        RAISE EXCEPTION 'a ranking groups by 1 to 8 fields'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOREACH field IN ARRAY group_by || ARRAY[item, item_label, measure_field, event_time_field] LOOP
+        IF field IS NOT NULL AND field !~ '^[A-Za-z_][A-Za-z0-9_]{0,62}$' THEN
+            RAISE EXCEPTION 'invalid field name "%"', field
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = 'Fields name members of the event''s row ("after"), such as city or seller_id.';
+        END IF;
+    END LOOP;
+    IF item_label IS NOT NULL AND item IS NULL THEN
+        RAISE EXCEPTION 'item_label needs an item'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF measure IS NULL OR measure NOT IN ('sum', 'count') THEN
+        RAISE EXCEPTION 'invalid measure "%"', measure
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use ''sum'' (of measure_field) or ''count''.';
+    END IF;
+    IF measure = 'sum' AND measure_field IS NULL THEN
+        RAISE EXCEPTION 'a sum needs a measure_field'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF window_size IS NULL THEN
+        RAISE EXCEPTION 'window_size must not be null'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    -- raises "invalid window" with the reason
+    PERFORM kappa.window_bounds(now(), window_size, cal, window_origin, zone);
+    IF grace < interval '0' THEN
+        RAISE EXCEPTION 'grace must not be negative'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF input IS NULL OR input NOT IN ('events', 'results') THEN
+        RAISE EXCEPTION 'invalid input "%"', input
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use ''events'' (change envelopes) or ''results'' (window results of another processor).';
+    END IF;
+    IF input = 'results' AND source_topic IS NULL THEN
+        RAISE EXCEPTION 'a ranking fed by window results needs a source_topic'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF input = 'results' AND confirmed_only THEN
+        RAISE EXCEPTION 'confirmed_only applies to rankings fed by events'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF row_memory IS NULL THEN
+        RAISE EXCEPTION 'row_memory must not be null'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF NOT row_memory AND input = 'results' THEN
+        RAISE EXCEPTION 'row_memory applies to rankings fed by events'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NOT row_memory AND confirmed_only THEN
+        RAISE EXCEPTION 'a confirmed_only ranking needs row memory'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'A payment confirmation that arrives after its sale counts the sale then, from the remembered row.';
+    END IF;
+    -- the rankings of one topic share its row memory, or all go without
+    IF input = 'events' THEN
+        SELECT x.* INTO other FROM kappa.rankings x
+         WHERE x.input = 'events' AND x.row_memory <> create_ranking.row_memory
+           AND coalesce(x.source_topic, current_setting('kappa.sales_topic')) = topic
+         ORDER BY x.name LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'ranking "%" on topic "%" has row_memory = %', other.name, topic, other.row_memory::text
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = 'All rankings fed by one topic either remember its rows or all go without.',
+                      HINT = format('Create the ranking with row_memory => %s, or drop the rankings of the topic first.', other.row_memory::text);
+        END IF;
+    END IF;
+    FOREACH field IN ARRAY ARRAY[source_topic, results_topic] LOOP
+        IF field IS NOT NULL AND field !~ '^[A-Za-z0-9._-]{1,249}$' THEN
+            RAISE EXCEPTION 'invalid Kafka topic name "%"', field
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = 'A topic name has 1 to 249 ASCII letters, digits, ".", "_" and "-".';
+        END IF;
+    END LOOP;
+
+    INSERT INTO kappa.rankings (name, input, source_topic, group_by, item, item_label,
+                                measure, measure_field, event_time_field, window_size,
+                                calendar, window_origin, time_zone, grace, confirmed_only,
+                                results_topic, row_memory)
+    VALUES (name, input, source_topic, group_by, item, item_label, measure,
+            CASE WHEN measure = 'sum' THEN measure_field END, event_time_field,
+            window_size, cal, window_origin, zone, grace, confirmed_only, results_topic,
+            row_memory)
+    RETURNING * INTO r;
+    INSERT INTO kappa.ranking_state (ranking) VALUES (r.name);
+    RETURN r;
+END
+$$;
+
+COMMENT ON FUNCTION kappa.create_ranking IS
+    'Define a windowed top-N ranking; the stream workers count events consumed from then on';
+
+CREATE FUNCTION kappa.drop_ranking(name text)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    DELETE FROM kappa.ranking_results x WHERE x.ranking = drop_ranking.name;
+    DELETE FROM kappa.rankings x WHERE x.name = drop_ranking.name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'ranking "%" does not exist', name
+            USING ERRCODE = 'undefined_object';
+    END IF;
+    RETURN true;
+END
+$$;
+
+-- -------------------------------------------------------------------------
+-- Reading rankings
+-- -------------------------------------------------------------------------
+
+-- The topic a ranking's final results go to (NULL: none).  The two shipped
+-- rankings follow kappa.top_sales_topic and kappa.top_salesman_topic.
+CREATE FUNCTION kappa.ranking_results_topic(ranking text)
+RETURNS text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT coalesce(r.results_topic,
+                    CASE r.name
+                        WHEN 'top_sales_by_city' THEN current_setting('kappa.top_sales_topic')
+                        WHEN 'top_salesman_by_country' THEN current_setting('kappa.top_salesman_topic')
+                    END)
+      FROM kappa.rankings r WHERE r.name = ranking
+$$;
+
+CREATE VIEW kappa.ranking_definitions AS
+SELECT r.name, r.input,
+       coalesce(r.source_topic, current_setting('kappa.sales_topic')) AS source_topic,
+       r.group_by, r.item, r.item_label, r.measure, r.measure_field, r.event_time_field,
+       r.window_size, CASE WHEN r.calendar THEN 'calendar' ELSE 'fixed' END AS window_kind,
+       r.window_origin, r.time_zone,
+       coalesce(r.grace, current_setting('kappa.default_grace')::interval) AS grace,
+       r.confirmed_only,
+       kappa.ranking_results_topic(r.name) AS results_topic,
+       r.created_at, r.row_memory
+  FROM kappa.rankings r;
+
+-- Ties rank by total, then sale count, then group values, then item: the
+-- order is total and deterministic.
+CREATE FUNCTION kappa.ranking(name text, at timestamptz DEFAULT now(), n integer DEFAULT 10)
+RETURNS TABLE (rank bigint, window_start timestamptz, window_end timestamptz,
+               group_values text[], item text, item_label text,
+               total numeric, sale_count bigint, is_final boolean)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    w record;
+    has_item boolean;
+BEGIN
+    IF n IS NULL OR n < 1 THEN
+        RAISE EXCEPTION 'n must be at least 1'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT * INTO w FROM kappa.ranking_window(name, at);
+    SELECT r.item IS NOT NULL INTO has_item FROM kappa.rankings r WHERE r.name = ranking.name;
+    IF NOT has_item THEN
+        RETURN QUERY
+        SELECT row_number() OVER (ORDER BY x.total DESC, x.sale_count DESC, x.group_values),
+               x.window_start, x.window_end, x.group_values, NULL::text, NULL::text,
+               x.total, x.sale_count, x.is_final
+          FROM (SELECT * FROM kappa.ranking_results res
+                 WHERE res.ranking = ranking.name AND res.window_start = w.window_start
+                 ORDER BY res.total DESC, res.sale_count DESC, res.group_values
+                 LIMIT n) x;
+    ELSE
+        -- top n items within each group
+        RETURN QUERY
+        SELECT x.rk, x.window_start, x.window_end, x.group_values, x.item, x.item_label,
+               x.total, x.sale_count, x.is_final
+          FROM (SELECT res.*, row_number() OVER (PARTITION BY res.group_values
+                                                 ORDER BY res.total DESC, res.sale_count DESC, res.item) AS rk
+                  FROM kappa.ranking_results res
+                 WHERE res.ranking = ranking.name AND res.window_start = w.window_start) x
+         WHERE x.rk <= n
+         ORDER BY x.group_values, x.rk;
+    END IF;
+END
+$$;
+
+CREATE FUNCTION kappa.top_sales_by_city(at timestamptz DEFAULT now(), n integer DEFAULT 10)
+RETURNS TABLE (rank bigint, city text, total_sales numeric, sale_count bigint,
+               window_start timestamptz, window_end timestamptz, is_final boolean)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT r.rank, r.group_values[1], r.total, r.sale_count, r.window_start, r.window_end, r.is_final
+      FROM kappa.ranking('top_sales_by_city', at, n) r
+$$;
+
+CREATE TYPE kappa.salesman_rank AS (
+    country text, rank bigint, seller_id text, seller_name text,
+    total_sales numeric, sale_count bigint,
+    window_start timestamptz, window_end timestamptz, is_final boolean);
+
+CREATE FUNCTION kappa.top_salesmen_by_country(country text DEFAULT NULL,
+                                              at timestamptz DEFAULT now(),
+                                              n integer DEFAULT 10)
+RETURNS SETOF kappa.salesman_rank
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    w record;
+BEGIN
+    IF n IS NULL OR n < 1 THEN
+        RAISE EXCEPTION 'n must be at least 1'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF top_salesmen_by_country.country IS NULL THEN
+        RETURN QUERY
+        SELECT r.group_values[1], r.rank, r.item, r.item_label, r.total, r.sale_count,
+               r.window_start, r.window_end, r.is_final
+          FROM kappa.ranking('top_salesman_by_country', at, n) r;
+        RETURN;
+    END IF;
+    SELECT * INTO w FROM kappa.ranking_window('top_salesman_by_country', at);
+    RETURN QUERY
+    SELECT res.group_values[1],
+           row_number() OVER (ORDER BY res.total DESC, res.sale_count DESC, res.item),
+           res.item, res.item_label, res.total, res.sale_count,
+           res.window_start, res.window_end, res.is_final
+      FROM (SELECT * FROM kappa.ranking_results r
+             WHERE r.ranking = 'top_salesman_by_country' AND r.window_start = w.window_start
+               AND r.group_values = ARRAY[top_salesmen_by_country.country]
+             ORDER BY r.total DESC, r.sale_count DESC, r.item
+             LIMIT n) res;
+END
+$$;
+
+-- Every window, ranked.
+CREATE VIEW kappa.top_sales_by_city AS
+SELECT r.window_start, r.window_end, r.group_values[1] AS city,
+       r.total AS total_sales, r.sale_count, r.is_final,
+       rank() OVER (PARTITION BY r.window_start
+                    ORDER BY r.total DESC, r.sale_count DESC, r.group_values) AS rank
+  FROM kappa.ranking_results r
+ WHERE r.ranking = 'top_sales_by_city';
+
+CREATE VIEW kappa.top_salesman_by_country AS
+SELECT r.window_start, r.window_end, r.group_values[1] AS country,
+       r.item AS seller_id, r.item_label AS seller_name,
+       r.total AS total_sales, r.sale_count, r.is_final,
+       rank() OVER (PARTITION BY r.window_start, r.group_values
+                    ORDER BY r.total DESC, r.sale_count DESC, r.item) AS rank
+  FROM kappa.ranking_results r
+ WHERE r.ranking = 'top_salesman_by_country';
+
+-- Sales with their payment status.
+CREATE VIEW kappa.sales_enriched AS
+SELECT s.key AS sale_id, s.topic, s.row_data::jsonb AS sale,
+       coalesce(p.status, 'PENDING') AS payment_status, p.payment_id, p.confirmed_at
+  FROM kappa.stream_rows s
+  LEFT JOIN kappa.payments p ON p.sale_id = s.key
+ WHERE NOT s.deleted;
+
+-- -------------------------------------------------------------------------
+-- Status
+-- -------------------------------------------------------------------------
+CREATE FUNCTION kappa.stream_worker_status(
+    OUT worker integer,
+    OUT pid integer,
+    OUT state text,
+    OUT consumer_group text,
+    OUT partitions integer,
+    OUT messages bigint,
+    OUT events_applied bigint,
+    OUT duplicates bigint,
+    OUT late_events bigint,
+    OUT dead_letters bigint,
+    OUT batches bigint,
+    OUT last_batch_at timestamptz,
+    OUT last_error text,
+    OUT last_error_at timestamptz,
+    OUT started_at timestamptz)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'kappa_stream_worker_status'
+LANGUAGE C STABLE;
+
+-- One row per partition the stream workers consume, with its worker.
+CREATE VIEW kappa.stat_consumers AS
+SELECT o.consumer_group, o.topic, o.partition, w.worker, o.owner_pid AS pid,
+       coalesce(w.state, 'not running') AS state,
+       o.next_offset, o.high_watermark,
+       CASE WHEN o.next_offset >= 0 AND o.high_watermark IS NOT NULL
+            THEN greatest(o.high_watermark - o.next_offset, 0) END AS lag,
+       o.stream_time, o.last_record_at, o.caught_up,
+       w.messages, w.events_applied, w.duplicates, w.late_events, w.dead_letters,
+       w.last_batch_at, w.last_error, w.last_error_at
+  FROM kappa.stream_offsets o
+  LEFT JOIN kappa.stream_worker_status() w ON w.pid = o.owner_pid;
+
+COMMENT ON VIEW kappa.stat_consumers IS
+    'Stream workers by partition: offsets, lag, stream time, events applied, late, dead letters, last error';
+
+CREATE VIEW kappa.stat_rankings AS
+SELECT r.name AS ranking, s.events_applied, s.late_events, s.finalized_through, s.last_event_at,
+       count(w.*) FILTER (WHERE NOT w.is_final) AS open_windows,
+       count(w.*) FILTER (WHERE w.is_final) AS final_windows,
+       count(w.*) FILTER (WHERE w.is_final AND w.produced_at IS NULL) AS results_pending,
+       max(w.window_start) AS latest_window
+  FROM kappa.rankings r
+  LEFT JOIN kappa.ranking_state s ON s.ranking = r.name
+  LEFT JOIN kappa.ranking_windows w ON w.ranking = r.name
+ GROUP BY r.name, s.events_applied, s.late_events, s.finalized_through, s.last_event_at;
+
+COMMENT ON VIEW kappa.stat_rankings IS
+    'Rankings: events applied, late events, open and final windows, results waiting to be produced';
+
+-- -------------------------------------------------------------------------
+-- The two shipped rankings
+-- -------------------------------------------------------------------------
+SELECT kappa.create_ranking('top_sales_by_city', ARRAY['city'], interval '1 day',
+                            calendar => true);
+SELECT kappa.create_ranking('top_salesman_by_country', ARRAY['country'], interval '30 days',
+                            item => 'seller_id', item_label => 'seller_name',
+                            calendar => false);
+
+SELECT pg_catalog.pg_extension_config_dump('kappa.rankings', $$WHERE name NOT IN ('top_sales_by_city', 'top_salesman_by_country')$$);
+
+-- -------------------------------------------------------------------------
+-- Privileges
+-- -------------------------------------------------------------------------
+GRANT SELECT ON kappa.rankings, kappa.ranking_definitions, kappa.ranking_windows,
+                kappa.ranking_results, kappa.ranking_state, kappa.late_events,
+                kappa.top_sales_by_city, kappa.top_salesman_by_country,
+                kappa.payments, kappa.payment_history, kappa.sales_enriched
+    TO kappa_reader;
+REVOKE ALL ON FUNCTION kappa.stream_worker_status() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION kappa.stream_worker_status() TO pg_monitor, kappa_reader;
+GRANT SELECT ON kappa.stat_consumers, kappa.stat_rankings, kappa.stream_offsets TO pg_monitor, kappa_reader;
+REVOKE ALL ON FUNCTION kappa.create_ranking, kappa.drop_ranking(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION kappa.create_ranking, kappa.drop_ranking(text) TO kappa_admin;
+REVOKE ALL ON FUNCTION kappa.ranking, kappa.top_sales_by_city, kappa.top_salesmen_by_country,
+                       kappa.ranking_window, kappa.ranking_results_topic FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION kappa.ranking, kappa.top_sales_by_city, kappa.top_salesmen_by_country,
+                          kappa.ranking_window, kappa.ranking_results_topic TO kappa_reader;
+-- -------------------------------------------------------------------------
+-- SOAP payment poller: the watermark of each endpoint, and a decoder for
+-- looking at responses by hand (docs/soap-payments.md)
+-- -------------------------------------------------------------------------
+
+-- One row per endpoint (kappa.soap_url).  A poll asks for the confirmations
+-- since "since" (inclusive) and pages through the service's page tokens;
+-- page_token is the next page of a poll under way.  Each page's row update
+-- commits only after Kafka acknowledged the page's messages.
+CREATE TABLE kappa.soap_state (
+    endpoint text PRIMARY KEY,
+    since timestamptz NOT NULL DEFAULT '1970-01-01 00:00:00+00',
+    since_payment_ids text[] NOT NULL DEFAULT '{}',
+    page_token text,
+    poll_max_confirmed_at timestamptz,
+    poll_max_payment_ids text[] NOT NULL DEFAULT '{}',
+    last_poll_at timestamptz,
+    last_success_at timestamptz
+);
+
+COMMENT ON TABLE kappa.soap_state IS
+    'SOAP payment poller: watermark (since), the payment ids already sent at it, and the page of a poll under way, per endpoint';
+COMMENT ON COLUMN kappa.soap_state.since IS
+    'Latest ConfirmedAt sent to Kafka; the next poll asks for confirmations at or after it';
+COMMENT ON COLUMN kappa.soap_state.since_payment_ids IS
+    'Payment ids already sent whose ConfirmedAt equals since: the next poll does not send them again';
+COMMENT ON COLUMN kappa.soap_state.page_token IS
+    'Next page of the poll under way (NULL: the next poll starts from since)';
+
+SELECT pg_catalog.pg_extension_config_dump('kappa.soap_state', '');
+REVOKE ALL ON kappa.soap_state FROM PUBLIC;
+GRANT SELECT ON kappa.soap_state TO pg_monitor;
+
+CREATE FUNCTION kappa.soap_decode(
+    response text,
+    endpoint text DEFAULT '',
+    page text DEFAULT '',
+    OUT kind text,
+    OUT key text,
+    OUT value text,
+    OUT error text)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'kappa_soap_decode'
+LANGUAGE C VOLATILE;
+
+COMMENT ON FUNCTION kappa.soap_decode(text, text, text) IS
+    'What the SOAP poller makes of a GetPaymentConfirmations response: messages, dead letters, next page';
+
+REVOKE ALL ON FUNCTION kappa.soap_decode(text, text, text) FROM PUBLIC;
+-- -------------------------------------------------------------------------
+-- CSV inbox: the ledger of files (see docs/csv-inbox.md)
+-- -------------------------------------------------------------------------
+
+-- One row per file the CSV inbox worker took, identified by the SHA-256 of
+-- its content.  A file is 'processed' in the same transaction that stores
+-- its dead letters, after Kafka acknowledged all its rows; content that is
+-- 'processed' once is never sent again (a later copy is a 'duplicate').
+CREATE TABLE kappa.csv_files (
+    id bigserial PRIMARY KEY,
+    name text NOT NULL,
+    sha256 text NOT NULL CHECK (sha256 ~ '^[0-9a-f]{64}$'),
+    size bigint NOT NULL,
+    state text NOT NULL
+        CHECK (state IN ('processing', 'processed', 'duplicate', 'failed', 'abandoned')),
+    rows_ingested bigint NOT NULL DEFAULT 0,
+    rows_rejected bigint NOT NULL DEFAULT 0,
+    attempts integer NOT NULL DEFAULT 1,
+    duplicate_of bigint REFERENCES kappa.csv_files (id),
+    first_seen timestamptz NOT NULL DEFAULT now(),
+    started_at timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz,
+    moved_to text,
+    error text
+);
+CREATE UNIQUE INDEX csv_files_processed_once ON kappa.csv_files (sha256)
+    WHERE state = 'processed';
+CREATE INDEX csv_files_name ON kappa.csv_files (name);
+
+COMMENT ON TABLE kappa.csv_files IS
+    'Files taken from the CSV inbox: content hash, outcome, rows sent and refused, where the file went';
+
+SELECT pg_catalog.pg_extension_config_dump('kappa.csv_files', '');
+SELECT pg_catalog.pg_extension_config_dump('kappa.csv_files_id_seq', '');
+REVOKE ALL ON kappa.csv_files FROM PUBLIC;
+GRANT SELECT ON kappa.csv_files TO pg_monitor;
