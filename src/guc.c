@@ -167,6 +167,11 @@ check_kafka_options(char **newval, void **extra, GucSource source)
 
 	if (!kafka_options_validate(*newval, &error))
 	{
+		/*
+		 * PostgreSQL's own message would quote the value, and with it any
+		 * password someone put there; the detail names the option only.
+		 */
+		GUC_check_errmsg("invalid value for parameter \"kappa.kafka_options\"");
 		GUC_check_errdetail("%s", error);
 		return false;
 	}

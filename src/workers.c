@@ -77,6 +77,16 @@ kappa_worker_begin(const char *application_name)
 	SetConfigOption("application_name", application_name, PGC_SUSET, PGC_S_OVERRIDE);
 
 	/*
+	 * The workers run as the bootstrap superuser: their statements resolve
+	 * names in pg_catalog only (every table they use is schema-qualified),
+	 * so that nobody who can create objects in a schema of the default
+	 * search_path (public, in a database they own) can put a function or
+	 * operator of theirs in front of pg_catalog's and have it run with a
+	 * superuser's rights.
+	 */
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
+
+	/*
 	 * The workers run the same short statements batch after batch, over
 	 * arrays the planner cannot size: JIT compiled them anew every time, a
 	 * tenth of the stream worker's time, for nothing.

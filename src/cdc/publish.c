@@ -89,9 +89,20 @@ cdc_tables_published(void)
 /*
  * Run SPI statements on kappa.published_tables as the owner of that table
  * (the extension's owner): the caller's own rights were checked already.
+ * The statements resolve names with pg_catalog only, and in a
+ * security-restricted operation: the caller's search_path could otherwise
+ * put a function or operator of theirs in front of pg_catalog's, to be run
+ * with the owner's rights.
  */
+typedef struct CatalogOwnerState
+{
+	Oid			save_userid;
+	int			save_sec;
+	int			save_nestlevel;
+} CatalogOwnerState;
+
 static void
-become_catalog_owner(Oid *save_userid, int *save_sec)
+become_catalog_owner(CatalogOwnerState *state)
 {
 	Oid			nspid = get_namespace_oid(KAPPA_SCHEMA_NAME, false);
 	Oid			relid = get_relname_relid("published_tables", nspid);
@@ -104,8 +115,20 @@ become_catalog_owner(Oid *save_userid, int *save_sec)
 	owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
 	ReleaseSysCache(tuple);
 
-	GetUserIdAndSecContext(save_userid, save_sec);
-	SetUserIdAndSecContext(owner, *save_sec | SECURITY_LOCAL_USERID_CHANGE);
+	GetUserIdAndSecContext(&state->save_userid, &state->save_sec);
+	SetUserIdAndSecContext(owner, state->save_sec | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	state->save_nestlevel = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog, pg_temp",
+							 PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+}
+
+static void
+restore_caller(CatalogOwnerState *state)
+{
+	AtEOXact_GUC(true, state->save_nestlevel);
+	SetUserIdAndSecContext(state->save_userid, state->save_sec);
 }
 
 static void
@@ -345,8 +368,7 @@ kappa_publish_table(PG_FUNCTION_ARGS)
 	Oid			relid;
 	char	   *topic = NULL;
 	Relation	rel;
-	Oid			save_userid;
-	int			save_sec;
+	CatalogOwnerState owner_state;
 	Oid			argtypes[2] = {OIDOID, TEXTOID};
 	Datum		args[2];
 	char		nulls[2] = {' ', ' '};
@@ -378,7 +400,7 @@ kappa_publish_table(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	become_catalog_owner(&save_userid, &save_sec);
+	become_catalog_owner(&owner_state);
 
 	/* already published? */
 	args[0] = ObjectIdGetDatum(relid);
@@ -397,7 +419,7 @@ kappa_publish_table(PG_FUNCTION_ARGS)
 							RelationGetRelationName(rel),
 							current ? current : kappa_sales_topic),
 					 errhint("Call kappa.unpublish_table() first to change its topic.")));
-		SetUserIdAndSecContext(save_userid, save_sec);
+		restore_caller(&owner_state);
 		SPI_finish();
 		table_close(rel, NoLock);
 		ereport(NOTICE,
@@ -415,7 +437,7 @@ kappa_publish_table(PG_FUNCTION_ARGS)
 	if (SPI_execute_with_args("INSERT INTO kappa.published_tables (relid, topic) VALUES ($1, $2)",
 							  2, argtypes, args, nulls, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not insert into kappa.published_tables");
-	SetUserIdAndSecContext(save_userid, save_sec);
+	restore_caller(&owner_state);
 	SPI_finish();
 
 	/* decoders drop what they cached about this table at our commit */
@@ -437,8 +459,7 @@ Datum
 kappa_unpublish_table(PG_FUNCTION_ARGS)
 {
 	Oid			relid;
-	Oid			save_userid;
-	int			save_sec;
+	CatalogOwnerState owner_state;
 	Oid			argtypes[1] = {OIDOID};
 	Datum		args[1];
 	bool		removed;
@@ -452,13 +473,13 @@ kappa_unpublish_table(PG_FUNCTION_ARGS)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	become_catalog_owner(&save_userid, &save_sec);
+	become_catalog_owner(&owner_state);
 	args[0] = ObjectIdGetDatum(relid);
 	if (SPI_execute_with_args("DELETE FROM kappa.published_tables WHERE relid = $1",
 							  1, argtypes, args, NULL, false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "could not delete from kappa.published_tables");
 	removed = SPI_processed > 0;
-	SetUserIdAndSecContext(save_userid, save_sec);
+	restore_caller(&owner_state);
 	SPI_finish();
 
 	if (!removed)

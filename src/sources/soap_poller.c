@@ -76,6 +76,8 @@ check_soap_url(char **newval, void **extra, GucSource source)
 		return true;
 	if (!soap_url_is_valid(*newval, &why))
 	{
+		/* not quoted: a refused URL may hold a password */
+		GUC_check_errmsg("invalid value for parameter \"kappa.soap_url\"");
 		GUC_check_errdetail("%s", why);
 		return false;
 	}

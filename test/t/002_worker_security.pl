@@ -1,0 +1,121 @@
+# Nobody gets a superuser's rights through pg_kappa's own statements, and
+# refused settings do not put their secrets in the server log.
+#
+#  - The workers run as the bootstrap superuser.  A role allowed to create
+#    objects in public (the default search_path) defines unnest(text[]) and
+#    "=" (regclass, oid), exact matches that PostgreSQL would prefer to
+#    pg_catalog's unnest(anyarray) and oid = oid; the stream worker applies
+#    sales and payments (statements over unnest of text[] arrays) and must
+#    never call them.
+#  - kappa.publish_table() and kappa.unpublish_table() write their catalog
+#    as the extension's owner; a caller with REPLICATION who owns a table
+#    and puts a schema of their own first in search_path must not get their
+#    operator called there.
+#  - kappa.kafka_options with a password and kappa.soap_url with
+#    credentials, set in postgresql.conf and reloaded, are refused without
+#    the value in the log.
+use strict;
+use warnings;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use PgKappa::Test;
+
+my $broker = start_dev_broker(topics => [ 'sales-events:1', 'payment-confirmations:1' ]);
+my $node = kappa_node('security', $broker, conf => qq{
+kappa.stream_batch_ms = 50
+kappa.idle_timeout = '1h'
+});
+
+# what the traps record, when called, and the roles that set them
+$node->safe_psql('shop', q{
+CREATE TABLE public.trap_calls (who text, at timestamptz DEFAULT now());
+GRANT INSERT ON public.trap_calls TO PUBLIC;
+CREATE ROLE mallory LOGIN;
+GRANT CREATE ON SCHEMA public TO mallory;
+CREATE ROLE rep LOGIN REPLICATION;
+CREATE SCHEMA evil AUTHORIZATION rep;
+GRANT EXECUTE ON FUNCTION kappa.publish_table(regclass, text), kappa.unpublish_table(regclass) TO rep;
+});
+
+# ---- the workers' search_path -----------------------------------------------
+$node->safe_psql('shop', q{
+SET ROLE mallory;
+CREATE FUNCTION public.unnest(a text[]) RETURNS SETOF text LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO public.trap_calls (who) VALUES (current_user || ' unnest');
+    IF current_user <> 'mallory' THEN
+        EXECUTE 'ALTER ROLE mallory SUPERUSER';
+    END IF;
+    RETURN QUERY SELECT x FROM pg_catalog.unnest(a::anyarray) x;
+END $$;
+});
+# the trap works: a session of mallory's own falls into it
+is($node->safe_psql('shop', q{SET ROLE mallory; SELECT count(*) FROM unnest(ARRAY['a', 'b']::text[])}),
+	'2', 'the trap is in mallory\'s search_path');
+is($node->safe_psql('shop', q{SELECT count(*) FROM public.trap_calls}), '1', 'and records its call');
+$node->safe_psql('shop', q{TRUNCATE public.trap_calls});
+
+my $sale = sub {
+	my ($id, $city, $amount) = @_;
+	return [ $id, qq({"op":"c","before":null,"after":{"sale_id":"$id","store_id":"ST-1","seller_id":"S-1","seller_name":"Ana","city":"$city","country":"ES","amount":"$amount","currency":"EUR","sold_at":"2026-11-20T10:00:00Z"},"source":{"connector":"test"},"ts_ms":1}) ];
+};
+kcat_produce($broker, 'sales-events', [ $sale->(1, 'Madrid', '10.00'), $sale->(2, 'Vigo', '5.50') ]);
+kcat_produce($broker, 'payment-confirmations', [
+	[ '1', '{"op":"c","before":null,"after":{"payment_id":"P-1","sale_id":"1","status":"CONFIRMED","amount":"10.00","currency":"EUR","confirmed_at":"2026-11-20T10:01:00Z"},"source":{"connector":"soap"},"ts_ms":1}' ] ]);
+my $applied = q{SELECT (SELECT string_agg(group_values[1] || '=' || total, ',' ORDER BY group_values)
+                          FROM kappa.ranking_results WHERE ranking = 'top_sales_by_city')
+                    || '/' || (SELECT string_agg(sale_id || '=' || status, ',') FROM kappa.payments)};
+wait_until(sub { $node->safe_psql('shop', $applied) eq 'Madrid=10.00,Vigo=5.50/1=CONFIRMED' },
+	'sales and payment applied');
+is($node->safe_psql('shop', q{SELECT count(*) FROM public.trap_calls}), '0',
+	'the stream worker never called public.unnest(text[])');
+is($node->safe_psql('shop', q{SELECT rolsuper FROM pg_roles WHERE rolname = 'mallory'}), 'f',
+	'mallory is no superuser');
+
+# ---- publish_table under the caller's search_path ----------------------------
+$node->safe_psql('shop', q{
+SET ROLE rep;
+CREATE TABLE evil.mine (id int PRIMARY KEY, v text);
+CREATE FUNCTION evil.regclass_eq_oid(regclass, oid) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO public.trap_calls (who) VALUES (current_user || ' =');
+    IF current_user <> 'rep' THEN
+        EXECUTE 'ALTER ROLE rep SUPERUSER';
+    END IF;
+    RETURN $1::oid OPERATOR(pg_catalog.=) $2;
+END $$;
+CREATE OPERATOR evil.= (LEFTARG = regclass, RIGHTARG = oid, FUNCTION = evil.regclass_eq_oid);
+});
+my ($ret, $out, $err) = $node->psql('shop', q{
+SET ROLE rep;
+SET search_path = evil, public;
+SELECT kappa.publish_table('evil.mine');
+SELECT kappa.publish_table('evil.mine');
+SELECT kappa.unpublish_table('evil.mine');
+});
+is($ret, 0, 'rep publishes and unpublishes its table') or diag($err);
+is($node->safe_psql('shop', q{SELECT count(*) FROM public.trap_calls}), '0',
+	'kappa.publish_table() never called evil.=');
+is($node->safe_psql('shop', q{SELECT rolsuper FROM pg_roles WHERE rolname = 'rep'}), 'f',
+	'rep is no superuser');
+is($node->safe_psql('shop', q{SELECT count(*) FROM kappa.published_tables}), '0', 'nothing left published');
+
+# ---- refused settings keep their secrets out of the log ------------------------
+my $log_offset = -s $node->logfile;
+$node->append_conf('postgresql.conf', q{
+kappa.kafka_options = 'sasl.username=kappa; sasl.password=TopSecret1'
+kappa.soap_url = 'https://kappa:TopSecret2@payments.example/ws'
+});
+$node->reload;
+wait_until(sub { slurp_file($node->logfile, $log_offset) =~ /parameter "kappa.soap_url"/ },
+	'the reload refused the new values');
+my $log = slurp_file($node->logfile, $log_offset);
+like($log, qr/invalid value for parameter "kappa.kafka_options"\n.*DETAIL:  Property "sasl.password" holds a secret/,
+	'kappa.kafka_options refused, the property named');
+like($log, qr/invalid value for parameter "kappa.soap_url"\n.*DETAIL:  The URL must not contain a user name or password/,
+	'kappa.soap_url refused, the reason given');
+unlike($log, qr/TopSecret/, 'neither password is in the log');
+
+done_testing();
