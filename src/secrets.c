@@ -86,16 +86,34 @@ kappa_read_secrets(const char *prefix)
 
 	while (fgets(line, sizeof(line), file) != NULL)
 	{
-		char	   *p = trim(line);
+		size_t		len = strlen(line);
+		char	   *p;
 		char	   *eq;
 		char	   *key;
 
 		lineno++;
+
+		/*
+		 * A line longer than the buffer would be read in pieces, the next
+		 * piece taken for a line of its own and quoted as its key: refuse
+		 * it, quoting nothing.
+		 */
+		if (len == sizeof(line) - 1 && line[len - 1] != '\n' && !feof(file))
+		{
+			explicit_bzero(line, sizeof(line));
+			FreeFile(file);
+			ereport(ERROR,
+					(errcode(ERRCODE_CONFIG_FILE_ERROR),
+					 errmsg("line %d of secrets file \"%s\" is longer than %d bytes",
+							lineno, kappa_secrets_file, (int) sizeof(line) - 2)));
+		}
+		p = trim(line);
 		if (*p == '\0' || *p == '#')
 			continue;
 		eq = strchr(p, '=');
 		if (eq == NULL)
 		{
+			explicit_bzero(line, sizeof(line));
 			FreeFile(file);
 			ereport(ERROR,
 					(errcode(ERRCODE_CONFIG_FILE_ERROR),
@@ -106,11 +124,16 @@ kappa_read_secrets(const char *prefix)
 		key = trim(p);
 		if (strncmp(key, "kafka.", 6) != 0 && strncmp(key, "soap.", 5) != 0)
 		{
+			/* quote the key only if it looks like one, not like a secret */
+			bool		keylike = strspn(key, "abcdefghijklmnopqrstuvwxyz0123456789._-") == strlen(key);
+			char	   *shown = keylike ? psprintf("\"%s\" ", key) : "";
+
+			explicit_bzero(line, sizeof(line));
 			FreeFile(file);
 			ereport(ERROR,
 					(errcode(ERRCODE_CONFIG_FILE_ERROR),
-					 errmsg("unknown key \"%s\" on line %d of secrets file \"%s\"",
-							key, lineno, kappa_secrets_file),
+					 errmsg("unknown key %son line %d of secrets file \"%s\"",
+							shown, lineno, kappa_secrets_file),
 					 errhint("Keys start with \"kafka.\" (librdkafka properties) or \"soap.\".")));
 		}
 		if (strncmp(key, prefix, prefixlen) == 0)
@@ -122,6 +145,7 @@ kappa_read_secrets(const char *prefix)
 			result = lappend(result, opt);
 		}
 	}
+	explicit_bzero(line, sizeof(line));
 	FreeFile(file);
 	return result;
 }

@@ -13,7 +13,7 @@
 #    operator called there.
 #  - kappa.kafka_options with a password and kappa.soap_url with
 #    credentials, set in postgresql.conf and reloaded, are refused without
-#    the value in the log.
+#    the value in the log; so is a secrets file line too long to read.
 use strict;
 use warnings;
 
@@ -117,5 +117,22 @@ like($log, qr/invalid value for parameter "kappa.kafka_options"\n.*DETAIL:  Prop
 like($log, qr/invalid value for parameter "kappa.soap_url"\n.*DETAIL:  The URL must not contain a user name or password/,
 	'kappa.soap_url refused, the reason given');
 unlike($log, qr/TopSecret/, 'neither password is in the log');
+
+# A secrets file line longer than the reader's buffer is refused whole: its
+# tail, which holds an "=", is not read as a line of its own and quoted as
+# an unknown key.
+my $secrets = $node->data_dir . '/kappa_secrets';
+open my $fh, '>', $secrets or die $!;
+print $fh "# kappa secrets\n", 'kafka.sasl.password = ' . ('p' x 5000) . "TailSecret=3\n";
+close $fh;
+chmod 0600, $secrets;
+$log_offset = -s $node->logfile;
+$node->append_conf('postgresql.conf', qq{kappa.secrets_file = '$secrets'});
+$node->restart;
+wait_until(sub { slurp_file($node->logfile, $log_offset) =~ /line 2 of secrets file .* is longer than/ },
+	'the workers refuse the long line');
+$log = slurp_file($node->logfile, $log_offset);
+unlike($log, qr/TailSecret|ppppp/, 'no piece of the secret is in the log');
+unlike($log, qr/unknown key/, 'and no piece of it taken for a key');
 
 done_testing();
