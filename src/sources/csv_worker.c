@@ -415,22 +415,69 @@ choose_destination(int subfd, const char *name)
 /*
  * Move the file from the inbox into subfd under dest, never replacing a
  * file there.  Same file system: atomic.
+ *
+ * The move is by name, and the name may no longer be the file that was
+ * read: a store can put a new version in its place (written aside, then
+ * renamed over it) while the rows of the first wait for Kafka.  So the name
+ * must still be the inode that was read; if it is not, nothing is moved
+ * and false is returned: the new file stays in the inbox, to be read as a
+ * file of its own.  (What is left is the instant between this check and
+ * the rename.)
  */
-static void
+static bool
 move_file(CsvFile *f, int subfd, const char *sub, const char *dest)
 {
+	struct stat st;
+
+	if (fstatat(f->dirfd, f->name, &st, AT_SYMLINK_NOFOLLOW) != 0)
+	{
+		if (errno == ENOENT)
+			return false;
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not stat file \"%s\": %m", f->name)));
+	}
+	if (st.st_dev != f->st.st_dev || st.st_ino != f->st.st_ino)
+		return false;
 	if (renameat2(f->dirfd, f->name, subfd, dest, RENAME_NOREPLACE) == 0)
-		return;
+		return true;
 	if (errno == EINVAL || errno == ENOSYS)
 	{
 		/* a file system without RENAME_NOREPLACE: link, then unlink */
 		if (linkat(f->dirfd, f->name, subfd, dest, 0) == 0 &&
 			unlinkat(f->dirfd, f->name, 0) == 0)
-			return;
+			return true;
 	}
 	ereport(ERROR,
 			(errcode_for_file_access(),
 			 errmsg("could not move file \"%s\" to \"%s/%s\": %m", f->name, sub, dest)));
+	return false;				/* keep compiler quiet */
+}
+
+static void forget_candidate(const char *name);
+
+/*
+ * The file read is no longer under its name: its ledger row (the latest of
+ * its name and content) says it was never moved, the problem is shown, and
+ * the name is looked at again.
+ */
+static void
+file_replaced(CsvFile *f, const char *recorded_as)
+{
+	Oid			types[2] = {TEXTOID, TEXTOID};
+	Datum		values[2];
+
+	values[0] = CStringGetTextDatum(f->name);
+	values[1] = CStringGetTextDatum(f->sha256);
+	begin_transaction();
+	ledger_execute("UPDATE kappa.csv_files SET moved_to = NULL, "
+				   "error = coalesce(error || '; ', '') || 'replaced in the inbox by another file of the same name before it was moved' "
+				   "WHERE id = (SELECT max(id) FROM kappa.csv_files WHERE name = $1 AND sha256 = $2)",
+				   2, types, values, NULL, SPI_OK_UPDATE);
+	commit_transaction();
+	report_problem("\"%s\" was replaced by another file of the same name after it was read; the version read is recorded as %s, the new one will be read as a file of its own",
+				   f->name, recorded_as);
+	forget_candidate(f->name);
 }
 
 static void
@@ -740,10 +787,12 @@ ledger_begin(CsvFile *f, int64 size)
 			commit_transaction();
 			if (strcmp(state, "failed") == 0)
 				write_reason_file(subfd, dest, error ? error : "failed");
-			move_file(f, subfd, sub, dest);
-			ereport(LOG,
-					(errmsg("pg_kappa csv inbox: moved \"%s\" to %s, as recorded before a restart",
-							f->name, moved_to)));
+			if (move_file(f, subfd, sub, dest))
+				ereport(LOG,
+						(errmsg("pg_kappa csv inbox: moved \"%s\" to %s, as recorded before a restart",
+								f->name, moved_to)));
+			else
+				file_replaced(f, state);
 			return CSV_LEDGER_DONE;
 		}
 	}
@@ -773,8 +822,12 @@ ledger_begin(CsvFile *f, int64 size)
 						   "VALUES ($1, $2, $3, 'duplicate', $4, now(), $5)",
 						   5, dtypes, dvalues, NULL, SPI_OK_INSERT);
 		commit_transaction();
-		move_file(f, f->processed_fd, "processed", dest);
 		pg_atomic_fetch_add_u64(&worker.stats->files_seen, 1);
+		if (!move_file(f, f->processed_fd, "processed", dest))
+		{
+			file_replaced(f, "a duplicate");
+			return CSV_LEDGER_DONE;
+		}
 		ereport(LOG,
 				(errmsg("pg_kappa csv inbox: \"%s\" has the content of a file already processed; moved to processed/%s without sending it again",
 						f->name, dest),
@@ -824,11 +877,14 @@ fail_file(CsvFile *f, const char *reason)
 	commit_transaction();
 
 	write_reason_file(f->failed_fd, dest, reason);
-	move_file(f, f->failed_fd, "failed", dest);
-
 	snprintf(message, sizeof(message), "%s: %s", f->name, reason);
 	pg_atomic_fetch_add_u64(&worker.stats->files_seen, 1);
 	source_stats_error(worker.stats, message);
+	if (!move_file(f, f->failed_fd, "failed", dest))
+	{
+		file_replaced(f, "failed");
+		return;
+	}
 	ereport(LOG,
 			(errmsg("pg_kappa csv inbox: moved \"%s\" to failed/%s: %s", f->name, dest, reason)));
 }
@@ -903,8 +959,12 @@ finish_file(CsvFile *f)
 	}
 	commit_transaction();
 
-	move_file(f, f->processed_fd, "processed", dest);
 	source_stats_success(worker.stats, 1, f->rows_sent, f->rows_rejected);
+	if (!move_file(f, f->processed_fd, "processed", dest))
+	{
+		file_replaced(f, "processed");
+		return;
+	}
 	ereport(DEBUG1,
 			(errmsg("pg_kappa csv inbox: \"%s\": %lld rows sent, %lld refused; moved to processed/%s",
 					f->name, (long long) f->rows_sent, (long long) f->rows_rejected, dest)));

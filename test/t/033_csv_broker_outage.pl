@@ -3,7 +3,9 @@
 # kappa.stat_sources, and the worker sends the file again with backoff.  When
 # the broker is back the file is recorded and moved once every row is
 # acknowledged: each row is in the topic (a resent row is an identical copy)
-# and counts exactly once in the rankings.
+# and counts exactly once in the rankings.  A new version of a file renamed
+# over it while its rows wait for Kafka is read as a file of its own, never
+# moved to processed/ unread.
 use strict;
 use warnings;
 
@@ -94,5 +96,41 @@ SELECT string_agg(group_values[1] || '=' || total || '/' || sale_count, ',' ORDE
   FROM kappa.ranking_results WHERE ranking = 'top_sales_by_city'}),
 	$expected, 'each sale counts exactly once in top_sales_by_city');
 is($node->safe_psql('shop', q{SELECT count(*) FROM kappa.dead_letters}), '0', 'no dead letters');
+
+# ---- a new version put in place of a file whose rows wait for Kafka ---------
+# The store writes a corrected file aside and renames it over the first
+# while the worker still waits for Kafka to acknowledge the first's rows.
+# The first is recorded (its rows were read and sent) but not moved, since
+# its name is now the new file's; the new file is read as a file of its own.
+my $header = "sale_id,store_id,seller_id,seller_name,city,country,amount,currency,sold_at\n";
+my $v1 = $header . join('', map { "$_,ST-1,S-1,Ana,Bilbao,ES,1.00,EUR,2026-11-20T10:00:00Z\n" } 30001 .. 30003);
+my $v2 = $header . join('', map { "$_,ST-1,S-1,Ana,Bilbao,ES,2.00,EUR,2026-11-20T10:00:00Z\n" } 30101 .. 30102);
+my $put = sub {
+	my ($content) = @_;
+	open my $out, '>:raw', "$inbox/.sales_swap.csv.tmp" or die $!;
+	print $out $content;
+	close $out;
+	rename("$inbox/.sales_swap.csv.tmp", "$inbox/sales_swap.csv") or die $!;
+};
+$broker->control('down all');
+$put->($v1);
+wait_until(sub { $node->safe_psql('shop', q{
+SELECT last_error LIKE 'sales_swap.csv: % could not be delivered to Kafka%' FROM kappa.stat_sources WHERE source = 'csv'}) eq 't' },
+	'the first version\'s deliveries to fail');
+$put->($v2);
+$broker->control('up all');
+wait_until(sub { $node->safe_psql('shop', q{
+SELECT count(*) FROM kappa.csv_files WHERE name = 'sales_swap.csv' AND state = 'processed'}) eq '2' },
+	'both versions to be processed');
+wait_until(sub { !-e "$inbox/sales_swap.csv" }, 'the inbox to be empty');
+is(slurp_file("$inbox/processed/sales_swap.csv"), $v2, 'processed/ has the new version');
+ok(!-e "$inbox/processed/sales_swap.csv.1", 'and nothing else of that name');
+is($node->safe_psql('shop', q{
+SELECT string_agg(rows_ingested || '|' || coalesce(moved_to, '-') || '|' || coalesce(error, '-'), ', ' ORDER BY id)
+  FROM kappa.csv_files WHERE name = 'sales_swap.csv'}),
+	'3|-|replaced in the inbox by another file of the same name before it was moved, 2|processed/sales_swap.csv|-',
+	'the ledger: the first version read and sent but never moved, the second moved');
+my %swap = map { $_->{key} => 1 } grep { $_->{value} =~ /"file":"sales_swap.csv"/ } @{ kcat_consume($broker, 'sales-events') };
+is(join(',', sort keys %swap), '30001,30002,30003,30101,30102', 'the rows of both versions are in the topic');
 
 done_testing();
