@@ -730,6 +730,23 @@ kafka_produce(KafkaClient *client, const char *topic,
 			  const char *value, size_t len,
 			  int64 timestamp_ms, KafkaDelivery *delivery)
 {
+	(void) kafka_produce_or_refuse(client, topic, key, keylen, value, len,
+								   timestamp_ms, delivery, false);
+}
+
+/*
+ * Like kafka_produce, but a message that librdkafka refuses by itself as
+ * larger than message.max.bytes is not an error when refuse_too_large:
+ * false is returned and nothing is produced, so that the caller can keep
+ * it as a dead letter and go on.
+ */
+bool
+kafka_produce_or_refuse(KafkaClient *client, const char *topic,
+						const char *key, size_t keylen,
+						const char *value, size_t len,
+						int64 timestamp_ms, KafkaDelivery *delivery,
+						bool refuse_too_large)
+{
 	rd_kafka_topic_t *rkt = kafka_client_topic(client, topic);
 
 	for (;;)
@@ -747,16 +764,33 @@ kafka_produce(KafkaClient *client, const char *topic,
 								RD_KAFKA_V_END);
 		if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
 			break;
+		if (err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE && refuse_too_large)
+			return false;
 		if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
 			ereport(ERROR,
 					(errcode(kafka_sqlstate(err)),
 					 errmsg("could not produce to Kafka topic \"%s\": %s",
-							topic, rd_kafka_err2str(err))));
+							topic, rd_kafka_err2str(err)),
+					 err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE ?
+					 errhint("Raise message.max.bytes in kappa.kafka_options (and the topic's max.message.bytes).") : 0));
 		kafka_client_serve(client, 100);
 		CHECK_FOR_INTERRUPTS();
 	}
 	if (delivery)
 		delivery->pending++;
+	return true;
+}
+
+/* The producer's message.max.bytes, as librdkafka applies it. */
+int
+kafka_max_message_bytes(KafkaClient *client)
+{
+	char		buf[32];
+	size_t		size = sizeof(buf);
+
+	if (rd_kafka_conf_get(rd_kafka_conf(client->rk), "message.max.bytes", buf, &size) != RD_KAFKA_CONF_OK)
+		return 0;
+	return atoi(buf);
 }
 
 /*

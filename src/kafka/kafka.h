@@ -77,6 +77,12 @@ extern void kafka_produce(KafkaClient *client, const char *topic,
 						  const char *key, size_t keylen,
 						  const char *value, size_t len,
 						  int64 timestamp_ms, KafkaDelivery *delivery);
+extern bool kafka_produce_or_refuse(KafkaClient *client, const char *topic,
+									const char *key, size_t keylen,
+									const char *value, size_t len,
+									int64 timestamp_ms, KafkaDelivery *delivery,
+									bool refuse_too_large);
+extern int	kafka_max_message_bytes(KafkaClient *client);
 extern bool kafka_wait_delivered(KafkaClient *client, KafkaDelivery *delivery,
 								 int timeout_ms);
 

@@ -1086,11 +1086,20 @@ send_rows(CsvFile *f, KafkaDelivery *delivery, char **reason)
 		MemoryContextSwitchTo(cxt);
 		if (refused)
 			keep_dead_letter(f, &rec, refused);
+		else if (kafka_produce_or_refuse(worker.producer, kappa_sales_topic, key.data, key.len,
+										 value.data, value.len, ts_ms, delivery, true))
+			f->rows_sent++;
 		else
 		{
-			kafka_produce(worker.producer, kappa_sales_topic, key.data, key.len,
-						  value.data, value.len, ts_ms, delivery);
-			f->rows_sent++;
+			/* too large for Kafka: a bad row like any other */
+			char	   *why;
+
+			MemoryContextSwitchTo(row_cxt);
+			why = psprintf("its change event is %d bytes with its key, more than Kafka's message.max.bytes (%d); raise message.max.bytes in kappa.kafka_options (and the topic's max.message.bytes) to send such rows",
+									  (int) (value.len + key.len),
+									  kafka_max_message_bytes(worker.producer));
+			MemoryContextSwitchTo(cxt);
+			keep_dead_letter(f, &rec, why);
 		}
 		MemoryContextReset(row_cxt);
 

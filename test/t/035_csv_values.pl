@@ -255,4 +255,29 @@ SKIP:
 	is($said, 1, 'the worker said once that it reads every sold_at with timestamptz_in');
 }
 
+# ---- a row too large for Kafka ---------------------------------------------
+# Its change event is over message.max.bytes (librdkafka's default,
+# 1 000 000 bytes): librdkafka refuses it at once.  It becomes a dead letter
+# that says so, and the file's other rows are sent; the file is processed at
+# the first attempt.
+{
+	my $bigfile = 'sales_values_big.csv';
+	my $name = 'x' x 1_000_100;
+	process_file($bigfile, [
+		"200001,ST-1,S-1,Ana,Madrid,ES,1.00,EUR,2026-11-20T10:00:00Z\n",
+		"200002,ST-1,S-1,$name,Madrid,ES,2.00,EUR,2026-11-20T10:00:00Z\n",
+		"200003,ST-1,S-1,Ana,Madrid,ES,3.00,EUR,2026-11-20T10:00:00Z\n" ],
+		'the worker to process the file with a row too large for Kafka');
+	is($node->safe_psql('shop', qq{
+SELECT rows_ingested || '|' || rows_rejected || '|' || attempts FROM kappa.csv_files WHERE name = '$bigfile'}),
+		'2|1|1', 'two rows sent, one refused, at the first attempt');
+	like($node->safe_psql('shop', qq{
+SELECT line || '|' || octet_length(raw) || '|' || error FROM kappa.dead_letters WHERE file = '$bigfile'}),
+		qr/^3\|100015[67]\|its change event is \d+ bytes with its key, more than Kafka's message\.max\.bytes \(1000000\); raise message\.max\.bytes/,
+		'the big row is a dead letter, whole, with the sizes');
+	my %sent = map { $_->{key} => 1 }
+	  grep { $_->{value} =~ /"file":"\Q$bigfile\E"/ } @{ kcat_consume($broker, 'sales-events') };
+	is(join(',', sort keys %sent), '200001,200003', 'the other rows are in the topic');
+}
+
 done_testing();
