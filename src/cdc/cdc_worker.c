@@ -222,6 +222,7 @@ typedef struct CdcWorker
 	TimestampTz last_slot_save; /* when the slot was last written to disk */
 	bool		delivery_failed;
 	rd_kafka_resp_err_t delivery_error;
+	char		refused[300];	/* why librdkafka refused a message, if it did */
 
 	int64		produced;
 	int64		acknowledged;
@@ -483,6 +484,11 @@ produce_message(KappaDecodingState *data, StringInfo value)
 	bool		waiting = false;
 
 	Assert(txn != NULL && !txn->closed);
+
+	/* decoding stops and starts again from the slot: no use sending more */
+	if (worker.delivery_failed)
+		return;
+
 	for (;;)
 	{
 		rd_kafka_resp_err_t err;
@@ -495,13 +501,33 @@ produce_message(KappaDecodingState *data, StringInfo value)
 			break;
 
 		err = rd_kafka_last_error();
+
+		/*
+		 * A change larger than message.max.bytes: a failed delivery that
+		 * librdkafka reports at once.  The publisher goes back to the
+		 * slot's position and tries again after a backoff, saying why in
+		 * kappa.cdc_status, as for a delivery the broker refuses: skipping
+		 * the change would lose it, and exiting would only have the
+		 * postmaster start it again on the same change.
+		 */
+		if (err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE)
+		{
+			snprintf(worker.refused, sizeof(worker.refused),
+					 "a change of %d bytes with its key (topic \"%s\", transaction committed at %X/%X) is larger than message.max.bytes (%d): raise message.max.bytes in kappa.kafka_options (and the topic's max.message.bytes)",
+					 (int) (value->len + (data->has_key ? data->key.len : 0)), topic,
+					 LSN_FORMAT_ARGS(data->commit_lsn),
+					 kafka_max_message_bytes(worker.producer));
+			worker.errors++;
+			worker.delivery_failed = true;
+			worker.delivery_error = err;
+			txn->failed = true;
+			return;
+		}
 		if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
 			ereport(ERROR,
 					(errcode(kafka_sqlstate(err)),
 					 errmsg("could not produce to Kafka topic \"%s\": %s",
-							topic, rd_kafka_err2str(err)),
-					 err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE ?
-					 errhint("Raise message.max.bytes in kappa.kafka_options (and the topic's max.message.bytes).") : 0));
+							topic, rd_kafka_err2str(err))));
 
 		/* Kafka is slower than decoding: wait for acknowledgements. */
 		if (!waiting)
@@ -718,9 +744,11 @@ rewind_after_failure(void)
 	TimestampTz deadline;
 
 	snprintf(msg, sizeof(msg), "kafka delivery failed: %s%s",
+			 worker.refused[0] ? worker.refused :
 			 worker.producer && worker.producer->fatal ?
 			 worker.producer->last_error_text : rd_kafka_err2str(worker.delivery_error),
 			 "; publishing again from the last confirmed position");
+	worker.refused[0] = '\0';
 	record_error(msg);
 	ereport(LOG, (errmsg("pg_kappa cdc publisher: %s", msg)));
 	worker.retries++;

@@ -1,5 +1,7 @@
 # The broker goes away while rows commit: the publisher stops confirming,
-# retries, and resumes when the broker is back; nothing is lost.
+# retries, and resumes when the broker is back; nothing is lost.  A change
+# too large for Kafka holds the publisher, with backoff and the reason in
+# kappa.cdc_status, until the limit is raised.
 use strict;
 use warnings;
 
@@ -78,6 +80,39 @@ wait_published($node);
 is($ids, $next - 1, 'long outage: every row reached the topic');
 is($mismatched, 0, 'long outage: any replay is an exact copy');
 is($node->safe_psql('shop', 'SELECT state FROM kappa.cdc_status'), 'streaming', 'publisher streaming again');
+
+# 3. A change larger than message.max.bytes, which librdkafka refuses at
+#    once: the publisher neither skips it nor exits (a restart would only
+#    meet it again); it goes back to the slot's position with backoff, says
+#    why in kappa.cdc_status, and publishes it once the limit is raised.
+$node->append_conf('postgresql.conf', "kappa.kafka_options = 'message.max.bytes=20000'\nkappa.cdc_max_backoff = 2");
+$node->reload;
+insert_batch(10);
+wait_published($node);
+my $pid = $node->safe_psql('shop', 'SELECT pid FROM kappa.cdc_status');
+my $big = $next++;
+$node->safe_psql('shop', qq{
+INSERT INTO sales VALUES ($big, 'ST', 'S', repeat('x', 30000), 'City', 'ES', 1, 'EUR', now())});
+insert_batch(5);
+wait_until(sub {
+	$node->safe_psql('shop', 'SELECT last_error FROM kappa.cdc_status') =~ /larger than message\.max\.bytes/
+}, 'publisher to say the change is too large');
+like($node->safe_psql('shop', 'SELECT last_error FROM kappa.cdc_status'),
+	qr{^kafka delivery failed: a change of 30\d{3} bytes with its key \(topic "sales-events", transaction committed at [0-9A-F]+/[0-9A-F]+\) is larger than message\.max\.bytes \(20000\): raise message\.max\.bytes in kappa\.kafka_options},
+	'kappa.cdc_status says which change, how large, and what to raise');
+sleep 3;    # a few retries
+is($node->safe_psql('shop', 'SELECT pid FROM kappa.cdc_status'), $pid, 'the publisher did not exit');
+like($node->safe_psql('shop', 'SELECT state FROM kappa.cdc_status'), qr/^retrying in \d+ ms after a Kafka delivery failure$/,
+	'it retries with backoff');
+my %published = map { $_->{sale_id} => 1 } @{ (check_replays(kcat_consume($broker, 'sales-events')))[0] };
+ok(!$published{$big} && !$published{ $big + 1 }, 'neither the change nor what follows it was published');
+$node->append_conf('postgresql.conf', "kappa.kafka_options = 'message.max.bytes=100000'");
+$node->reload;
+wait_published($node);
+($changes, $ids, $mismatched) = topic_state();
+is($ids, $next - 1, 'with the limit raised, every row reached the topic, the large one too');
+is($mismatched, 0, 'any replay is an exact copy');
+is($node->safe_psql('shop', 'SELECT pid FROM kappa.cdc_status'), $pid, 'the same publisher all along');
 
 $node->stop;
 done_testing();
