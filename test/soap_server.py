@@ -22,6 +22,9 @@ what it answers:
   /xxe-dtd          an external DTD on the watch port
   /bad              one good confirmation and two bad ones
   /loop             a next page token that never changes
+  /cycle            page tokens that go round: first page -> a, a -> b, b -> a
+  /future           a confirmation dated 2099 and one of 2026-11-21T12:00:00Z,
+                    filtered by Since
   /bench/N          N generated confirmations, paged by PageSize, filtered
                     by Since
   /ledger           the confirmations in --ledger (JSON lines with payment_id,
@@ -321,6 +324,21 @@ class Handler(BaseHTTPRequestHandler):
                 "".join(xml for when, xml in items if parse_time(when) >= since_t)))
         if scenario == "loop":
             return self.send_body(200, envelope("<p:NextPageToken>again</p:NextPageToken>\n"))
+        if scenario == "cycle":
+            following = {None: "a", "a": "b", "b": "a"}.get(token, "a")
+            first = confirmation("PAY-C1", "3001", "CONFIRMED", "1.00", "EUR",
+                                 "2026-11-21T12:00:00Z") if token is None else ""
+            return self.send_body(200, envelope(
+                first + "<p:NextPageToken>%s</p:NextPageToken>\n" % following))
+        if scenario == "future":
+            items = [
+                ("2026-11-21T12:00:00Z", confirmation("PAY-F1", "4001", "CONFIRMED", "1.00", "EUR",
+                                                      "2026-11-21T12:00:00Z")),
+                ("2099-01-01T00:00:00Z", confirmation("PAY-F2", "4002", "CONFIRMED", "2.00", "EUR",
+                                                      "2099-01-01T00:00:00Z")),
+            ]
+            return self.send_body(200, envelope(
+                "".join(xml for when, xml in items if parse_time(when) >= since_t)))
         if scenario == "bench":
             n = int(parts[1]) if len(parts) > 1 else 10000
             offset = int(token[1:]) if token else 0

@@ -60,6 +60,8 @@ char	   *kappa_soap_ca_file = NULL;
 int			kappa_soap_max_backoff = 300;
 
 #define SOAP_MAX_TOKEN_LEN		4096
+#define SOAP_MAX_PAGES_PER_POLL 10000	/* a service whose tokens never end */
+#define SOAP_FUTURE_TOLERANCE_S (24 * 3600) /* ConfirmedAt ahead of our clock */
 #define SOAP_FIRST_BACKOFF_MS	1000
 #define SOAP_SERVE_EVERY		1000	/* messages between delivery-report polls */
 
@@ -177,6 +179,7 @@ typedef struct SoapPollState
 	int			nsince_ids;
 	char	   *page_token;		/* the page to ask for; NULL: the first */
 	int			page_number;	/* within this run of the poll, for the status */
+	List	   *tokens_asked;	/* every page token asked for in this run */
 	/* the latest ConfirmedAt seen in this poll, and the ids at that time */
 	bool		has_max;
 	TimestampTz max_at;
@@ -568,6 +571,8 @@ poll_page(SoapPollState *ps)
 	int64		skipped = 0;
 	StringInfoData buf;
 	const char *page_label;
+	ListCell   *lc;
+	TimestampTz too_late;
 
 	ps->page_number++;
 	source_stats_set_state(soap.stats, "polling: page %d", ps->page_number);
@@ -600,6 +605,23 @@ poll_page(SoapPollState *ps)
 					 errmsg("the SOAP service returned the page token it was asked for"),
 					 errdetail("Page token \"%s\" would be asked for forever.",
 							   page->next_page_token)));
+		/* a cycle of tokens (A, B, A, ...) would resend its pages forever */
+		foreach(lc, ps->tokens_asked)
+		{
+			if (strcmp((char *) lfirst(lc), page->next_page_token) == 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_PROTOCOL_VIOLATION),
+						 errmsg("the SOAP service returned a page token it was asked for earlier in this poll"),
+						 errdetail("Page token \"%s\" was asked for on an earlier page; its pages would be asked for forever.",
+								   page->next_page_token)));
+		}
+		if (ps->page_number >= SOAP_MAX_PAGES_PER_POLL)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROTOCOL_VIOLATION),
+					 errmsg("the SOAP service returned more than %d pages in one poll",
+							SOAP_MAX_PAGES_PER_POLL),
+					 errdetail("Page %d has a NextPageToken again.", ps->page_number),
+					 errhint("Check that the service ends its pages; the poll goes on from the stored page token after a backoff.")));
 	}
 
 	/* the previous page's stragglers, if an error cut it short */
@@ -614,6 +636,8 @@ poll_page(SoapPollState *ps)
 	payments = page->nconfirmations > 0 ?
 		palloc_extended(sizeof(SoapPayment) * page->nconfirmations, MCXT_ALLOC_HUGE) : NULL;
 	initStringInfo(&buf);
+	too_late = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+										   (int64) SOAP_FUTURE_TOLERANCE_S * 1000);
 
 	for (int i = 0; i < page->nconfirmations; i++)
 	{
@@ -621,7 +645,20 @@ poll_page(SoapPollState *ps)
 		SoapPayment *p = &payments[i];
 
 		soap_check_confirmation(c, p);
-		if (p->has_time)
+
+		/*
+		 * A ConfirmedAt far ahead of our clock (a service node's clock, or
+		 * garbage) would move the watermark past every real confirmation
+		 * to come: it is refused, and does not move the watermark.
+		 */
+		if (p->has_time && p->confirmed_at > too_late)
+		{
+			if (p->error == NULL)
+				p->error = psprintf("ConfirmedAt %s is more than %d hours ahead of this server's clock",
+									timestamptz_to_str(p->confirmed_at),
+									SOAP_FUTURE_TOLERANCE_S / 3600);
+		}
+		else if (p->has_time)
 		{
 			if (already_sent(ps, p->confirmed_at, c->payment_id))
 			{
@@ -730,6 +767,8 @@ poll_endpoint(void)
 	ps->endpoint = pstrdup(kappa_soap_url);
 	read_password();
 	load_state(ps);
+	if (ps->page_token)
+		ps->tokens_asked = list_make1(pstrdup(ps->page_token));
 
 	for (;;)
 	{
@@ -740,6 +779,7 @@ poll_endpoint(void)
 		if (next == NULL)
 			break;
 		ps->page_token = pstrdup(next);
+		ps->tokens_asked = lappend(ps->tokens_asked, ps->page_token);
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)

@@ -97,6 +97,26 @@ is(error_of('loop'), 'the SOAP service returned the page token it was asked for'
 is($node->safe_psql('shop',
 	"SELECT page_token FROM kappa.soap_state WHERE endpoint = '" . $soap->url('loop') . "'"),
 	'again', 'the last good page token is kept');
+is(error_of('cycle'), 'the SOAP service returned a page token it was asked for earlier in this poll',
+	'page tokens that go round (a, b, a) stop the poll');
+like($node->safe_psql('shop',
+	"SELECT page_token FROM kappa.soap_state WHERE endpoint = '" . $soap->url('cycle') . "'"),
+	qr/^[ab]$/, 'a token of the cycle is kept: the next poll goes on from it and stops again');
+
+# ---- a ConfirmedAt far in the future does not move the watermark -------------
+my $future = $soap->url('future');
+$log_offset = -s $node->logfile;
+soap_switch($node, $future, soap_max_backoff => '2s');
+wait_until(sub { $node->safe_psql('shop',
+	"SELECT last_success_at IS NOT NULL FROM kappa.soap_state WHERE endpoint = '$future'") eq 't' },
+	'a poll of /future');
+is($node->safe_psql('shop', "SELECT since AT TIME ZONE 'UTC' FROM kappa.soap_state WHERE endpoint = '$future'"),
+	'2026-11-21 12:00:00', 'the watermark is the last confirmation of a sane time, not 2099');
+is($node->safe_psql('shop', "SELECT line || ' | ' || error FROM kappa.dead_letters WHERE file = '$future'"),
+	'5 | ConfirmedAt 2099-01-01 00:00:00+00 is more than 24 hours ahead of this server\'s clock (first page)',
+	'the confirmation from 2099 is a dead letter that says why');
+my @sent = grep { index($_->{value}, $future) >= 0 } @{ consume_all($broker, 'payment-confirmations') };
+is(join(',', map { $_->{key} } @sent), '4001', 'the other one is sent');
 
 # ---- TLS ---------------------------------------------------------------------
 my $https = $soap->url('fixtures', tls => 1);
