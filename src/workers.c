@@ -104,6 +104,7 @@ kappa_extension_installed(void)
 {
 	bool		installed;
 
+	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	installed = OidIsValid(get_extension_oid(KAPPA_EXTENSION_NAME, true));

@@ -694,6 +694,7 @@ drop_slot_if_unused(void)
 {
 	bool		unused;
 
+	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	/*
 	 * Lock first, then take the snapshot: taken before, it would not see a

@@ -88,6 +88,7 @@ emit_final_results(KafkaClient *producer, int max_windows)
 	List	   *done = NIL;
 	bool		delivered;
 
+	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	if (SPI_connect() != SPI_OK_CONNECT)

@@ -336,6 +336,7 @@ assign_partitions(rd_kafka_topic_partition_list_t *parts)
 {
 	MemoryContext old;
 
+	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	if (SPI_connect() != SPI_OK_CONNECT)
@@ -350,11 +351,17 @@ assign_partitions(rd_kafka_topic_partition_list_t *parts)
 		bool		isnull;
 		Datum		d;
 
+		/*
+		 * A partition is idle only once this owner has seen it caught up: a
+		 * caught_up stored before a stop or a crash would count the time
+		 * the worker was away as idle before the backlog is read.
+		 */
 		if (SPI_execute_with_args("INSERT INTO kappa.stream_offsets AS o "
 								  "       (consumer_group, topic, partition, next_offset, owner_pid, assigned_at) "
 								  "VALUES ($1, $2, $3, -2, $4, now()) "
 								  "ON CONFLICT (consumer_group, topic, partition) DO UPDATE "
-								  "   SET owner_pid = EXCLUDED.owner_pid, assigned_at = now() "
+								  "   SET owner_pid = EXCLUDED.owner_pid, assigned_at = now(), "
+								  "       caught_up = false "
 								  "RETURNING next_offset, stream_time, last_record_at, position_lsn, position_seq",
 								  4, types, args, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
 			elog(ERROR, "could not read kappa.stream_offsets");
@@ -1147,6 +1154,7 @@ apply_batch(void)
 	sw.late = NIL;
 	sw.applied = sw.duplicates = sw.dead = 0;
 
+	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	/* the batch's working memory outlives the transaction until it is let go */
@@ -1383,6 +1391,7 @@ finalize_windows(void)
 {
 	ListCell   *lc;
 
+	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	lock_finalization(ExclusiveLock);
 	PushActiveSnapshot(GetTransactionSnapshot());
@@ -1476,6 +1485,7 @@ forget_rows(void)
 	sw.forget_more = false;
 
 	set_state("forgetting rows of final windows");
+	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	/* (in the transaction's memory) */
@@ -1631,6 +1641,7 @@ resume_after_lost_offsets(void)
 				 errhint("Consume faster than the topic's retention, or raise its retention.ms.")));
 		record_error(buf);
 
+		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
 		PushActiveSnapshot(GetTransactionSnapshot());
 		{
@@ -1925,6 +1936,7 @@ kappa_stream_worker_main(Datum main_arg)
 
 				if (sw.batch_count > 0)
 					apply_batch();
+				SetCurrentStatementStartTimestamp();
 				StartTransactionCommand();
 				PushActiveSnapshot(GetTransactionSnapshot());
 				load_rankings();

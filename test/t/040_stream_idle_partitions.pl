@@ -1,0 +1,76 @@
+# Idle partitions: kappa.idle_timeout moves a partition's stream time on
+# once it has been caught up and without records for that long, so that a
+# partition nobody writes to does not hold every window open.  Two
+# partitions, sales on one only: the day's window becomes final after the
+# idle timeout, is produced to top-sales-by-city, and the times the worker
+# writes are the time of day (the worker's now() follows the clock).
+use strict;
+use warnings;
+
+use JSON::PP;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use PgKappa::Test;
+
+my $broker = start_dev_broker(topics => [
+	'sales-events:2', 'payment-confirmations:1',
+	'top-sales-by-city:1', 'top-salesman-by-country:1' ]);
+my $node = kappa_node('idle', $broker, conf => q{
+kappa.idle_timeout = '2s'
+kappa.default_grace = '1min'
+kappa.stream_batch_ms = 50
+kappa.cdc_enabled = off
+});
+
+sub sale
+{
+	my ($id, $city, $amount, $at) = @_;
+	return sprintf('{"op":"c","before":null,"after":{"sale_id":"%d","store_id":"ST-1","seller_id":"S-1","seller_name":"Ana","city":"%s","country":"ES","amount":"%s","currency":"EUR","sold_at":"%s"},"source":{"connector":"test"},"ts_ms":1}',
+		$id, $city, $amount, $at);
+}
+
+# let the worker run for a while first: a clock frozen at its start would show
+wait_until(sub { $node->safe_psql('shop', q{SELECT count(*) FROM kappa.stream_offsets WHERE topic = 'sales-events'}) eq '2' },
+	'both partitions assigned');
+sleep 3;
+my $before = $node->safe_psql('shop', 'SELECT now()');
+
+# partition 0 only, with kcat -p 0: the day of 2026-11-20, then a sale past
+# its end and grace; partition 1 never gets a record
+my $in = join('', map { "$_->[0]\x1f$_->[1]\n" } (
+	[ 1, sale(1, 'Madrid', '10.00', '2026-11-20T10:00:00Z') ],
+	[ 2, sale(2, 'Vigo', '4.50', '2026-11-20T18:00:00Z') ],
+	[ 3, sale(3, 'Madrid', '1.00', '2026-11-21T00:30:00Z') ]));
+my ($out, $err) = ('', '');
+IPC::Run::run([ 'kcat', '-P', '-b', $broker->{bootstrap}, '-t', 'sales-events', '-p', '0', '-K', "\x1f" ],
+	'<', \$in, '>', \$out, '2>', \$err) or die "kcat -P failed: $err";
+
+wait_until(sub { $node->safe_psql('shop', q{
+SELECT is_final FROM kappa.ranking_windows
+ WHERE ranking = 'top_sales_by_city' AND window_start = '2026-11-20 00:00+00'}) eq 't' },
+	'the day to become final with partition 1 idle', 30);
+is($node->safe_psql('shop', 'SELECT count(*) FROM kappa.dead_letters'), '0', 'no dead letters');
+is($node->safe_psql('shop', q{
+SELECT string_agg(group_values[1] || '=' || total || '/' || is_final, ',' ORDER BY group_values)
+  FROM kappa.ranking_results WHERE ranking = 'top_sales_by_city' AND window_start = '2026-11-20 00:00+00'}),
+	'Madrid=10.00/true,Vigo=4.50/true', 'the day\'s results are final');
+is($node->safe_psql('shop', q{
+SELECT is_final FROM kappa.ranking_windows
+ WHERE ranking = 'top_sales_by_city' AND window_start = '2026-11-21 00:00+00'}),
+	'f', 'the next day is still open');
+is($node->safe_psql('shop', qq{
+SELECT bool_and(w.finalized_at >= '$before') AND bool_and(o.updated_at >= '$before')
+  FROM kappa.ranking_windows w, kappa.stream_offsets o
+ WHERE w.ranking = 'top_sales_by_city' AND w.window_start = '2026-11-20 00:00+00'
+   AND o.topic = 'sales-events' AND o.partition = 0}),
+	't', 'finalized_at and the offsets\' updated_at are the time of day, not the worker\'s start');
+
+my $produced = wait_until(sub {
+	my @m = grep { $_->{key} =~ /^2026-11-20T/ } @{ kcat_consume($broker, 'top-sales-by-city') };
+	return @m >= 2 ? \@m : 0;
+}, 'the final results on top-sales-by-city');
+is(join(',', sort map { decode_json($_->{value})->{group}{city} // '' } @$produced), 'Madrid,Vigo',
+	'both cities produced once the window is final');
+
+done_testing();
