@@ -908,6 +908,27 @@ decimal_parse(const JsonSpan *s, KappaDecimal *d)
 	return true;
 }
 
+/*
+ * Has d at most integer_digits digits before the point and max_scale after
+ * it?  (One comparison: it runs for every event.)  integer_digits +
+ * max_scale must be at most 38.
+ */
+bool
+decimal_fits(const KappaDecimal *d, int integer_digits, int max_scale)
+{
+	static int128 pow10[39];
+	int128		m = d->mantissa < 0 ? -d->mantissa : d->mantissa;
+
+	if (pow10[0] == 0)
+	{
+		pow10[0] = 1;
+		for (int i = 1; i < 39; i++)
+			pow10[i] = pow10[i - 1] * 10;
+	}
+	Assert(integer_digits + max_scale <= 38);
+	return d->scale <= max_scale && m < pow10[integer_digits + d->scale];
+}
+
 static int128
 pow10_128(int n)
 {

@@ -67,7 +67,20 @@ typedef struct KappaDecimal
 	int			scale;
 } KappaDecimal;
 
+/*
+ * What an event may carry, so that nothing it brings fails the batch that
+ * writes it (and, the batch being applied again after a restart, every
+ * batch after): a measure whose totals fit in 36 digits, group values and
+ * items well inside the B-tree limit of the results' keys, a message key
+ * well inside that of kappa.stream_rows.
+ */
+#define KAPPA_MAX_MEASURE_SCALE				12
+#define KAPPA_MAX_MEASURE_INTEGER_DIGITS	20
+#define KAPPA_MAX_GROUP_BYTES				1000
+#define KAPPA_MAX_KEY_BYTES					1000
+
 extern bool decimal_parse(const JsonSpan *s, KappaDecimal *d);
+extern bool decimal_fits(const KappaDecimal *d, int integer_digits, int max_scale);
 extern bool decimal_add(KappaDecimal *a, const KappaDecimal *b, int sign);
 extern bool decimal_equal(const KappaDecimal *a, const KappaDecimal *b);
 extern void decimal_append(StringInfo out, const KappaDecimal *d);

@@ -221,6 +221,11 @@ contribution_compute(const KappaRanking *r, const char *row, int rowlen,
 		stream_array_literal_append(&group, v);
 	}
 	appendStringInfoChar(&group, '}');
+	if (group.len > KAPPA_MAX_GROUP_BYTES)
+	{
+		*error = "the group-by values are longer than " CppAsString2(KAPPA_MAX_GROUP_BYTES) " bytes together";
+		return false;
+	}
 	c->group_key = pnstrdup(group.data, group.len);
 
 	c->item = "";
@@ -234,6 +239,11 @@ contribution_compute(const KappaRanking *r, const char *row, int rowlen,
 			*error = "the item field is missing, null or not a scalar";
 			return false;
 		}
+		if (strlen(c->item) > KAPPA_MAX_GROUP_BYTES)
+		{
+			*error = "the item is longer than " CppAsString2(KAPPA_MAX_GROUP_BYTES) " bytes";
+			return false;
+		}
 	}
 	if (r->label_index >= 0 && span_is_value(&spans[r->label_index]))
 		c->label = json_span_text(&spans[r->label_index]);
@@ -245,6 +255,19 @@ contribution_compute(const KappaRanking *r, const char *row, int rowlen,
 			*error = spans[r->measure_index].type == JSON_SPAN_MISSING ?
 				"the measure field is missing" :
 				"the measure is not a decimal number";
+			return false;
+		}
+
+		/*
+		 * Totals are kept in 36 digits at the largest scale of what they
+		 * sum: one value with 40 digits after the point would make every
+		 * total of its group overflow, and the batch fail again at each
+		 * restart.
+		 */
+		if (!decimal_fits(&c->value, KAPPA_MAX_MEASURE_INTEGER_DIGITS, KAPPA_MAX_MEASURE_SCALE))
+		{
+			*error = "the measure has more than " CppAsString2(KAPPA_MAX_MEASURE_INTEGER_DIGITS)
+				" digits before the point or more than " CppAsString2(KAPPA_MAX_MEASURE_SCALE) " after it";
 			return false;
 		}
 	}

@@ -87,9 +87,10 @@ sink_apply(const KappaRanking *r, const char *raw, size_t len, const char **erro
 		*error = "total_sales is missing or not a decimal number";
 		return false;
 	}
-	if (f[5].type != JSON_SPAN_NUMBER)
+	if (f[5].type != JSON_SPAN_NUMBER || f[5].len > 18 ||
+		strspn(f[5].p + (f[5].p[0] == '-'), "0123456789") != (size_t) f[5].len - (f[5].p[0] == '-'))
 	{
-		*error = "sale_count is missing or not a number";
+		*error = "sale_count is missing or not an integer of at most 18 digits";
 		return false;
 	}
 
@@ -117,6 +118,12 @@ sink_apply(const KappaRanking *r, const char *raw, size_t len, const char **erro
 		stream_array_literal_append(&group, text);
 	}
 	appendStringInfoChar(&group, '}');
+	if (group.len > KAPPA_MAX_GROUP_BYTES)
+	{
+		MemoryContextSwitchTo(old);
+		*error = "the group-by values are longer than " CppAsString2(KAPPA_MAX_GROUP_BYTES) " bytes together";
+		return false;
+	}
 	row->group_key = group.data;
 	row->item = "";
 	if (r->item_field)
@@ -136,6 +143,12 @@ sink_apply(const KappaRanking *r, const char *raw, size_t len, const char **erro
 		{
 			MemoryContextSwitchTo(old);
 			*error = "the item field of the ranking is missing from \"item\"";
+			return false;
+		}
+		if (strlen(row->item) > KAPPA_MAX_GROUP_BYTES)
+		{
+			MemoryContextSwitchTo(old);
+			*error = "the item is longer than " CppAsString2(KAPPA_MAX_GROUP_BYTES) " bytes";
 			return false;
 		}
 		if (r->label_field && v[1].type == JSON_SPAN_STRING)

@@ -1205,6 +1205,8 @@ apply_batch(void)
 		{
 			if (msg->payload == NULL || msg->len == 0)
 				error = "message has no value";
+			else if (msg->key_len > KAPPA_MAX_KEY_BYTES)
+				error = "message key is longer than " CppAsString2(KAPPA_MAX_KEY_BYTES) " bytes";
 			else if ((p->key = message_key(msg)) == NULL)
 				error = "message has no usable key (the row's primary key, as text)";
 		}

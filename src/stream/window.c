@@ -185,7 +185,8 @@ window_for(const KappaWindowSpec *spec, TimestampTz t,
 
 		*start = spec->origin + n * spec->size_usecs;
 		*end = *start + spec->size_usecs;
-		return !TIMESTAMP_NOT_FINITE(*start) && !TIMESTAMP_NOT_FINITE(*end);
+		/* a window reaching out of PostgreSQL's range could not be stored */
+		return IS_VALID_TIMESTAMP(*start) && IS_VALID_TIMESTAMP(*end);
 	}
 	else
 	{

@@ -1,0 +1,82 @@
+# Messages that are valid JSON envelopes but that no batch could write: an
+# amount with 40 digits after the point (every total of its group would
+# overflow 36 digits), one with 25 digits before it, group values, an item
+# and a message key longer than the B-tree keys they go into allow, a
+# time whose window reaches out of PostgreSQL's range, a window result with
+# a fractional sale_count.  Each must be a dead letter with its reason, and
+# the worker must go on (the same process) to count the good sales after
+# them.  Before, each failed its batch: the worker exited, was started
+# again, read the same batch, and no topic it reads moved again.
+use strict;
+use warnings;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use PgKappa::Test;
+
+my $broker = start_dev_broker(topics => [ 'sales-events:1', 'payment-confirmations:1',
+	'top-sales-by-city:1', 'top-salesman-by-country:1', 'partial-city-totals:1' ]);
+my $node = kappa_node('poison', $broker, conf => q{
+kappa.idle_timeout = '1h'
+kappa.default_grace = '10min'
+kappa.stream_batch_ms = 20
+kappa.cdc_enabled = off
+});
+$node->safe_psql('shop', q{
+SELECT kappa.create_ranking('city_from_partials', ARRAY['city'], '1 day', calendar => true,
+                            input => 'results', source_topic => 'partial-city-totals');
+});
+
+sub sale
+{
+	my ($id, %f) = @_;
+	my %row = (sale_id => qq("$id"), store_id => '"ST-1"', seller_id => '"S-1"', seller_name => '"Ana"',
+		city => '"Madrid"', country => '"ES"', amount => '"1.00"', currency => '"EUR"',
+		sold_at => '"2026-11-20T10:00:00Z"', %f);
+	my $after = join(',', map { qq("$_":$row{$_}) } sort keys %row);
+	return [ $f{key} // $id, qq({"op":"c","before":null,"after":{$after},"source":{"connector":"test"},"ts_ms":1}) ];
+}
+
+my $long = 'x' x 1500;
+my $earliest_us = -210866803200000000 + 86400 * 1000000;    # 4713-11-25 BC, inside PostgreSQL's range
+my @poison = (
+	[ 'amount 40 digits after the point', sale(1, amount => '"0.0000000000000000000000000000000000000001"'),
+	  'ranking "top_sales_by_city": the measure has more than 20 digits before the point or more than 12 after it' ],
+	[ 'amount 25 digits before the point', sale(2, amount => '"1234567890123456789012345"'),
+	  'ranking "top_sales_by_city": the measure has more than 20 digits before the point or more than 12 after it' ],
+	[ 'a 1500-byte city', sale(3, city => qq("$long")),
+	  'ranking "top_sales_by_city": the group-by values are longer than 1000 bytes together' ],
+	[ 'a 1500-byte seller id', sale(4, seller_id => qq("$long")),
+	  'ranking "top_salesman_by_country": the item is longer than 1000 bytes' ],
+	[ 'a 1500-byte key', sale(5, key => $long),
+	  'message key is longer than 1000 bytes' ],
+	[ 'a time whose 30-day window starts before 4713 BC', sale(6, sold_at => $earliest_us),
+	  'ranking "top_salesman_by_country": the event time has no window (infinite or out of range)' ],
+);
+wait_until(sub { $node->safe_psql('shop', q{SELECT count(*) FROM kappa.stream_offsets}) eq '3' },
+	'the worker assigned its partitions');
+my $pid = $node->safe_psql('shop', 'SELECT pid FROM kappa.stream_worker_status()');
+kcat_produce($broker, 'sales-events', [ (map { $_->[1] } @poison), sale(7, amount => '"2.50"'), sale(8, city => '"Vigo"') ]);
+kcat_produce($broker, 'partial-city-totals', [
+	[ 'p1', '{"ranking":"top_sales_by_city","window_start":"2026-11-21T00:00:00.000000Z","window_end":"2026-11-22T00:00:00.000000Z","group":{"city":"Madrid"},"total_sales":"3.00","sale_count":1.5,"final":false,"producer":"A"}' ],
+	[ 'p2', '{"ranking":"top_sales_by_city","window_start":"2026-11-21T00:00:00.000000Z","window_end":"2026-11-22T00:00:00.000000Z","group":{"city":"Madrid"},"total_sales":"3.00","sale_count":2,"final":false,"producer":"A"}' ] ]);
+
+wait_until(sub { $node->safe_psql('shop', q{
+SELECT (SELECT count(*) FROM kappa.ranking_results WHERE ranking IN ('top_sales_by_city', 'city_from_partials')) = 3}) eq 't' },
+	'the good messages after the poison ones applied');
+is($node->safe_psql('shop', q{
+SELECT string_agg(ranking || ':' || group_values[1] || '=' || total || '/' || sale_count, ',' ORDER BY ranking, group_values)
+  FROM kappa.ranking_results WHERE ranking IN ('top_sales_by_city', 'city_from_partials')}),
+	'city_from_partials:Madrid=3.00/2,top_sales_by_city:Madrid=2.50/1,top_sales_by_city:Vigo=1.00/1',
+	'only the good messages are counted');
+for my $i (0 .. $#poison)
+{
+	is($node->safe_psql('shop', qq{SELECT error FROM kappa.dead_letters WHERE topic = 'sales-events' AND "offset" = $i}),
+		$poison[$i][2], "$poison[$i][0]: a dead letter with its reason");
+}
+is($node->safe_psql('shop', q{SELECT "offset" || ': ' || error FROM kappa.dead_letters WHERE topic = 'partial-city-totals'}),
+	'0: ranking "city_from_partials": sale_count is missing or not an integer of at most 18 digits', 'a fractional sale_count: a dead letter');
+is($node->safe_psql('shop', 'SELECT pid FROM kappa.stream_worker_status()'), $pid, 'the same worker all along');
+
+done_testing();
