@@ -564,6 +564,23 @@ scan_inbox(void)
 			continue;			/* gone already */
 
 		c = hash_search(worker.candidates, de->d_name, HASH_ENTER, &found);
+
+		/*
+		 * The name goes into the ledger (text) and into every event
+		 * (JSON, UTF-8): a name in another encoding would be invalid in
+		 * both.  It is not quoted in the log for the same reason.
+		 */
+		if (!pg_verify_mbstr(PG_UTF8, de->d_name, strlen(de->d_name), true) ||
+			!pg_verifymbstr(de->d_name, strlen(de->d_name), true))
+		{
+			if (!found || !c->ignored)
+				ereport(LOG,
+						(errmsg("pg_kappa csv inbox: ignoring a file whose name is not valid UTF-8"),
+						 errdetail("Rename it; file names are recorded in kappa.csv_files and sent in every event.")));
+			c->ignored = true;
+			c->scan = worker.scans;
+			continue;
+		}
 		if (!S_ISREG(st.st_mode) || st.st_nlink != 1)
 		{
 			if (!found || !c->ignored)
@@ -1461,6 +1478,14 @@ kappa_csv_worker_main(Datum main_arg)
 	MemoryContext loop_cxt;
 
 	kappa_worker_begin("pg_kappa csv inbox");
+
+	/*
+	 * A file is moved right after the commit that records it: that commit
+	 * must be on disk first, whatever synchronous_commit the server or the
+	 * database has, or a crash could leave a moved file whose ledger row
+	 * and dead letters were lost.
+	 */
+	SetConfigOption("synchronous_commit", "on", PGC_SUSET, PGC_S_OVERRIDE);
 
 	memset(&worker, 0, sizeof(worker));
 	worker.stats = source_stats_attach("csv");

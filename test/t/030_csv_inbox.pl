@@ -318,6 +318,9 @@ symlink("$outside/sales_secret.csv", "$inbox/sales_20261121106000_link.csv") or 
 mkdir("$inbox/sales_20261121106100_dir.csv") or die $!;
 copy("$outside/sales_secret.csv", "$inbox/sales_20261121106100_dir.csv/sales_inner.csv") or die $!;
 link("$outside/sales_secret.csv", "$inbox/sales_20261121106200_hardlink.csv") or die $!;
+# a name in Latin-1 ("\xe4"): not valid UTF-8, so neither text for the ledger nor JSON
+my $latin1 = "sales_20261121106300_\xe4.csv";
+copy("$outside/sales_secret.csv", "$inbox/$latin1") or die $!;
 drop_file('sales_20261121106900_sentinel.csv', $partial_bytes =~ s/7001/7901/r);
 wait_taken('sales_20261121106900_sentinel.csv');
 ok(-l "$inbox/sales_20261121106000_link.csv", 'symbolic link: left in the inbox');
@@ -332,6 +335,10 @@ like($log, qr/ignoring "sales_20261121106000_link.csv": a symbolic link/, 'symbo
 like($log, qr/ignoring "sales_20261121106100_dir.csv": a directory/, 'directory: logged');
 like($log, qr/ignoring "sales_20261121106200_hardlink.csv": a file with more than one hard link/,
 	'hard link: logged');
+ok(-f "$inbox/$latin1", 'a name that is not UTF-8: left in the inbox');
+is($node->safe_psql('shop', "SELECT count(*) FROM kappa.csv_files WHERE name LIKE 'sales_20261121106300%'"), '0',
+	'... not in the ledger');
+like($log, qr/ignoring a file whose name is not valid UTF-8\n.*DETAIL:  Rename it/, '... logged, without the name');
 
 # A role without privileges neither sees nor sets the inbox path.
 $node->safe_psql('shop', 'CREATE ROLE shopper LOGIN');
