@@ -6,6 +6,10 @@
 -- every item of the window; it now finds the window's groups one index
 -- descent each and reads each group's top n from its index.  Same results,
 -- same order; the function keeps its privileges (CREATE OR REPLACE).
+--
+-- New: an event trigger refuses ALTER TABLE that takes from a published
+-- table its primary key, its replica identity DEFAULT or FULL, or its WAL
+-- (SET UNLOGGED).
 
 -- Ties rank by total, then sale count, then group values, then item: the
 -- order is total and deterministic.
@@ -68,3 +72,51 @@ BEGIN
     END IF;
 END
 $$;
+
+-- A published table keeps what kappa.publish_table() checked: a primary key
+-- (the message key), a replica identity that carries it in deletes, and
+-- changes written to WAL.  ALTER TABLE that takes one of them away is
+-- refused: deletes would go out without a key, updates of the key without
+-- the old one, or changes would stop reaching WAL, and nothing downstream
+-- could tell.
+CREATE FUNCTION kappa.check_published_tables()
+RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t record;
+BEGIN
+    IF NOT EXISTS (SELECT FROM kappa.published_tables) THEN
+        RETURN;
+    END IF;
+    FOR t IN
+        SELECT c.oid::regclass AS tbl, c.relreplident, c.relpersistence,
+               EXISTS (SELECT FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) AS has_pkey
+          FROM pg_event_trigger_ddl_commands() d
+          JOIN pg_class c ON c.oid = d.objid
+          JOIN kappa.published_tables p ON p.relid = c.oid
+         WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objsubid = 0
+    LOOP
+        IF NOT t.has_pkey THEN
+            RAISE EXCEPTION 'table % is published to Kafka and must keep its primary key', t.tbl
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      DETAIL = 'Kafka messages are keyed by the primary key.',
+                      HINT = 'Unpublish it first with kappa.unpublish_table().';
+        ELSIF t.relreplident NOT IN ('d', 'f') THEN
+            RAISE EXCEPTION 'table % is published to Kafka and must keep replica identity DEFAULT or FULL', t.tbl
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      DETAIL = 'Deletes and updates of the key must carry the primary key, which is the message key.',
+                      HINT = 'Unpublish it first with kappa.unpublish_table().';
+        ELSIF t.relpersistence <> 'p' THEN
+            RAISE EXCEPTION 'table % is published to Kafka and cannot be made unlogged', t.tbl
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      DETAIL = 'Changes to an unlogged table are not written to WAL, so they cannot be decoded.',
+                      HINT = 'Unpublish it first with kappa.unpublish_table().';
+        END IF;
+    END LOOP;
+END
+$$;
+
+CREATE EVENT TRIGGER kappa_check_published_tables ON ddl_command_end
+    WHEN TAG IN ('ALTER TABLE')
+    EXECUTE FUNCTION kappa.check_published_tables();

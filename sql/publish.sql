@@ -95,6 +95,23 @@ SELECT kappa.publish_table('refunds');
 DROP TABLE refunds;
 SELECT relid FROM kappa.published_tables;
 
+-- a published table keeps its primary key, a replica identity that carries
+-- it, and its WAL; other changes, and the same changes to tables that are
+-- not published, are allowed
+ALTER TABLE sales REPLICA IDENTITY NOTHING;
+ALTER TABLE sales DROP CONSTRAINT sales_pkey;
+ALTER TABLE sales SET UNLOGGED;
+CREATE UNIQUE INDEX sales_store_sale ON sales (store_id, sale_id);
+ALTER TABLE sales REPLICA IDENTITY USING INDEX sales_store_sale;
+ALTER TABLE sales REPLICA IDENTITY FULL;
+ALTER TABLE sales REPLICA IDENTITY DEFAULT;
+ALTER TABLE sales ADD COLUMN note text;
+ALTER TABLE sales DROP COLUMN note;
+DROP INDEX sales_store_sale;
+ALTER TABLE not_published REPLICA IDENTITY NOTHING;
+ALTER TABLE not_published REPLICA IDENTITY DEFAULT;
+SELECT relreplident, relpersistence FROM pg_class WHERE oid = 'sales'::regclass;
+
 -- the status view answers even when the publisher is switched off
 SELECT slot_name, tables, in_flight, last_error FROM kappa.cdc_status;
 SET ROLE kappa_owner;
