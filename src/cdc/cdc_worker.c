@@ -603,6 +603,8 @@ stop_decoding(void)
  * Acquire the slot and start decoding at its confirmed position.  Returns
  * false (with the reason in the status) when that cannot be done yet.
  */
+static bool slot_missing_reported = false;
+
 static bool
 start_decoding(void)
 {
@@ -628,7 +630,42 @@ start_decoding(void)
 	slot = SearchNamedReplicationSlot(kappa_cdc_slot_name, true);
 	if (slot == NULL)
 	{
-		set_state("waiting for kappa.publish_table()");
+		bool		published;
+
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		published = cdc_tables_published();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+
+		/*
+		 * Tables published and no slot: a restore of a dump (the published
+		 * tables are dumped, slots are not), a failover to a standby, or a
+		 * slot dropped by hand.  Their changes are not being decoded; say
+		 * so rather than wait as if nothing were published.
+		 */
+		if (published)
+		{
+			set_state("replication slot \"%s\" is missing: changes of the published tables are not published",
+					  kappa_cdc_slot_name);
+			if (!slot_missing_reported)
+			{
+				char		msg[300];
+
+				snprintf(msg, sizeof(msg),
+						 "replication slot \"%s\" is missing while tables are published; call kappa.publish_table() again for each of them (it makes the slot anew and sends their rows again)",
+						 kappa_cdc_slot_name);
+				record_error(msg);
+				ereport(WARNING, (errmsg("pg_kappa cdc publisher: %s", msg)));
+				slot_missing_reported = true;
+			}
+		}
+		else
+		{
+			set_state("waiting for kappa.publish_table()");
+			slot_missing_reported = false;
+		}
 		return false;
 	}
 	SpinLockAcquire(&slot->mutex);
@@ -658,6 +695,7 @@ start_decoding(void)
 	ensure_producer();
 
 	ReplicationSlotAcquire(kappa_cdc_slot_name, true);
+	slot_missing_reported = false;
 	options = list_make3(makeDefElem("published-only", (Node *) makeString("on"), -1),
 						 makeDefElem("include-transaction", (Node *) makeString("on"), -1),
 						 makeDefElem("utf8", (Node *) makeString("on"), -1));

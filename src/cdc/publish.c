@@ -369,6 +369,7 @@ kappa_publish_table(PG_FUNCTION_ARGS)
 	char	   *topic = NULL;
 	Relation	rel;
 	CatalogOwnerState owner_state;
+	bool		republish = false;
 	Oid			argtypes[2] = {OIDOID, TEXTOID};
 	Datum		args[2];
 	char		nulls[2] = {' ', ' '};
@@ -419,12 +420,28 @@ kappa_publish_table(PG_FUNCTION_ARGS)
 							RelationGetRelationName(rel),
 							current ? current : kappa_sales_topic),
 					 errhint("Call kappa.unpublish_table() first to change its topic.")));
-		restore_caller(&owner_state);
-		SPI_finish();
-		table_close(rel, NoLock);
+
+		/*
+		 * Published, but the slot is gone (a restore of a dump, a failover
+		 * to a standby, pg_drop_replication_slot): changes since were not
+		 * decoded.  Calling this again makes the slot anew and sends the
+		 * table's rows again as a snapshot, as at the first call.
+		 */
+		if (SearchNamedReplicationSlot(kappa_cdc_slot_name, true) != NULL)
+		{
+			restore_caller(&owner_state);
+			SPI_finish();
+			table_close(rel, NoLock);
+			ereport(NOTICE,
+					(errmsg("table \"%s\" is already published", RelationGetRelationName(rel))));
+			PG_RETURN_NULL();
+		}
+		republish = true;
 		ereport(NOTICE,
-				(errmsg("table \"%s\" is already published", RelationGetRelationName(rel))));
-		PG_RETURN_NULL();
+				(errmsg("table \"%s\" is published but replication slot \"%s\" is missing",
+						RelationGetRelationName(rel), kappa_cdc_slot_name),
+				 errdetail("Its changes since the slot was lost were not published; its rows are sent again as a snapshot."),
+				 errhint("Call kappa.publish_table() for every table in kappa.published_tables.")));
 	}
 
 	ensure_cdc_slot();
@@ -434,7 +451,8 @@ kappa_publish_table(PG_FUNCTION_ARGS)
 
 	args[1] = topic ? CStringGetTextDatum(topic) : (Datum) 0;
 	nulls[1] = topic ? ' ' : 'n';
-	if (SPI_execute_with_args("INSERT INTO kappa.published_tables (relid, topic) VALUES ($1, $2)",
+	if (!republish &&
+		SPI_execute_with_args("INSERT INTO kappa.published_tables (relid, topic) VALUES ($1, $2)",
 							  2, argtypes, args, nulls, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not insert into kappa.published_tables");
 	restore_caller(&owner_state);

@@ -1,6 +1,8 @@
 # The slot does not hold WAL back: an idle published table while other
 # tables churn still lets the confirmed position and restart_lsn advance.
 # Unpublishing the last table, or dropping the extension, drops the slot.
+# A slot lost while tables are published is reported, and made anew by
+# publishing again.
 use strict;
 use warnings;
 
@@ -44,6 +46,39 @@ $node->safe_psql('shop', "SELECT kappa.publish_table('sales')");
 is($node->safe_psql('shop', "SELECT count(*) FROM pg_replication_slots"), '1', 'slot created again');
 wait_until(sub { $node->safe_psql('shop', 'SELECT state FROM kappa.cdc_status') eq 'streaming' },
 	'publisher streaming');
+
+# The slot lost while the table stays published (as after restoring a dump,
+# or a failover: slots are not carried): the publisher says so instead of
+# waiting as if nothing were published, and publish_table() again makes the
+# slot anew and sends the table's rows again.
+$node->safe_psql('shop', q{
+INSERT INTO sales VALUES (1, 'ST', 'S', 'Seller', 'Madrid', 'ES', 1.00, 'EUR', now()),
+                         (2, 'ST', 'S', 'Seller', 'Vigo', 'ES', 2.00, 'EUR', now())});
+wait_published($node);
+$node->append_conf('postgresql.conf', 'kappa.cdc_enabled = off');
+$node->reload;
+wait_until(sub { $node->safe_psql('shop', 'SELECT state FROM kappa.cdc_status') =~ /^disabled/ }, 'publisher off');
+$node->safe_psql('shop', "SELECT pg_drop_replication_slot('pg_kappa_cdc')");
+$node->append_conf('postgresql.conf', 'kappa.cdc_enabled = on');
+$node->reload;
+wait_until(sub { $node->safe_psql('shop', 'SELECT state FROM kappa.cdc_status') =~ /is missing/ },
+	'publisher to notice the missing slot');
+is($node->safe_psql('shop', 'SELECT state FROM kappa.cdc_status'),
+	'replication slot "pg_kappa_cdc" is missing: changes of the published tables are not published',
+	'the state says the slot is missing');
+like($node->safe_psql('shop', 'SELECT last_error FROM kappa.cdc_status'),
+	qr/^replication slot "pg_kappa_cdc" is missing while tables are published; call kappa\.publish_table\(\) again/,
+	'last_error says what to do');
+my $before = scalar(@{ kcat_consume($broker, 'sales-events') });
+my ($ret, $rows, $stderr) = $node->psql('shop', "SELECT kappa.publish_table('sales')");
+is($rows, '2', 'publish_table() again sends the table\'s two rows');
+like($stderr, qr/NOTICE:  table "sales" is published but replication slot "pg_kappa_cdc" is missing/,
+	'and says why');
+wait_until(sub { $node->safe_psql('shop', 'SELECT state FROM kappa.cdc_status') eq 'streaming' },
+	'publisher streaming again');
+wait_published($node);
+is(scalar(@{ kcat_consume($broker, 'sales-events') }) - $before, 2, 'the snapshot of the two rows is in the topic');
+is($node->safe_psql('shop', 'SELECT count(*) FROM kappa.published_tables'), '1', 'still published once');
 $node->safe_psql('shop', 'DROP EXTENSION pg_kappa');
 wait_until(sub {
 	$node->safe_psql('shop', "SELECT count(*) FROM pg_replication_slots") eq '0'
