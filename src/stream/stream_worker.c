@@ -909,7 +909,25 @@ apply_payment(rd_kafka_message_t *msg, const char *key, PartitionState *ps)
 			continue;
 		s = rows_get(r->source_topic, key);
 		if (s->row_data == NULL || s->deleted)
-			continue;			/* the sale has not arrived yet: counted then */
+		{
+			/*
+			 * The sale has not arrived yet: it is counted when it does,
+			 * from the payment stored now.  Unless its batch is committing
+			 * in another worker (the topics' partitions are shared out),
+			 * which saw no payment and which this one cannot see: a
+			 * deleted row for the key, inserted now, makes the two
+			 * transactions collide on the key, and the one that loses is
+			 * applied again and sees the other's.
+			 */
+			if (!s->in_db && !s->dirty)
+			{
+				s->deleted = true;
+				s->dirty = true;
+				/* forgotten with the windows of its time, like any row */
+				s->windows_end = event_time;
+			}
+			continue;
+		}
 		counted = list_has(s->counted, r->id);
 		if (should == counted)
 			continue;

@@ -1,7 +1,8 @@
 # Payment confirmations enrich sales: kappa.payments keeps each sale's
 # latest status (by confirmation time, whatever the arrival order), and a
 # confirmed-only ranking counts a sale once its payment is CONFIRMED and
-# retracts it on REFUNDED, whether the sale or the confirmation comes first.
+# retracts it on REFUNDED, whether the sale or the confirmation comes first,
+# also when another worker applies the sale at the same time.
 use strict;
 use warnings;
 
@@ -81,6 +82,32 @@ applied(q{SELECT total FROM kappa.ranking_results WHERE ranking = 'confirmed_sal
 	'157.00', 'the newly confirmed sale counted');
 like($node->safe_psql('shop', q{SELECT error FROM kappa.dead_letters WHERE topic = 'payment-confirmations'}),
 	qr/unknown payment status/, 'a confirmation with an unknown status is a dead letter');
+
+# A sale and its confirmation applied at the same time by two workers (the
+# topics' partitions are shared out among kappa.stream_workers): the sale's
+# worker sees no payment yet, the payment's worker no sale yet, and before,
+# both committed and the sale never counted.  The sale's batch is played
+# here by a session that writes its row, as that worker would, and holds
+# its transaction open while the confirmation arrives.  The confirmation's
+# batch now writes a deleted row for the key, so the two collide on it:
+# this worker waits for the session, fails on the key when it commits, and
+# applies its batch again, seeing the sale, which then counts.
+my $session = $node->background_psql('shop');
+$session->query_safe('BEGIN');
+$session->query_safe(q{
+INSERT INTO kappa.stream_rows (topic, key, row_data, windows_end)
+VALUES ('sales-events', '1009', '{"sale_id":"1009","store_id":"ST","seller_id":"S-1","seller_name":"Ana","city":"Sevilla","country":"ES","amount":"9.00","currency":"EUR","sold_at":"2026-11-21T10:00:00Z"}',
+        '2026-11-22T00:00:00Z')});
+kcat_produce($broker, 'payment-confirmations', [ payment('PAY-9', 1009, 'CONFIRMED', '9.00', '2026-11-21T10:09:00Z') ]);
+wait_until(sub { $node->safe_psql('shop', q{
+SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_kappa stream worker' AND wait_event_type = 'Lock'}) eq '1' },
+	'the confirmation\'s worker to wait for the sale\'s row');
+$session->query_safe('COMMIT');
+$session->quit;
+applied(q{SELECT total FROM kappa.ranking_results WHERE ranking = 'confirmed_sales_by_city' AND group_values = '{Sevilla}'},
+	'9.00', 'the sale confirmed while its own batch was in flight counted once it committed');
+is($node->safe_psql('shop', q{SELECT status FROM kappa.payments WHERE sale_id = '1009'}), 'CONFIRMED',
+	'the confirmation stored once');
 
 $node->stop;
 done_testing();
