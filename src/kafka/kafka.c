@@ -534,6 +534,15 @@ kafka_conf_for(rd_kafka_type_t type, const char *role)
 		conf_set_or_error(conf, "auto.offset.reset", "earliest", NULL);
 		/* rankings are read while they change: do not sit on an idle fetch */
 		conf_set_or_error(conf, "fetch.wait.max.ms", "100", NULL);
+
+		/*
+		 * A worker that ends without leaving the group (an error, a crash)
+		 * holds its partitions until the coordinator gives up on it: 45 s
+		 * by librdkafka's default, during which the worker started again
+		 * waits to be assigned them.  Heartbeats come from librdkafka's own
+		 * thread, so a long batch does not miss them.
+		 */
+		conf_set_or_error(conf, "session.timeout.ms", "10000", NULL);
 	}
 
 	opts = kafka_options_parse(kappa_kafka_options, &error);
