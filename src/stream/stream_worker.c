@@ -131,6 +131,7 @@ typedef struct PartitionState
 	bool		touched;		/* in the batch being applied */
 	bool		idle_dirty;		/* caught_up/high watermark changed */
 	int64		lost_offset;	/* >= 0: the broker no longer has it */
+	bool		payments;		/* of kappa.payments_topic */
 	/* latest CDC position applied, for topics without row memory */
 	bool		has_position;
 	XLogRecPtr	position_lsn;
@@ -370,6 +371,7 @@ assign_partitions(rd_kafka_topic_partition_list_t *parts)
 		ps = palloc0(sizeof(PartitionState));
 		ps->topic = pstrdup(tp->topic);
 		ps->partition = tp->partition;
+		ps->payments = is_payments_topic(ps->topic);
 		ps->committed = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 		ps->next = ps->committed;
 		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
@@ -448,6 +450,14 @@ window_final(const KappaRanking *r, TimestampTz window_end, const PartitionState
 {
 	if (window_end <= r->finalized_through)
 		return true;
+
+	/*
+	 * A confirmation counts or uncounts a sale in the sale's window, which
+	 * the sales' watermark closes, not the confirmations' own times: until
+	 * the ranking finalized it, that window is open.
+	 */
+	if (ps->payments)
+		return false;
 	return ps->stream_time != DT_NOBEGIN &&
 		window_end <= ps->stream_time - r->grace_usecs;
 }

@@ -109,5 +109,27 @@ applied(q{SELECT total FROM kappa.ranking_results WHERE ranking = 'confirmed_sal
 is($node->safe_psql('shop', q{SELECT status FROM kappa.payments WHERE sale_id = '1009'}), 'CONFIRMED',
 	'the confirmation stored once');
 
+# A confirmation is late only once the sale's window is final, whatever the
+# times of the confirmations before it.  With 10 minutes of grace: a sale
+# at 23:58, a confirmation of another sale at 00:12 the next day, then the
+# sale's own at 23:59, both on one partition of the payments topic.  The
+# day is still open (the sales have not passed it), so the sale counts.
+$node->safe_psql('shop', q{SELECT kappa.create_ranking('confirmed_tight', ARRAY['city'], '1 day',
+                                                      calendar => true, confirmed_only => true,
+                                                      grace => interval '10 minutes')});
+kcat_produce($broker, 'sales-events', [ [ 1010, sale(1010, 'Cadiz', '5.00')->[1] =~ s/2026-11-21T10:00:00Z/2026-11-21T23:58:00Z/r ] ]);
+applied(q{SELECT count(*) FROM kappa.stream_rows WHERE key = '1010'}, '1', 'the late-evening sale consumed');
+my $in = join('', map { "$_->[0]\x1f$_->[1]\n" }
+	payment('PAY-11', 1011, 'CONFIRMED', '1.00', '2026-11-22T00:12:00Z'),
+	payment('PAY-10', 1010, 'CONFIRMED', '5.00', '2026-11-21T23:59:00Z'));
+my ($out, $err) = ('', '');
+IPC::Run::run([ 'kcat', '-P', '-b', $broker->{bootstrap}, '-t', 'payment-confirmations', '-p', '0', '-K', "\x1f" ],
+	'<', \$in, '>', \$out, '2>', \$err) or die "kcat -P failed: $err";
+applied(q{SELECT status FROM kappa.payments WHERE sale_id = '1010'}, 'CONFIRMED', 'its confirmation stored');
+is($node->safe_psql('shop', q{SELECT string_agg(group_values[1] || '=' || total, ',') FROM kappa.ranking_results WHERE ranking = 'confirmed_tight'}),
+	'Cadiz=5.00', 'the sale counts: its day is open');
+is($node->safe_psql('shop', q{SELECT count(*) FROM kappa.late_events WHERE ranking = 'confirmed_tight'}), '0',
+	'and the confirmation is not a late event');
+
 $node->stop;
 done_testing();
