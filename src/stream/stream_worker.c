@@ -9,7 +9,8 @@
  * written in the same transaction as everything a batch changes (ranking
  * results, the memory of counted rows, payments, late events, dead
  * letters).  On assignment the worker seeks to the stored offsets; a
- * revoked partition's pending batch is applied before it is let go; and
+ * revoked partition's messages not yet applied are dropped (their offsets
+ * were not stored, so its next owner reads them again); and
  * every offset update checks that the stored offset is still the one this
  * worker started from, so a worker that lost a partition without noticing
  * (a "zombie") cannot apply it twice.
@@ -180,6 +181,7 @@ static struct
 	int64		applied;
 	int64		duplicates;
 	int64		dead;
+	rd_kafka_resp_err_t assign_error;	/* from a rebalance callback */
 } sw;
 
 static void apply_batch(void);
@@ -332,6 +334,32 @@ is_payments_topic(const char *topic)
  * Assignment: offsets come from PostgreSQL
  * ---------------------------------------------------------------------
  */
+
+/*
+ * rd_kafka_assign, which refuses with an error under the cooperative
+ * protocol (partition.assignment.strategy = cooperative-sticky in
+ * kappa.kafka_options): the worker would otherwise fetch nothing, silently.
+ */
+static void
+assign_or_error(rd_kafka_topic_partition_list_t *parts)
+{
+	rd_kafka_resp_err_t err = rd_kafka_assign(sw.consumer->rk, parts);
+
+	/* raised once librdkafka's call that ran the callback has returned */
+	if (err != RD_KAFKA_RESP_ERR_NO_ERROR && sw.assign_error == RD_KAFKA_RESP_ERR_NO_ERROR)
+		sw.assign_error = err;
+}
+
+static void
+check_assign_error(void)
+{
+	if (sw.assign_error != RD_KAFKA_RESP_ERR_NO_ERROR)
+		ereport(ERROR,
+				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
+				 errmsg("could not assign the partitions of group \"%s\": %s",
+						sw.group, rd_kafka_err2str(sw.assign_error)),
+				 errhint("The stream workers use the eager rebalance protocol; remove partition.assignment.strategy = cooperative-sticky from kappa.kafka_options, if it is there.")));
+}
 static void
 assign_partitions(rd_kafka_topic_partition_list_t *parts)
 {
@@ -396,7 +424,7 @@ assign_partitions(rd_kafka_topic_partition_list_t *parts)
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 
-	rd_kafka_assign(sw.consumer->rk, parts);
+	assign_or_error(parts);
 	SpinLockAcquire(&sw.status->mutex);
 	sw.status->partitions = list_length(sw.partitions);
 	SpinLockRelease(&sw.status->mutex);
@@ -415,7 +443,7 @@ revoke_partitions(void)
 	for (int i = 0; i < sw.batch_count; i++)
 		rd_kafka_message_destroy(sw.batch[i]);
 	sw.batch_count = 0;
-	rd_kafka_assign(sw.consumer->rk, NULL);
+	assign_or_error(NULL);
 	sw.last_partition = NULL;
 	list_free_deep(sw.partitions);
 	sw.partitions = NIL;
@@ -1688,7 +1716,7 @@ resume_after_lost_offsets(void)
 			err ? RD_KAFKA_OFFSET_BEGINNING : lo;
 		ps->lost_offset = -1;
 	}
-	rd_kafka_assign(sw.consumer->rk, list);
+	assign_or_error(list);
 	rd_kafka_topic_partition_list_destroy(list);
 }
 
@@ -1734,6 +1762,7 @@ collect(void)
 	n = rd_kafka_consume_batch_queue(sw.consumer->queue, 0, sw.batch + base,
 									 sw.batch_cap - base);
 	kafka_flush_log();
+	check_assign_error();
 	if (n < 0)
 		n = 0;
 
