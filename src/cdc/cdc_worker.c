@@ -906,9 +906,10 @@ reload_configuration(void)
 	ConfigReloadPending = false;
 	ProcessConfigFile(PGC_SIGHUP);
 
-	/* new connection settings: start over with a new producer */
+	/* new connection settings or secrets: start over with a new producer */
 	if (strcmp(old_brokers, kappa_brokers) != 0 ||
-		strcmp(old_options, kappa_kafka_options) != 0)
+		strcmp(old_options, kappa_kafka_options) != 0 ||
+		kafka_client_settings_changed(worker.producer))
 	{
 		ereport(LOG, (errmsg("pg_kappa cdc publisher: Kafka settings changed, reconnecting")));
 		if (worker.ctx)

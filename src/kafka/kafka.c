@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "kafka/kafka.h"
+#include "common/hashfn.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
@@ -583,6 +584,7 @@ kafka_client_create(rd_kafka_conf_t *conf, rd_kafka_type_t type,
 	client->role = MemoryContextStrdup(TopMemoryContext, role);
 	client->owner = owner;
 	client->wake_fd[0] = client->wake_fd[1] = -1;
+	client->settings = kafka_settings_fingerprint();
 
 	rd_kafka_conf_set_opaque(conf, client);
 	client->rk = rd_kafka_new(type, conf, errstr, sizeof(errstr));
@@ -788,6 +790,51 @@ kafka_produce_or_refuse(KafkaClient *client, const char *topic,
 	if (delivery)
 		delivery->pending++;
 	return true;
+}
+
+/*
+ * A hash of what a client is made from: kappa.brokers, kappa.kafka_options,
+ * kappa.secrets_file and the file's content (read as it is, errors
+ * included, never logged).  A worker compares it after a reload with its
+ * client's, so that a new broker list, option or password (a rotated SASL
+ * password is a new line in the secrets file, and a reload) takes effect.
+ */
+uint64
+kafka_settings_fingerprint(void)
+{
+	StringInfoData buf;
+	uint64		h;
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "%s\n%s\n%s\n", kappa_brokers ? kappa_brokers : "",
+					 kappa_kafka_options ? kappa_kafka_options : "",
+					 kappa_secrets_file ? kappa_secrets_file : "");
+	if (kappa_secrets_file && kappa_secrets_file[0] != '\0')
+	{
+		int			fd = open(kappa_secrets_file, O_RDONLY | O_CLOEXEC);
+		char		chunk[4096];
+		ssize_t		n;
+
+		if (fd < 0)
+			appendStringInfo(&buf, "error %d", errno);
+		else
+		{
+			while ((n = read(fd, chunk, sizeof(chunk))) > 0 && buf.len < 1024 * 1024)
+				appendBinaryStringInfo(&buf, chunk, n);
+			explicit_bzero(chunk, sizeof(chunk));
+			close(fd);
+		}
+	}
+	h = hash_bytes_extended((const unsigned char *) buf.data, buf.len, 0);
+	explicit_bzero(buf.data, buf.len);
+	pfree(buf.data);
+	return h;
+}
+
+bool
+kafka_client_settings_changed(KafkaClient *client)
+{
+	return client != NULL && client->settings != kafka_settings_fingerprint();
 }
 
 /* The producer's message.max.bytes, as librdkafka applies it. */

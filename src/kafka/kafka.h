@@ -34,6 +34,7 @@ typedef struct KafkaClient
 	char		last_error_text[256];
 	bool		error_pending;	/* last_error not yet taken by the owner */
 	bool		fatal;			/* client unusable: must be recreated */
+	uint64		settings;		/* kafka_settings_fingerprint() at creation */
 } KafkaClient;
 
 /*
@@ -83,6 +84,8 @@ extern bool kafka_produce_or_refuse(KafkaClient *client, const char *topic,
 									int64 timestamp_ms, KafkaDelivery *delivery,
 									bool refuse_too_large);
 extern int	kafka_max_message_bytes(KafkaClient *client);
+extern uint64 kafka_settings_fingerprint(void);
+extern bool kafka_client_settings_changed(KafkaClient *client);
 extern bool kafka_wait_delivered(KafkaClient *client, KafkaDelivery *delivery,
 								 int timeout_ms);
 

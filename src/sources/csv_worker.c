@@ -1438,7 +1438,8 @@ reload_configuration(void)
 	ProcessConfigFile(PGC_SIGHUP);
 
 	if (strcmp(old_brokers, kappa_brokers) != 0 ||
-		strcmp(old_options, kappa_kafka_options) != 0)
+		strcmp(old_options, kappa_kafka_options) != 0 ||
+		kafka_client_settings_changed(worker.producer))
 	{
 		/* between files nothing is in flight; within one, it is re-sent */
 		ereport(LOG, (errmsg("pg_kappa csv inbox: Kafka settings changed, reconnecting")));

@@ -863,7 +863,8 @@ reload_configuration(void)
 	}
 	/* new Kafka settings: a new producer (between pages, nothing is pending) */
 	if ((strcmp(old_brokers, kappa_brokers) != 0 ||
-		 strcmp(old_options, kappa_kafka_options) != 0) &&
+		 strcmp(old_options, kappa_kafka_options) != 0 ||
+		 kafka_client_settings_changed(soap.producer)) &&
 		soap.producer != NULL && soap_delivery.pending == 0)
 		drop_producer();
 	pfree(old_url);

@@ -1956,6 +1956,29 @@ kappa_stream_worker_main(Datum main_arg)
 			{
 				ConfigReloadPending = false;
 				ProcessConfigFile(PGC_SIGHUP);
+
+				/*
+				 * New brokers, options or secrets: apply what is held, leave
+				 * the group and join it again with a new consumer, which
+				 * seeks to the stored offsets as after any assignment.
+				 */
+				if (kappa_stream_enabled && kafka_client_settings_changed(sw.consumer))
+				{
+					ereport(LOG,
+							(errmsg("pg_kappa stream worker %d: Kafka settings changed, reconnecting",
+									sw.index)));
+					if (sw.batch_count > 0)
+						apply_batch();
+					kafka_client_destroy(sw.consumer, 0);
+					sw.consumer = NULL;
+					sw.last_partition = NULL;
+					list_free_deep(sw.partitions);
+					sw.partitions = NIL;
+					sw.subscribed = NIL;
+					sw.rankings_loaded_at = 0;
+					create_consumer();
+					continue;
+				}
 			}
 			if (!kappa_stream_enabled)
 			{

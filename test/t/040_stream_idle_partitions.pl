@@ -3,7 +3,9 @@
 # partition nobody writes to does not hold every window open.  Two
 # partitions, sales on one only: the day's window becomes final after the
 # idle timeout, is produced to top-sales-by-city, and the times the worker
-# writes are the time of day (the worker's now() follows the clock).
+# writes are the time of day (the worker's now() follows the clock).  And
+# a reload that changes the secrets file or kappa.brokers makes the
+# consumer anew.
 use strict;
 use warnings;
 
@@ -72,5 +74,52 @@ my $produced = wait_until(sub {
 }, 'the final results on top-sales-by-city');
 is(join(',', sort map { decode_json($_->{value})->{group}{city} // '' } @$produced), 'Madrid,Vigo',
 	'both cities produced once the window is final');
+
+# ---- reloads that change how the consumer is made ---------------------------
+# A new line in the secrets file (as a rotated password is) and a reload: the
+# worker makes its consumer again; a reload that changes nothing does not.
+# Then kappa.brokers pointing at another cluster: the worker reads from it.
+my $secrets = $node->data_dir . '/kappa_secrets';
+my $write_secrets = sub {
+	open my $fh, '>', $secrets or die $!;
+	print $fh "kafka.client.rack = $_[0]\n";
+	close $fh;
+	chmod 0600, $secrets;
+};
+my $reconnects = sub { () = slurp_file($node->logfile) =~ /stream worker 0: Kafka settings changed, reconnecting/g };
+$write_secrets->('rack-1');
+$node->append_conf('postgresql.conf', qq{kappa.secrets_file = '$secrets'});
+$node->reload;
+wait_until(sub { $reconnects->() == 1 }, 'the worker to make its consumer again for the secrets file');
+$node->reload;
+sleep 2;
+is($reconnects->(), 1, 'a reload that changes nothing keeps the consumer');
+$write_secrets->('rack-2');
+$node->reload;
+wait_until(sub { $reconnects->() == 2 }, 'the worker to make its consumer again for the changed secret');
+pass('a changed line in the secrets file makes a new consumer');
+
+# (the other cluster holds the same topics at the same offsets, as a cluster
+# moved with its offsets would: the worker goes on from the offsets stored)
+my $other = start_dev_broker(topics => [ 'sales-events:2', 'payment-confirmations:1',
+	'top-sales-by-city:1', 'top-salesman-by-country:1' ]);
+my $copy = join('', map { "$_->[0]\x1f$_->[1]\n" } (
+	[ 1, sale(1, 'Madrid', '10.00', '2026-11-20T10:00:00Z') ],
+	[ 2, sale(2, 'Vigo', '4.50', '2026-11-20T18:00:00Z') ],
+	[ 3, sale(3, 'Madrid', '1.00', '2026-11-21T00:30:00Z') ],
+	[ 4, sale(4, 'Toledo', '3.00', '2026-11-21T02:00:00Z') ]));
+IPC::Run::run([ 'kcat', '-P', '-b', $other->{bootstrap}, '-t', 'sales-events', '-p', '0', '-K', "\x1f" ],
+	'<', \$copy, '>', \$out, '2>', \$err) or die "kcat -P failed: $err";
+$node->append_conf('postgresql.conf', "kappa.brokers = '$other->{bootstrap}'");
+$node->reload;
+wait_until(sub { $reconnects->() == 3 }, 'the worker to reconnect to the other cluster');
+wait_until(sub { $node->safe_psql('shop', q{
+SELECT count(*) FROM kappa.ranking_results WHERE ranking = 'top_sales_by_city' AND group_values = '{Toledo}'}) eq '1' },
+	'the sale from the other cluster counted');
+is($node->safe_psql('shop', q{
+SELECT string_agg(group_values[1] || '=' || total, ',' ORDER BY group_values, window_start) FROM kappa.ranking_results
+ WHERE ranking = 'top_sales_by_city'}),
+	'Madrid=10.00,Madrid=1.00,Toledo=3.00,Vigo=4.50',
+	'kappa.brokers changed by a reload: the stream worker reads the new cluster from the stored offsets');
 
 done_testing();
