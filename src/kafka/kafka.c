@@ -746,10 +746,13 @@ kafka_produce(KafkaClient *client, const char *topic,
 }
 
 /*
- * Like kafka_produce, but a message that librdkafka refuses by itself as
- * larger than message.max.bytes is not an error when refuse_too_large:
- * false is returned and nothing is produced, so that the caller can keep
- * it as a dead letter and go on.
+ * Like kafka_produce, but when refuse_too_large a refusal is not an error:
+ * a message librdkafka finds larger than message.max.bytes returns false
+ * and nothing is produced, so that the caller can keep it as a dead letter
+ * and go on; any other refusal (a topic the cluster does not have, a
+ * producer in a fatal state) counts as a failed delivery of the group,
+ * which the caller handles as it handles the broker's refusals (backoff,
+ * send again), not as a fault of what it was sending.
  */
 bool
 kafka_produce_or_refuse(KafkaClient *client, const char *topic,
@@ -777,6 +780,12 @@ kafka_produce_or_refuse(KafkaClient *client, const char *topic,
 			break;
 		if (err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE && refuse_too_large)
 			return false;
+		if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL && refuse_too_large && delivery)
+		{
+			if (delivery->failed++ == 0)
+				delivery->error = err;
+			return true;
+		}
 		if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
 			ereport(ERROR,
 					(errcode(kafka_sqlstate(err)),
