@@ -10,6 +10,11 @@
 -- New: an event trigger refuses ALTER TABLE that takes from a published
 -- table its primary key, its replica identity DEFAULT or FULL, or its WAL
 -- (SET UNLOGGED).
+--
+-- New: kappa.csv_files.moved_at, when a file's move was done, so that a file
+-- put back into the inbox (to try a failed one again) is not taken for a
+-- move a crash interrupted.  Existing rows with a destination are taken as
+-- moved when they finished.
 
 -- Ties rank by total, then sale count, then group values, then item: the
 -- order is total and deterministic.
@@ -120,3 +125,6 @@ $$;
 CREATE EVENT TRIGGER kappa_check_published_tables ON ddl_command_end
     WHEN TAG IN ('ALTER TABLE')
     EXECUTE FUNCTION kappa.check_published_tables();
+
+ALTER TABLE kappa.csv_files ADD COLUMN moved_at timestamptz;
+UPDATE kappa.csv_files SET moved_at = finished_at WHERE moved_to IS NOT NULL;

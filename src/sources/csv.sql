@@ -21,7 +21,9 @@ CREATE TABLE kappa.csv_files (
     started_at timestamptz NOT NULL DEFAULT now(),
     finished_at timestamptz,
     moved_to text,
-    error text
+    error text,
+    -- when the move to moved_to was done (NULL: not yet, or never)
+    moved_at timestamptz
 );
 CREATE UNIQUE INDEX csv_files_processed_once ON kappa.csv_files (sha256)
     WHERE state = 'processed';

@@ -763,6 +763,25 @@ typedef enum CsvLedgerAction
  * Decide what to do with a file whose content is known, recording the
  * decision.  Moves a file that needs nothing else.
  */
+/*
+ * The move recorded in ledger row id is done.  Until then, finding the
+ * file in the inbox means a crash came between the commit and the move,
+ * and the move is finished; after, it means someone put the file back
+ * (to try a failed file again, or a processed one after processed/ was
+ * emptied), and it is dealt with as a new arrival.
+ */
+static void
+mark_moved(int64 id)
+{
+	Oid			types[1] = {INT8OID};
+	Datum		values[1] = {Int64GetDatum(id)};
+
+	begin_transaction();
+	ledger_execute("UPDATE kappa.csv_files SET moved_at = now() WHERE id = $1",
+				   1, types, values, NULL, SPI_OK_UPDATE);
+	commit_transaction();
+}
+
 static CsvLedgerAction
 ledger_begin(CsvFile *f, int64 size)
 {
@@ -772,6 +791,7 @@ ledger_begin(CsvFile *f, int64 size)
 	char	   *moved_to = NULL;
 	char	   *state = NULL;
 	char	   *error = NULL;
+	int64		moved_id = 0;
 	int64		processed_id = 0;
 
 	values[0] = CStringGetTextDatum(f->name);
@@ -781,8 +801,9 @@ ledger_begin(CsvFile *f, int64 size)
 	begin_transaction();
 
 	/* 1. this very file was dealt with, but the move did not happen */
-	if (ledger_execute("SELECT state, moved_to, error FROM kappa.csv_files "
+	if (ledger_execute("SELECT state, moved_to, error, id FROM kappa.csv_files "
 					   "WHERE name = $1 AND sha256 = $2 AND moved_to IS NOT NULL "
+					   "AND moved_at IS NULL "
 					   "AND state IN ('processed', 'duplicate', 'failed') "
 					   "ORDER BY id DESC LIMIT 1",
 					   2, types, values, NULL, SPI_OK_SELECT) > 0)
@@ -790,6 +811,7 @@ ledger_begin(CsvFile *f, int64 size)
 		state = spi_text(0, 1, cxt);
 		moved_to = spi_text(0, 2, cxt);
 		error = spi_text(0, 3, cxt);
+		moved_id = spi_int64(0, 4);
 	}
 	if (moved_to != NULL)
 	{
@@ -805,9 +827,12 @@ ledger_begin(CsvFile *f, int64 size)
 			if (strcmp(state, "failed") == 0)
 				write_reason_file(subfd, dest, error ? error : "failed");
 			if (move_file(f, subfd, sub, dest))
+			{
+				mark_moved(moved_id);
 				ereport(LOG,
 						(errmsg("pg_kappa csv inbox: moved \"%s\" to %s, as recorded before a restart",
 								f->name, moved_to)));
+			}
 			else
 				file_replaced(f, state);
 			return CSV_LEDGER_DONE;
@@ -832,12 +857,15 @@ ledger_begin(CsvFile *f, int64 size)
 		/* a started attempt of the same file becomes the duplicate */
 		if (ledger_execute("UPDATE kappa.csv_files SET state = 'duplicate', duplicate_of = $4, "
 						   "size = $3, finished_at = now(), moved_to = $5 "
-						   "WHERE name = $1 AND sha256 = $2 AND state = 'processing'",
-						   5, dtypes, dvalues, NULL, SPI_OK_UPDATE) == 0)
+						   "WHERE id = (SELECT max(id) FROM kappa.csv_files "
+						   "             WHERE name = $1 AND sha256 = $2 AND state = 'processing') "
+						   "RETURNING id",
+						   5, dtypes, dvalues, NULL, SPI_OK_UPDATE_RETURNING) == 0)
 			ledger_execute("INSERT INTO kappa.csv_files "
 						   "(name, sha256, size, state, duplicate_of, finished_at, moved_to) "
-						   "VALUES ($1, $2, $3, 'duplicate', $4, now(), $5)",
-						   5, dtypes, dvalues, NULL, SPI_OK_INSERT);
+						   "VALUES ($1, $2, $3, 'duplicate', $4, now(), $5) RETURNING id",
+						   5, dtypes, dvalues, NULL, SPI_OK_INSERT_RETURNING);
+		moved_id = spi_int64(0, 1);
 		commit_transaction();
 		pg_atomic_fetch_add_u64(&worker.stats->files_seen, 1);
 		if (!move_file(f, f->processed_fd, "processed", dest))
@@ -845,6 +873,7 @@ ledger_begin(CsvFile *f, int64 size)
 			file_replaced(f, "a duplicate");
 			return CSV_LEDGER_DONE;
 		}
+		mark_moved(moved_id);
 		ereport(LOG,
 				(errmsg("pg_kappa csv inbox: \"%s\" has the content of a file already processed; moved to processed/%s without sending it again",
 						f->name, dest),
@@ -902,6 +931,7 @@ fail_file(CsvFile *f, const char *reason)
 		file_replaced(f, "failed");
 		return;
 	}
+	mark_moved(f->ledger_id);
 	ereport(LOG,
 			(errmsg("pg_kappa csv inbox: moved \"%s\" to failed/%s: %s", f->name, dest, reason)));
 }
@@ -982,6 +1012,7 @@ finish_file(CsvFile *f)
 		file_replaced(f, "processed");
 		return;
 	}
+	mark_moved(f->ledger_id);
 	ereport(DEBUG1,
 			(errmsg("pg_kappa csv inbox: \"%s\": %lld rows sent, %lld refused; moved to processed/%s",
 					f->name, (long long) f->rows_sent, (long long) f->rows_rejected, dest)));

@@ -285,6 +285,13 @@ is($node->safe_psql('shop', "SELECT last_error FROM kappa.stat_sources WHERE sou
 	"$nocols: the header (line 1) lacks the required column(s) amount, sold_at",
 	'unreadable files: last_error in kappa.stat_sources');
 ok(!grep({ $_->{key} eq '6001' || $_->{key} eq '6101' } @{ csv_events() }), 'unreadable files: no events');
+# A failed file moved back into the inbox by hand is read again, not taken
+# for a move a crash interrupted (which would put it back into failed/
+# without a look).
+rename("$inbox/failed/$nocols", "$inbox/$nocols") or die $!;
+wait_taken($nocols, 2);
+is($node->safe_psql('shop', "SELECT count(*) || ' ' || bool_and(moved_at IS NOT NULL) FROM kappa.csv_files WHERE name = '$nocols' AND state = 'failed'"),
+	'2 true', 'a failed file put back: read again, a second failed row, both moves recorded');
 
 # ---- 7. a file still being written is left alone ------------------------
 # Its modification time is in the future, as for a file written to right
@@ -319,8 +326,8 @@ mkdir("$inbox/sales_20261121106100_dir.csv") or die $!;
 copy("$outside/sales_secret.csv", "$inbox/sales_20261121106100_dir.csv/sales_inner.csv") or die $!;
 link("$outside/sales_secret.csv", "$inbox/sales_20261121106200_hardlink.csv") or die $!;
 # a name in Latin-1 ("\xe4"): not valid UTF-8, so neither text for the ledger nor JSON
-my $latin1 = "sales_20261121106300_\xe4.csv";
-copy("$outside/sales_secret.csv", "$inbox/$latin1") or die $!;
+my $latin1_name = "sales_20261121106300_\xe4.csv";
+copy("$outside/sales_secret.csv", "$inbox/$latin1_name") or die $!;
 drop_file('sales_20261121106900_sentinel.csv', $partial_bytes =~ s/7001/7901/r);
 wait_taken('sales_20261121106900_sentinel.csv');
 ok(-l "$inbox/sales_20261121106000_link.csv", 'symbolic link: left in the inbox');
@@ -335,7 +342,7 @@ like($log, qr/ignoring "sales_20261121106000_link.csv": a symbolic link/, 'symbo
 like($log, qr/ignoring "sales_20261121106100_dir.csv": a directory/, 'directory: logged');
 like($log, qr/ignoring "sales_20261121106200_hardlink.csv": a file with more than one hard link/,
 	'hard link: logged');
-ok(-f "$inbox/$latin1", 'a name that is not UTF-8: left in the inbox');
+ok(-f "$inbox/$latin1_name", 'a name that is not UTF-8: left in the inbox');
 is($node->safe_psql('shop', "SELECT count(*) FROM kappa.csv_files WHERE name LIKE 'sales_20261121106300%'"), '0',
 	'... not in the ledger');
 like($log, qr/ignoring a file whose name is not valid UTF-8\n.*DETAIL:  Rename it/, '... logged, without the name');
