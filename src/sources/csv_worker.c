@@ -386,6 +386,7 @@ static int
 open_subdir(int dirfd, const char *sub)
 {
 	int			fd;
+	struct stat st;
 
 	if (mkdirat(dirfd, sub, S_IRWXU) != 0 && errno != EEXIST)
 		ereport(ERROR,
@@ -397,6 +398,22 @@ open_subdir(int dirfd, const char *sub)
 				(errcode_for_file_access(),
 				 errmsg("could not open directory \"%s/%s\": %m", kappa_csv_inbox, sub),
 				 errhint("processed/ and failed/ must be directories inside the inbox, not symbolic links.")));
+
+	/*
+	 * Stores may be allowed to write the inbox, and so to make processed/
+	 * or failed/ before the worker does: such a directory, or one others
+	 * may write to, would let them change or remove what was recorded as
+	 * processed.  The worker makes its own, mode 0700.
+	 */
+	if (fstat(fd, &st) != 0 || st.st_uid != geteuid() || (st.st_mode & (S_IWGRP | S_IWOTH)) != 0)
+	{
+		close(fd);
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("directory \"%s/%s\" is not the server's own", kappa_csv_inbox, sub),
+				 errdetail("It must be owned by the database server's user and not writable by its group or others."),
+				 errhint("Remove it and let the worker create it, or chown it to the server's user and chmod go-w it.")));
+	}
 	return fd;
 }
 
@@ -547,6 +564,23 @@ scan_inbox(void)
 		worker.inbox_ok = false;
 		report_problem("could not open inbox directory \"%s\": %m", kappa_csv_inbox);
 		return NIL;
+	}
+	for (int i = 0; i < 2; i++)
+	{
+		const char *sub = i == 0 ? "processed" : "failed";
+		struct stat st;
+
+		/* see open_subdir: nothing is taken while one is not the server's own */
+		if (fstatat(dirfd(dir), sub, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+			(!S_ISDIR(st.st_mode) || st.st_uid != geteuid() ||
+			 (st.st_mode & (S_IWGRP | S_IWOTH)) != 0))
+		{
+			closedir(dir);
+			worker.inbox_ok = false;
+			report_problem("\"%s/%s\" is not a directory of the server's own (owned by its user, not writable by group or others); no file is taken until it is",
+						   kappa_csv_inbox, sub);
+			return NIL;
+		}
 	}
 	worker.inbox_ok = true;
 	worker.problem[0] = '\0';

@@ -347,6 +347,17 @@ is($node->safe_psql('shop', "SELECT count(*) FROM kappa.csv_files WHERE name LIK
 	'... not in the ledger');
 like($log, qr/ignoring a file whose name is not valid UTF-8\n.*DETAIL:  Rename it/, '... logged, without the name');
 
+# processed/ writable by others (as when a store made it before the worker
+# did): nothing is taken, the reason is shown; back to 0700, the file is taken.
+chmod 0777, "$inbox/processed" or die $!;
+drop_file('sales_20261121106950_waits.csv', $partial_bytes =~ s/7001/7951/r);
+wait_until(sub { $node->safe_psql('shop', "SELECT last_error FROM kappa.stat_sources WHERE source = 'csv'")
+	=~ /processed" is not a directory of the server's own/ }, 'the worker to refuse processed/');
+ok(-e "$inbox/sales_20261121106950_waits.csv", 'processed/ writable by others: the file waits in the inbox');
+chmod 0700, "$inbox/processed" or die $!;
+wait_taken('sales_20261121106950_waits.csv');
+pass('processed/ the server\'s own again: the file is taken');
+
 # A role without privileges neither sees nor sets the inbox path.
 $node->safe_psql('shop', 'CREATE ROLE shopper LOGIN');
 my ($ret, $out, $err) = $node->psql('shop', 'SHOW kappa.csv_inbox', extra_params => [ '-U', 'shopper' ]);
