@@ -654,7 +654,7 @@ start_decoding(void)
 				char		msg[300];
 
 				snprintf(msg, sizeof(msg),
-						 "replication slot \"%s\" is missing while tables are published; call kappa.publish_table() again for each of them (it makes the slot anew and sends their rows again)",
+						 "replication slot \"%s\" is missing while tables are published; call kappa.publish_table() again for one of them (it makes the slot anew and sends the rows of every published table again)",
 						 kappa_cdc_slot_name);
 				record_error(msg);
 				ereport(WARNING, (errmsg("pg_kappa cdc publisher: %s", msg)));

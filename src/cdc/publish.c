@@ -370,6 +370,9 @@ kappa_publish_table(PG_FUNCTION_ARGS)
 	Relation	rel;
 	CatalogOwnerState owner_state;
 	bool		republish = false;
+	MemoryContext caller_cxt = CurrentMemoryContext;
+	List	   *others = NIL;
+	List	   *other_topics = NIL;
 	Oid			argtypes[2] = {OIDOID, TEXTOID};
 	Datum		args[2];
 	char		nulls[2] = {' ', ' '};
@@ -425,7 +428,8 @@ kappa_publish_table(PG_FUNCTION_ARGS)
 		 * Published, but the slot is gone (a restore of a dump, a failover
 		 * to a standby, pg_drop_replication_slot): changes since were not
 		 * decoded.  Calling this again makes the slot anew and sends the
-		 * table's rows again as a snapshot, as at the first call.
+		 * rows of every published table again as a snapshot, as at their
+		 * first call (one call: the next would find the slot).
 		 */
 		if (SearchNamedReplicationSlot(kappa_cdc_slot_name, true) != NULL)
 		{
@@ -437,11 +441,27 @@ kappa_publish_table(PG_FUNCTION_ARGS)
 			PG_RETURN_NULL();
 		}
 		republish = true;
+		if (SPI_execute_with_args("SELECT relid::pg_catalog.oid, topic FROM kappa.published_tables "
+								  " WHERE relid OPERATOR(pg_catalog.<>) $1 ORDER BY 1",
+								  1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not read kappa.published_tables");
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			bool		isnull;
+			Oid			other = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i],
+															   SPI_tuptable->tupdesc, 1, &isnull));
+			char	   *other_topic = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
+			MemoryContext old = MemoryContextSwitchTo(caller_cxt);
+
+			others = lappend_oid(others, other);
+			other_topics = lappend(other_topics, other_topic ? pstrdup(other_topic) : NULL);
+			MemoryContextSwitchTo(old);
+		}
 		ereport(NOTICE,
 				(errmsg("table \"%s\" is published but replication slot \"%s\" is missing",
 						RelationGetRelationName(rel), kappa_cdc_slot_name),
-				 errdetail("Its changes since the slot was lost were not published; its rows are sent again as a snapshot."),
-				 errhint("Call kappa.publish_table() for every table in kappa.published_tables.")));
+				 errdetail("Changes since the slot was lost were not published; the rows of the %d published table(s) are sent again as a snapshot.",
+						   list_length(others) + 1)));
 	}
 
 	ensure_cdc_slot();
@@ -464,6 +484,19 @@ kappa_publish_table(PG_FUNCTION_ARGS)
 
 	rows = snapshot_rows(rel, topic);
 	table_close(rel, NoLock);
+
+	/* the other published tables, after a lost slot */
+	for (int i = 0; i < list_length(others); i++)
+	{
+		Oid			other = list_nth_oid(others, i);
+		Relation	orel = try_table_open(other, AccessShareLock);
+
+		if (orel == NULL)
+			continue;			/* dropped meanwhile */
+		LockRelationOid(other, ShareLock);
+		rows += snapshot_rows(orel, (const char *) list_nth(other_topics, i));
+		table_close(orel, NoLock);
+	}
 	PG_RETURN_INT64(rows);
 }
 

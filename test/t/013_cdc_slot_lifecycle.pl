@@ -11,7 +11,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use PgKappa::Test;
 
-my $broker = start_dev_broker(topics => ['sales-events:4']);
+my $broker = start_dev_broker(topics => ['sales-events:4', 'refund-events:1']);
 my $node = kappa_node('slot', $broker);
 $node->safe_psql('shop', sales_table_sql() . 'CREATE TABLE churn (id serial PRIMARY KEY, v text);');
 $node->safe_psql('shop', "SELECT kappa.publish_table('sales')");
@@ -53,7 +53,10 @@ wait_until(sub { $node->safe_psql('shop', 'SELECT state FROM kappa.cdc_status') 
 # slot anew and sends the table's rows again.
 $node->safe_psql('shop', q{
 INSERT INTO sales VALUES (1, 'ST', 'S', 'Seller', 'Madrid', 'ES', 1.00, 'EUR', now()),
-                         (2, 'ST', 'S', 'Seller', 'Vigo', 'ES', 2.00, 'EUR', now())});
+                         (2, 'ST', 'S', 'Seller', 'Vigo', 'ES', 2.00, 'EUR', now());
+CREATE TABLE refunds (refund_id int PRIMARY KEY, sale_id bigint);
+INSERT INTO refunds VALUES (1, 1), (2, 2), (3, 2);});
+$node->safe_psql('shop', q{SELECT kappa.publish_table('refunds', 'refund-events')});
 wait_published($node);
 $node->append_conf('postgresql.conf', 'kappa.cdc_enabled = off');
 $node->reload;
@@ -70,15 +73,18 @@ like($node->safe_psql('shop', 'SELECT last_error FROM kappa.cdc_status'),
 	qr/^replication slot "pg_kappa_cdc" is missing while tables are published; call kappa\.publish_table\(\) again/,
 	'last_error says what to do');
 my $before = scalar(@{ kcat_consume($broker, 'sales-events') });
+my $refunds_before = scalar(@{ kcat_consume($broker, 'refund-events') });
 my ($ret, $rows, $stderr) = $node->psql('shop', "SELECT kappa.publish_table('sales')");
-is($rows, '2', 'publish_table() again sends the table\'s two rows');
+is($rows, '5', 'publish_table() of one table sends the rows of both published tables again');
 like($stderr, qr/NOTICE:  table "sales" is published but replication slot "pg_kappa_cdc" is missing/,
 	'and says why');
 wait_until(sub { $node->safe_psql('shop', 'SELECT state FROM kappa.cdc_status') eq 'streaming' },
 	'publisher streaming again');
 wait_published($node);
-is(scalar(@{ kcat_consume($broker, 'sales-events') }) - $before, 2, 'the snapshot of the two rows is in the topic');
-is($node->safe_psql('shop', 'SELECT count(*) FROM kappa.published_tables'), '1', 'still published once');
+is(scalar(@{ kcat_consume($broker, 'sales-events') }) - $before, 2, 'the snapshot of the two sales is in their topic');
+is(scalar(@{ kcat_consume($broker, 'refund-events') }) - $refunds_before, 3, 'and that of the three refunds in theirs');
+is($node->safe_psql('shop', 'SELECT count(*) FROM kappa.published_tables'), '2', 'each still published once');
+$node->safe_psql('shop', q{SELECT kappa.unpublish_table('refunds')});
 $node->safe_psql('shop', 'DROP EXTENSION pg_kappa');
 wait_until(sub {
 	$node->safe_psql('shop', "SELECT count(*) FROM pg_replication_slots") eq '0'
