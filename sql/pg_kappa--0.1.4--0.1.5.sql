@@ -7,9 +7,9 @@
 -- descent each and reads each group's top n from its index.  Same results,
 -- same order; the function keeps its privileges (CREATE OR REPLACE).
 --
--- New: an event trigger refuses ALTER TABLE that takes from a published
--- table its primary key, its replica identity DEFAULT or FULL, or its WAL
--- (SET UNLOGGED).
+-- New: event triggers refuse DDL that takes from a published table its
+-- primary key, its replica identity DEFAULT or FULL, or its WAL (SET
+-- UNLOGGED).
 --
 -- New: kappa.csv_files.moved_at, when a file's move was done, so that a file
 -- put back into the inbox (to try a failed one again) is not taken for a
@@ -80,10 +80,13 @@ $$;
 
 -- A published table keeps what kappa.publish_table() checked: a primary key
 -- (the message key), a replica identity that carries it in deletes, and
--- changes written to WAL.  ALTER TABLE that takes one of them away is
--- refused: deletes would go out without a key, updates of the key without
--- the old one, or changes would stop reaching WAL, and nothing downstream
--- could tell.
+-- changes written to WAL.  DDL that takes one of them away is refused:
+-- deletes would go out without a key, updates of the key without the old
+-- one, or changes would stop reaching WAL, and nothing downstream could
+-- tell.  The replica identity and persistence are checked after ALTER
+-- TABLE; the primary key when something is dropped (a check after ALTER
+-- TABLE would also refuse a restore of a dump, which adds a published
+-- table's other constraints before its primary key).
 CREATE FUNCTION kappa.check_published_tables()
 RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -95,19 +98,13 @@ BEGIN
         RETURN;
     END IF;
     FOR t IN
-        SELECT c.oid::regclass AS tbl, c.relreplident, c.relpersistence,
-               EXISTS (SELECT FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) AS has_pkey
+        SELECT c.oid::regclass AS tbl, c.relreplident, c.relpersistence
           FROM pg_event_trigger_ddl_commands() d
           JOIN pg_class c ON c.oid = d.objid
           JOIN kappa.published_tables p ON p.relid = c.oid
          WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objsubid = 0
     LOOP
-        IF NOT t.has_pkey THEN
-            RAISE EXCEPTION 'table % is published to Kafka and must keep its primary key', t.tbl
-                USING ERRCODE = 'object_not_in_prerequisite_state',
-                      DETAIL = 'Kafka messages are keyed by the primary key.',
-                      HINT = 'Unpublish it first with kappa.unpublish_table().';
-        ELSIF t.relreplident NOT IN ('d', 'f') THEN
+        IF t.relreplident NOT IN ('d', 'f') THEN
             RAISE EXCEPTION 'table % is published to Kafka and must keep replica identity DEFAULT or FULL', t.tbl
                 USING ERRCODE = 'object_not_in_prerequisite_state',
                       DETAIL = 'Deletes and updates of the key must carry the primary key, which is the message key.',
@@ -125,6 +122,36 @@ $$;
 CREATE EVENT TRIGGER kappa_check_published_tables ON ddl_command_end
     WHEN TAG IN ('ALTER TABLE')
     EXECUTE FUNCTION kappa.check_published_tables();
+
+CREATE FUNCTION kappa.check_published_keys()
+RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t regclass;
+BEGIN
+    IF NOT EXISTS (SELECT FROM kappa.published_tables) THEN
+        RETURN;
+    END IF;
+    -- published tables (not dropped by this command) left without one;
+    -- dropping a partitioned table's key drops its partitions' too
+    FOR t IN
+        SELECT p.relid FROM kappa.published_tables p
+         WHERE NOT EXISTS (SELECT FROM pg_index i WHERE i.indrelid = p.relid AND i.indisprimary)
+           AND NOT EXISTS (SELECT FROM pg_event_trigger_dropped_objects() d
+                            WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objsubid = 0
+                              AND d.objid = p.relid::oid)
+    LOOP
+        RAISE EXCEPTION 'table % is published to Kafka and must keep its primary key', t
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'Kafka messages are keyed by the primary key.',
+                  HINT = 'Unpublish it first with kappa.unpublish_table().';
+    END LOOP;
+END
+$$;
+
+CREATE EVENT TRIGGER kappa_check_published_keys ON sql_drop
+    EXECUTE FUNCTION kappa.check_published_keys();
 
 ALTER TABLE kappa.csv_files ADD COLUMN moved_at timestamptz;
 UPDATE kappa.csv_files SET moved_at = finished_at WHERE moved_to IS NOT NULL;

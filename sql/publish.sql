@@ -111,6 +111,22 @@ DROP INDEX sales_store_sale;
 ALTER TABLE not_published REPLICA IDENTITY NOTHING;
 ALTER TABLE not_published REPLICA IDENTITY DEFAULT;
 SELECT relreplident, relpersistence FROM pg_class WHERE oid = 'sales'::regclass;
+-- a partition's key goes with its parent's: refused for a published partition
+CREATE TABLE shipments (id int, region text, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+CREATE TABLE shipments_es PARTITION OF shipments FOR VALUES IN ('ES');
+SELECT kappa.publish_table('shipments_es', 'shipment-events');
+ALTER TABLE shipments DROP CONSTRAINT shipments_pkey;
+SELECT count(*) FROM pg_index WHERE indrelid = 'shipments_es'::regclass AND indisprimary;
+SELECT kappa.unpublish_table('shipments_es');
+DROP TABLE shipments;
+-- a restore of a dump: the published tables' rows come in the data, their
+-- constraints after it, the primary key not necessarily first
+CREATE TABLE restored (id int NOT NULL, code text NOT NULL);
+INSERT INTO kappa.published_tables (relid) VALUES ('restored');
+ALTER TABLE ONLY restored ADD CONSTRAINT restored_code_key UNIQUE (code);
+ALTER TABLE ONLY restored ADD CONSTRAINT restored_pkey PRIMARY KEY (id);
+DELETE FROM kappa.published_tables WHERE relid = 'restored'::regclass;
+DROP TABLE restored;
 
 -- the status view answers even when the publisher is switched off
 SELECT slot_name, tables, in_flight, last_error FROM kappa.cdc_status;
