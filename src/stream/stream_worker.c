@@ -1962,6 +1962,12 @@ kappa_stream_worker_main(Datum main_arg)
 				 * the group and join it again with a new consumer, which
 				 * seeks to the stored offsets as after any assignment.
 				 */
+				/* the results' producer has nothing in flight between ticks */
+				if (kafka_client_settings_changed(sw.producer))
+				{
+					kafka_client_destroy(sw.producer, 5000);
+					sw.producer = NULL;
+				}
 				if (kappa_stream_enabled && kafka_client_settings_changed(sw.consumer))
 				{
 					ereport(LOG,
