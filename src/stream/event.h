@@ -74,8 +74,8 @@ typedef struct KappaDecimal
  * items well inside the B-tree limit of the results' keys, a message key
  * well inside that of kappa.stream_rows.
  */
-#define KAPPA_MAX_MEASURE_SCALE				12
-#define KAPPA_MAX_MEASURE_INTEGER_DIGITS	20
+#define KAPPA_MAX_MEASURE_SCALE				18
+#define KAPPA_MAX_MEASURE_INTEGER_DIGITS	18
 #define KAPPA_MAX_GROUP_BYTES				1000
 #define KAPPA_MAX_KEY_BYTES					1000
 

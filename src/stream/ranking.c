@@ -173,7 +173,7 @@ span_is_value(const JsonSpan *s)
  */
 bool
 contribution_compute(const KappaRanking *r, const char *row, int rowlen,
-					 Contribution *c, const char **error)
+					 bool strict, Contribution *c, const char **error)
 {
 	JsonSpan	spans[16];
 	static StringInfoData group;
@@ -221,7 +221,7 @@ contribution_compute(const KappaRanking *r, const char *row, int rowlen,
 		stream_array_literal_append(&group, v);
 	}
 	appendStringInfoChar(&group, '}');
-	if (group.len > KAPPA_MAX_GROUP_BYTES)
+	if (strict && group.len > KAPPA_MAX_GROUP_BYTES)
 	{
 		*error = "the group-by values are longer than " CppAsString2(KAPPA_MAX_GROUP_BYTES) " bytes together";
 		return false;
@@ -239,7 +239,7 @@ contribution_compute(const KappaRanking *r, const char *row, int rowlen,
 			*error = "the item field is missing, null or not a scalar";
 			return false;
 		}
-		if (strlen(c->item) > KAPPA_MAX_GROUP_BYTES)
+		if (strict && strlen(c->item) > KAPPA_MAX_GROUP_BYTES)
 		{
 			*error = "the item is longer than " CppAsString2(KAPPA_MAX_GROUP_BYTES) " bytes";
 			return false;
@@ -262,9 +262,17 @@ contribution_compute(const KappaRanking *r, const char *row, int rowlen,
 		 * Totals are kept in 36 digits at the largest scale of what they
 		 * sum: one value with 40 digits after the point would make every
 		 * total of its group overflow, and the batch fail again at each
-		 * restart.
+		 * restart.  Trailing zeros do not count.  Not for what a row
+		 * counted before (strict false): it was accepted then, and must be
+		 * taken out as it went in.
 		 */
-		if (!decimal_fits(&c->value, KAPPA_MAX_MEASURE_INTEGER_DIGITS, KAPPA_MAX_MEASURE_SCALE))
+		while (c->value.scale > KAPPA_MAX_MEASURE_SCALE && c->value.mantissa % 10 == 0)
+		{
+			c->value.mantissa /= 10;
+			c->value.scale--;
+		}
+		if (strict &&
+			!decimal_fits(&c->value, KAPPA_MAX_MEASURE_INTEGER_DIGITS, KAPPA_MAX_MEASURE_SCALE))
 		{
 			*error = "the measure has more than " CppAsString2(KAPPA_MAX_MEASURE_INTEGER_DIGITS)
 				" digits before the point or more than " CppAsString2(KAPPA_MAX_MEASURE_SCALE) " after it";

@@ -67,7 +67,7 @@ typedef struct Contribution
 
 extern List *rankings_load(MemoryContext cxt);
 extern bool contribution_compute(const KappaRanking *r, const char *row, int rowlen,
-								 Contribution *c, const char **error);
+								 bool strict, Contribution *c, const char **error);
 extern bool contribution_equal(const Contribution *a, const Contribution *b);
 
 /* ---- aggregate.c: the batch's changes to ranking_results ---- */

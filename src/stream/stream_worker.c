@@ -744,10 +744,10 @@ apply_change(rd_kafka_message_t *msg, const char *topic, const char *key,
 		if (counts[i])
 		{
 			if (list_has(s->counted, r->id) && s->row_data &&
-				!contribution_compute(r, s->row_data, strlen(s->row_data), &olds[i], &error))
+				!contribution_compute(r, s->row_data, strlen(s->row_data), false, &olds[i], &error))
 				olds[i].valid = false;
 			if (newrow && (!r->confirmed_only || payment_confirmed(key)) &&
-				!contribution_compute(r, newrow, newlen, &news[i], &error))
+				!contribution_compute(r, newrow, newlen, true, &news[i], &error))
 			{
 				char	   *reason = psprintf("ranking \"%s\": %s", r->name, error);
 
@@ -873,13 +873,13 @@ apply_change_without_memory(rd_kafka_message_t *msg, const char *topic, const ch
 
 		if (counts[i])
 		{
-			if (oldrow && !contribution_compute(r, oldrow, oldlen, &olds[i], &error))
+			if (oldrow && !contribution_compute(r, oldrow, oldlen, false, &olds[i], &error))
 			{
 				dead_letter(msg, psprintf("ranking \"%s\": the old row in \"before\": %s (publish the table with REPLICA IDENTITY FULL)",
 										  r->name, error));
 				return;
 			}
-			if (newrow && !contribution_compute(r, newrow, newlen, &news[i], &error))
+			if (newrow && !contribution_compute(r, newrow, newlen, true, &news[i], &error))
 			{
 				dead_letter(msg, psprintf("ranking \"%s\": %s", r->name, error));
 				return;
@@ -969,7 +969,7 @@ apply_payment(rd_kafka_message_t *msg, const char *key, PartitionState *ps)
 		counted = list_has(s->counted, r->id);
 		if (should == counted)
 			continue;
-		if (!contribution_compute(r, s->row_data, strlen(s->row_data), &c, &error))
+		if (!contribution_compute(r, s->row_data, strlen(s->row_data), should, &c, &error))
 			continue;			/* the sale was dead-lettered for this ranking */
 		if (should)
 			move_contribution(r, s, NULL, &c, ps, msg->offset);

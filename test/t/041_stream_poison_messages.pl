@@ -42,9 +42,9 @@ my $long = 'x' x 1500;
 my $earliest_us = -210866803200000000 + 86400 * 1000000;    # 4713-11-25 BC, inside PostgreSQL's range
 my @poison = (
 	[ 'amount 40 digits after the point', sale(1, amount => '"0.0000000000000000000000000000000000000001"'),
-	  'ranking "top_sales_by_city": the measure has more than 20 digits before the point or more than 12 after it' ],
+	  'ranking "top_sales_by_city": the measure has more than 18 digits before the point or more than 18 after it' ],
 	[ 'amount 25 digits before the point', sale(2, amount => '"1234567890123456789012345"'),
-	  'ranking "top_sales_by_city": the measure has more than 20 digits before the point or more than 12 after it' ],
+	  'ranking "top_sales_by_city": the measure has more than 18 digits before the point or more than 18 after it' ],
 	[ 'a 1500-byte city', sale(3, city => qq("$long")),
 	  'ranking "top_sales_by_city": the group-by values are longer than 1000 bytes together' ],
 	[ 'a 1500-byte seller id', sale(4, seller_id => qq("$long")),
@@ -57,18 +57,21 @@ my @poison = (
 wait_until(sub { $node->safe_psql('shop', q{SELECT count(*) FROM kappa.stream_offsets}) eq '3' },
 	'the worker assigned its partitions');
 my $pid = $node->safe_psql('shop', 'SELECT pid FROM kappa.stream_worker_status()');
-kcat_produce($broker, 'sales-events', [ (map { $_->[1] } @poison), sale(7, amount => '"2.50"'), sale(8, city => '"Vigo"') ]);
+# and two that stay within the limits: 18 digits after the point, and 20
+# after it of which the last two are zeros (trailing zeros do not count)
+kcat_produce($broker, 'sales-events', [ (map { $_->[1] } @poison), sale(7, amount => '"2.50"'), sale(8, city => '"Vigo"'),
+	sale(9, city => '"Soria"', amount => '"0.300000000000000004"'), sale(10, city => '"Soria"', amount => '"0.10000000000000000000"') ]);
 kcat_produce($broker, 'partial-city-totals', [
 	[ 'p1', '{"ranking":"top_sales_by_city","window_start":"2026-11-21T00:00:00.000000Z","window_end":"2026-11-22T00:00:00.000000Z","group":{"city":"Madrid"},"total_sales":"3.00","sale_count":1.5,"final":false,"producer":"A"}' ],
 	[ 'p2', '{"ranking":"top_sales_by_city","window_start":"2026-11-21T00:00:00.000000Z","window_end":"2026-11-22T00:00:00.000000Z","group":{"city":"Madrid"},"total_sales":"3.00","sale_count":2,"final":false,"producer":"A"}' ] ]);
 
 wait_until(sub { $node->safe_psql('shop', q{
-SELECT (SELECT count(*) FROM kappa.ranking_results WHERE ranking IN ('top_sales_by_city', 'city_from_partials')) = 3}) eq 't' },
+SELECT (SELECT count(*) FROM kappa.ranking_results WHERE ranking IN ('top_sales_by_city', 'city_from_partials')) = 4}) eq 't' },
 	'the good messages after the poison ones applied');
 is($node->safe_psql('shop', q{
 SELECT string_agg(ranking || ':' || group_values[1] || '=' || total || '/' || sale_count, ',' ORDER BY ranking, group_values)
   FROM kappa.ranking_results WHERE ranking IN ('top_sales_by_city', 'city_from_partials')}),
-	'city_from_partials:Madrid=3.00/2,top_sales_by_city:Madrid=2.50/1,top_sales_by_city:Vigo=1.00/1',
+	'city_from_partials:Madrid=3.00/2,top_sales_by_city:Madrid=2.50/1,top_sales_by_city:Soria=0.400000000000000004/2,top_sales_by_city:Vigo=1.00/1',
 	'only the good messages are counted');
 for my $i (0 .. $#poison)
 {
@@ -78,5 +81,24 @@ for my $i (0 .. $#poison)
 is($node->safe_psql('shop', q{SELECT "offset" || ': ' || error FROM kappa.dead_letters WHERE topic = 'partial-city-totals'}),
 	'0: ranking "city_from_partials": sale_count is missing or not an integer of at most 18 digits', 'a fractional sale_count: a dead letter');
 is($node->safe_psql('shop', 'SELECT pid FROM kappa.stream_worker_status()'), $pid, 'the same worker all along');
+
+# A row counted before these limits existed (0.1.4 took any scale), as its
+# memory and its share of the results would be after the update: a change
+# of it takes out what it counted, although that would be refused now.
+$node->safe_psql('shop', q{
+INSERT INTO kappa.stream_rows (topic, key, row_data, counted, windows_end)
+SELECT 'sales-events', '11',
+       '{"sale_id":"11","store_id":"ST-1","seller_id":"S-1","seller_name":"Ana","city":"Madrid","country":"ES","amount":"0.0000000000000000000001","currency":"EUR","sold_at":"2026-11-20T10:00:00Z"}',
+       ARRAY[id], '2026-11-21' FROM kappa.rankings WHERE name = 'top_sales_by_city';
+UPDATE kappa.ranking_results SET total = total + 0.0000000000000000000001, sale_count = sale_count + 1
+ WHERE ranking = 'top_sales_by_city' AND group_values = '{Madrid}';
+});
+my $update = sale(11, amount => '"1.00"');
+$update->[1] =~ s/"op":"c"/"op":"u"/;
+kcat_produce($broker, 'sales-events', [ $update ]);
+wait_until(sub { $node->safe_psql('shop', q{
+SELECT total = 3.50 AND sale_count = 2 FROM kappa.ranking_results WHERE ranking = 'top_sales_by_city' AND group_values = '{Madrid}'}) eq 't' },
+	'the old row\'s share taken out and the new one counted');
+pass('a row counted under the old rules is retracted as it was counted');
 
 done_testing();
