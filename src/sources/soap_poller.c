@@ -62,6 +62,7 @@ int			kappa_soap_max_backoff = 300;
 #define SOAP_MAX_TOKEN_LEN		4096
 #define SOAP_MAX_PAGES_PER_POLL 10000	/* a service whose tokens never end */
 #define SOAP_FUTURE_TOLERANCE_S (24 * 3600) /* ConfirmedAt ahead of our clock */
+#define SOAP_MAX_REFUSED_REMEMBERED 10000
 #define SOAP_FIRST_BACKOFF_MS	1000
 #define SOAP_SERVE_EVERY		1000	/* messages between delivery-report polls */
 
@@ -200,6 +201,14 @@ typedef struct SoapWorker
 	int			failures;		/* polls failed in a row */
 	TimestampTz last_poll_start;	/* 0: poll at once */
 	TimestampTz retry_at;		/* when backing off */
+
+	/*
+	 * Confirmations refused for a ConfirmedAt in the future, already made
+	 * dead letters ("endpoint|payment id|time", the latest last): the
+	 * watermark stays below them, so each poll gets them again.  Kept for
+	 * the process's life, at most SOAP_MAX_REFUSED_REMEMBERED.
+	 */
+	List	   *refused_future;
 } SoapWorker;
 
 static SoapWorker soap;
@@ -573,6 +582,7 @@ poll_page(SoapPollState *ps)
 	const char *page_label;
 	ListCell   *lc;
 	TimestampTz too_late;
+	List	   *refused_now = NIL;	/* future ones refused on this page */
 
 	ps->page_number++;
 	source_stats_set_state(soap.stats, "polling: page %d", ps->page_number);
@@ -653,6 +663,24 @@ poll_page(SoapPollState *ps)
 		 */
 		if (p->has_time && p->confirmed_at > too_late)
 		{
+			char	   *key = psprintf("%s|%s|" INT64_FORMAT, ps->endpoint, c->payment_id,
+									   (int64) p->confirmed_at);
+			bool		seen = false;
+
+			foreach(lc, soap.refused_future)
+			{
+				if (strcmp((char *) lfirst(lc), key) == 0)
+				{
+					seen = true;
+					break;
+				}
+			}
+			if (seen)
+			{
+				skipped++;		/* its dead letter was written by an earlier poll */
+				continue;
+			}
+			refused_now = lappend(refused_now, key);
 			if (p->error == NULL)
 				p->error = psprintf("ConfirmedAt %s is more than %d hours ahead of this server's clock",
 									timestamptz_to_str(p->confirmed_at),
@@ -711,6 +739,20 @@ poll_page(SoapPollState *ps)
 
 	save_progress(ps, page->next_page_token, dead_letters);
 	source_stats_success(soap.stats, 1, produced, list_length(dead_letters));
+
+	/* their dead letters are stored: not again */
+	foreach(lc, refused_now)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		soap.refused_future = lappend(soap.refused_future, pstrdup((char *) lfirst(lc)));
+		if (list_length(soap.refused_future) > SOAP_MAX_REFUSED_REMEMBERED)
+		{
+			pfree(linitial(soap.refused_future));
+			soap.refused_future = list_delete_first(soap.refused_future);
+		}
+		MemoryContextSwitchTo(old);
+	}
 	if (skipped > 0)
 		ereport(DEBUG1,
 				(errmsg_internal("pg_kappa soap poller: skipped %lld confirmations sent by an earlier poll",

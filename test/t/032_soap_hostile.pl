@@ -115,8 +115,12 @@ is($node->safe_psql('shop', "SELECT since AT TIME ZONE 'UTC' FROM kappa.soap_sta
 is($node->safe_psql('shop', "SELECT line || ' | ' || error FROM kappa.dead_letters WHERE file = '$future'"),
 	'5 | ConfirmedAt 2099-01-01 00:00:00+00 is more than 24 hours ahead of this server\'s clock (first page)',
 	'the confirmation from 2099 is a dead letter that says why');
+my $polls = scalar(@{ $soap->requests('/future') });
+wait_until(sub { scalar(@{ $soap->requests('/future') }) >= $polls + 2 }, 'two more polls of /future');
+is($node->safe_psql('shop', "SELECT count(*) FROM kappa.dead_letters WHERE file = '$future'"), '1',
+	'each poll gets it again (the watermark stays below it), but it is a dead letter once');
 my @sent = grep { index($_->{value}, $future) >= 0 } @{ consume_all($broker, 'payment-confirmations') };
-is(join(',', map { $_->{key} } @sent), '4001', 'the other one is sent');
+is(join(',', map { $_->{key} } @sent), '4001', 'the other one is sent, once');
 
 # ---- TLS ---------------------------------------------------------------------
 my $https = $soap->url('fixtures', tls => 1);
