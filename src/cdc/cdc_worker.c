@@ -517,7 +517,7 @@ produce_message(KappaDecodingState *data, StringInfo value)
 					 (int) (value->len + (data->has_key ? data->key.len : 0)), topic,
 					 LSN_FORMAT_ARGS(data->commit_lsn),
 					 kafka_max_message_bytes(worker.producer));
-			worker.errors++;
+			/* not produced, so not in flight: worker.errors counts reports */
 			worker.delivery_failed = true;
 			worker.delivery_error = err;
 			txn->failed = true;

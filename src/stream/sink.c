@@ -158,6 +158,13 @@ sink_apply(const KappaRanking *r, const char *raw, size_t len, const char **erro
 	row->window_start = ts_text(ws);
 	row->window_end = ts_text(we);
 	row->producer = f[7].type == JSON_SPAN_STRING ? json_span_text(&f[7]) : pstrdup("");
+	if (row->producer == NULL || strlen(row->producer) > KAPPA_MAX_GROUP_BYTES)
+	{
+		MemoryContextSwitchTo(old);
+		*error = row->producer == NULL ? "\"producer\" is not a valid string" :
+			"\"producer\" is longer than " CppAsString2(KAPPA_MAX_GROUP_BYTES) " bytes";
+		return false;
+	}
 	initStringInfo(&buf);
 	decimal_append(&buf, &total);
 	row->total = buf.data;
