@@ -32,6 +32,7 @@
 #include "access/xlog.h"
 #include "access/xlogutils.h"
 #include "catalog/objectaccess.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_extension.h"
 #include "commands/extension.h"
 #include "cdc/decoder.h"
@@ -56,6 +57,7 @@
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/inval.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/pg_lsn.h"
 #include "utils/snapmgr.h"
@@ -142,6 +144,18 @@ cdc_object_access(ObjectAccessType access, Oid classId, Oid objectId,
 		if (name && strcmp(name, KAPPA_EXTENSION_NAME) == 0)
 			cdc_request_slot_check_at_commit();
 	}
+
+	/*
+	 * A permanent table dropped may be the last one published (the event
+	 * trigger takes it out of kappa.published_tables): the publisher looks
+	 * after the commit whether its slot is still needed, as after
+	 * kappa.unpublish_table().  Temporary tables, dropped all the time, are
+	 * never published.
+	 */
+	if (access == OAT_DROP && classId == RelationRelationId && subId == 0 &&
+		get_rel_relkind(objectId) == RELKIND_RELATION &&
+		get_rel_persistence(objectId) == RELPERSISTENCE_PERMANENT)
+		cdc_request_slot_check_at_commit();
 }
 
 static void

@@ -1,6 +1,7 @@
 # The slot does not hold WAL back: an idle published table while other
 # tables churn still lets the confirmed position and restart_lsn advance.
-# Unpublishing the last table, or dropping the extension, drops the slot.
+# Unpublishing or dropping the last table, or dropping the extension, drops
+# the slot.
 # A slot lost while tables are published is reported, and made anew by
 # publishing again.
 use strict;
@@ -90,6 +91,19 @@ wait_until(sub {
 	$node->safe_psql('shop', "SELECT count(*) FROM pg_replication_slots") eq '0'
 }, 'slot dropped with the extension');
 pass('DROP EXTENSION dropped the slot');
+
+# Dropping the last published table (rather than unpublishing it) drops the
+# slot too, while the publisher runs.
+$node->safe_psql('shop', 'CREATE EXTENSION pg_kappa');
+$node->safe_psql('shop', 'CREATE TABLE lonely (id int PRIMARY KEY)');
+$node->safe_psql('shop', "SELECT kappa.publish_table('lonely')");
+wait_until(sub { $node->safe_psql('shop', 'SELECT state FROM kappa.cdc_status') eq 'streaming' },
+	'publisher streaming the new table');
+$node->safe_psql('shop', 'DROP TABLE lonely');
+wait_until(sub {
+	$node->safe_psql('shop', "SELECT count(*) FROM pg_replication_slots") eq '0'
+}, 'slot dropped with the last published table');
+pass('DROP TABLE of the last published table dropped the slot');
 
 $node->stop;
 done_testing();
