@@ -134,8 +134,14 @@ SELECT 'top_salesman_by_country', '2026-11-03 00:00+00', '2026-12-03 00:00+00',
   FROM generate_series(1, 40) i;
 CREATE TEMP TABLE top_before AS
 SELECT * FROM kappa.top_salesmen_by_country(at => '2026-11-21 12:00+00', n => 3) WITH ORDINALITY;
+-- and CSV files: one moved, one still processing
+INSERT INTO kappa.csv_files (name, sha256, size, state, finished_at, moved_to) VALUES
+    ('sales_a.csv', repeat('a', 64), 10, 'processed', '2026-11-21 10:00+00', 'processed/sales_a.csv'),
+    ('sales_b.csv', repeat('b', 64), 10, 'processing', NULL, NULL);
 ALTER EXTENSION pg_kappa UPDATE;
 SELECT extversion FROM pg_extension WHERE extname = 'pg_kappa';
+-- moved_at: the finished move taken as done when it finished, the other not
+SELECT name, state, moved_at FROM kappa.csv_files ORDER BY name;
 SELECT count(*) AS rows,
        array_agg(b::text ORDER BY b.ordinality)
        = (SELECT array_agg(a::text ORDER BY a.ordinality)
