@@ -909,6 +909,18 @@ cdc_worker_shutdown(int code, Datum arg)
 		kafka_client_destroy(worker.producer, 0);
 		worker.producer = NULL;
 	}
+
+	/*
+	 * PostgreSQL 15 writes a logical slot's confirmed position to disk only
+	 * when something else changed in it (not at the shutdown checkpoint):
+	 * save what was confirmed, or a server restart replays up to the last
+	 * save (CDC_SLOT_SAVE_MS) again.
+	 */
+	if (MyReplicationSlot != NULL && worker.confirmed != InvalidXLogRecPtr)
+	{
+		ReplicationSlotMarkDirty();
+		ReplicationSlotSave();
+	}
 }
 
 static void
