@@ -803,8 +803,8 @@ kafka_produce_or_refuse(KafkaClient *client, const char *topic,
 
 /*
  * A hash of what a client is made from: kappa.brokers, kappa.kafka_options,
- * kappa.secrets_file and the file's content (read as it is, errors
- * included, never logged).  A worker compares it after a reload with its
+ * kappa.secrets_file and the file's "kafka." lines (read as they are, errors
+ * included, never logged; a new SOAP password changes nothing here).  A worker compares it after a reload with its
  * client's, so that a new broker list, option or password (a rotated SASL
  * password is a new line in the secrets file, and a reload) takes effect.
  */
@@ -828,10 +828,33 @@ kafka_settings_fingerprint(void)
 			appendStringInfo(&buf, "error %d", errno);
 		else
 		{
-			while ((n = read(fd, chunk, sizeof(chunk))) > 0 && buf.len < 1024 * 1024)
-				appendBinaryStringInfo(&buf, chunk, n);
+			StringInfoData file;
+			char	   *line;
+
+			initStringInfo(&file);
+			while ((n = read(fd, chunk, sizeof(chunk))) > 0 && file.len < 1024 * 1024)
+				appendBinaryStringInfo(&file, chunk, n);
 			explicit_bzero(chunk, sizeof(chunk));
 			close(fd);
+			line = file.data;
+			while (line < file.data + file.len)
+			{
+				char	   *end = memchr(line, '\n', file.data + file.len - line);
+				char	   *p = line;
+
+				if (end == NULL)
+					end = file.data + file.len;
+				while (p < end && (*p == ' ' || *p == '\t'))
+					p++;
+				if (end - p >= 6 && strncmp(p, "kafka.", 6) == 0)
+				{
+					appendBinaryStringInfo(&buf, p, end - p);
+					appendStringInfoChar(&buf, '\n');
+				}
+				line = end + 1;
+			}
+			explicit_bzero(file.data, file.len);
+			pfree(file.data);
 		}
 	}
 	h = hash_bytes_extended((const unsigned char *) buf.data, buf.len, 0);

@@ -81,8 +81,10 @@ is(join(',', sort map { decode_json($_->{value})->{group}{city} // '' } @$produc
 # Then kappa.brokers pointing at another cluster: the worker reads from it.
 my $secrets = $node->data_dir . '/kappa_secrets';
 my $write_secrets = sub {
+	my ($rack, $soap) = @_;
 	open my $fh, '>', $secrets or die $!;
-	print $fh "kafka.client.rack = $_[0]\n";
+	print $fh "kafka.client.rack = $rack\n";
+	print $fh "soap.password = $soap\n" if $soap;
 	close $fh;
 	chmod 0600, $secrets;
 };
@@ -98,6 +100,10 @@ $write_secrets->('rack-2');
 $node->reload;
 wait_until(sub { $reconnects->() == 2 }, 'the worker to make its consumer again for the changed secret');
 pass('a changed line in the secrets file makes a new consumer');
+$write_secrets->('rack-2', 'soap-secret');
+$node->reload;
+sleep 2;
+is($reconnects->(), 2, 'a new SOAP password in the secrets file leaves the Kafka clients alone');
 
 # (the other cluster holds the same topics at the same offsets, as a cluster
 # moved with its offsets would: the worker goes on from the offsets stored)
