@@ -803,63 +803,47 @@ kafka_produce_or_refuse(KafkaClient *client, const char *topic,
 
 /*
  * A hash of what a client is made from: kappa.brokers, kappa.kafka_options,
- * kappa.secrets_file and the file's "kafka." lines (read as they are, errors
- * included, never logged; a new SOAP password changes nothing here).  A worker compares it after a reload with its
- * client's, so that a new broker list, option or password (a rotated SASL
- * password is a new line in the secrets file, and a reload) takes effect.
+ * kappa.secrets_file and its "kafka." secrets (never logged; a new SOAP
+ * password changes nothing here).  A worker compares it after a reload with
+ * its client's, so that a new broker list, option or password (a rotated
+ * SASL password is a new line in the secrets file, and a reload) takes
+ * effect.  A secrets file that cannot be read only changes the hash: the
+ * error is raised where the client is made anew.
  */
 uint64
 kafka_settings_fingerprint(void)
 {
-	StringInfoData buf;
+	MemoryContext caller = CurrentMemoryContext;
+	StringInfo	buf = makeStringInfo(); /* a pointer: kept across PG_TRY */
 	uint64		h;
 
-	initStringInfo(&buf);
-	appendStringInfo(&buf, "%s\n%s\n%s\n", kappa_brokers ? kappa_brokers : "",
+	appendStringInfo(buf, "%s\n%s\n%s\n", kappa_brokers ? kappa_brokers : "",
 					 kappa_kafka_options ? kappa_kafka_options : "",
 					 kappa_secrets_file ? kappa_secrets_file : "");
-	if (kappa_secrets_file && kappa_secrets_file[0] != '\0')
+	PG_TRY();
 	{
-		int			fd = open(kappa_secrets_file, O_RDONLY | O_CLOEXEC);
-		char		chunk[4096];
-		ssize_t		n;
+		ListCell   *lc;
 
-		if (fd < 0)
-			appendStringInfo(&buf, "error %d", errno);
-		else
+		foreach(lc, kappa_read_secrets("kafka."))
 		{
-			StringInfoData file;
-			char	   *line;
+			KafkaOption *opt = lfirst(lc);
 
-			initStringInfo(&file);
-			while ((n = read(fd, chunk, sizeof(chunk))) > 0 && file.len < 1024 * 1024)
-				appendBinaryStringInfo(&file, chunk, n);
-			explicit_bzero(chunk, sizeof(chunk));
-			close(fd);
-			line = file.data;
-			while (line < file.data + file.len)
-			{
-				char	   *end = memchr(line, '\n', file.data + file.len - line);
-				char	   *p = line;
-
-				if (end == NULL)
-					end = file.data + file.len;
-				while (p < end && (*p == ' ' || *p == '\t'))
-					p++;
-				if (end - p >= 6 && strncmp(p, "kafka.", 6) == 0)
-				{
-					appendBinaryStringInfo(&buf, p, end - p);
-					appendStringInfoChar(&buf, '\n');
-				}
-				line = end + 1;
-			}
-			explicit_bzero(file.data, file.len);
-			pfree(file.data);
+			appendStringInfo(buf, "%s=%s\n", opt->key, opt->value);
+			explicit_bzero(opt->value, strlen(opt->value));
 		}
 	}
-	h = hash_bytes_extended((const unsigned char *) buf.data, buf.len, 0);
-	explicit_bzero(buf.data, buf.len);
-	pfree(buf.data);
+	PG_CATCH();
+	{
+		/* unreadable: a change too, reported when the client is made */
+		MemoryContextSwitchTo(caller);
+		FlushErrorState();
+		appendStringInfoString(buf, "unreadable\n");
+	}
+	PG_END_TRY();
+	h = hash_bytes_extended((const unsigned char *) buf->data, buf->len, 0);
+	explicit_bzero(buf->data, buf->len);
+	pfree(buf->data);
+	pfree(buf);
 	return h;
 }
 

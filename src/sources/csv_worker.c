@@ -816,6 +816,23 @@ mark_moved(int64 id)
 	commit_transaction();
 }
 
+/*
+ * Move the file as ledger row id recorded, and record that it was moved;
+ * false (nothing moved) if its name is no longer the file that was read.
+ */
+static bool
+move_recorded(CsvFile *f, int64 id, int subfd, const char *sub, const char *dest,
+			  const char *recorded_as)
+{
+	if (!move_file(f, subfd, sub, dest))
+	{
+		file_replaced(f, recorded_as);
+		return false;
+	}
+	mark_moved(id);
+	return true;
+}
+
 static CsvLedgerAction
 ledger_begin(CsvFile *f, int64 size)
 {
@@ -860,15 +877,10 @@ ledger_begin(CsvFile *f, int64 size)
 			commit_transaction();
 			if (strcmp(state, "failed") == 0)
 				write_reason_file(subfd, dest, error ? error : "failed");
-			if (move_file(f, subfd, sub, dest))
-			{
-				mark_moved(moved_id);
+			if (move_recorded(f, moved_id, subfd, sub, dest, state))
 				ereport(LOG,
 						(errmsg("pg_kappa csv inbox: moved \"%s\" to %s, as recorded before a restart",
 								f->name, moved_to)));
-			}
-			else
-				file_replaced(f, state);
 			return CSV_LEDGER_DONE;
 		}
 	}
@@ -902,12 +914,8 @@ ledger_begin(CsvFile *f, int64 size)
 		moved_id = spi_int64(0, 1);
 		commit_transaction();
 		pg_atomic_fetch_add_u64(&worker.stats->files_seen, 1);
-		if (!move_file(f, f->processed_fd, "processed", dest))
-		{
-			file_replaced(f, "a duplicate");
+		if (!move_recorded(f, moved_id, f->processed_fd, "processed", dest, "a duplicate"))
 			return CSV_LEDGER_DONE;
-		}
-		mark_moved(moved_id);
 		ereport(LOG,
 				(errmsg("pg_kappa csv inbox: \"%s\" has the content of a file already processed; moved to processed/%s without sending it again",
 						f->name, dest),
@@ -960,12 +968,8 @@ fail_file(CsvFile *f, const char *reason)
 	snprintf(message, sizeof(message), "%s: %s", f->name, reason);
 	pg_atomic_fetch_add_u64(&worker.stats->files_seen, 1);
 	source_stats_error(worker.stats, message);
-	if (!move_file(f, f->failed_fd, "failed", dest))
-	{
-		file_replaced(f, "failed");
+	if (!move_recorded(f, f->ledger_id, f->failed_fd, "failed", dest, "failed"))
 		return;
-	}
-	mark_moved(f->ledger_id);
 	ereport(LOG,
 			(errmsg("pg_kappa csv inbox: moved \"%s\" to failed/%s: %s", f->name, dest, reason)));
 }
@@ -1041,12 +1045,8 @@ finish_file(CsvFile *f)
 	commit_transaction();
 
 	source_stats_success(worker.stats, 1, f->rows_sent, f->rows_rejected);
-	if (!move_file(f, f->processed_fd, "processed", dest))
-	{
-		file_replaced(f, "processed");
+	if (!move_recorded(f, f->ledger_id, f->processed_fd, "processed", dest, "processed"))
 		return;
-	}
-	mark_moved(f->ledger_id);
 	ereport(DEBUG1,
 			(errmsg("pg_kappa csv inbox: \"%s\": %lld rows sent, %lld refused; moved to processed/%s",
 					f->name, (long long) f->rows_sent, (long long) f->rows_rejected, dest)));

@@ -908,6 +908,21 @@ decimal_parse(const JsonSpan *s, KappaDecimal *d)
 	return true;
 }
 
+/* 10^0 .. 10^38, made at the first use */
+static const int128 *
+powers_of_ten(void)
+{
+	static int128 pow10[39];
+
+	if (pow10[0] == 0)
+	{
+		pow10[0] = 1;
+		for (int i = 1; i < 39; i++)
+			pow10[i] = pow10[i - 1] * 10;
+	}
+	return pow10;
+}
+
 /*
  * Has d at most integer_digits digits before the point and max_scale after
  * it?  (One comparison: it runs for every event.)  integer_digits +
@@ -916,27 +931,10 @@ decimal_parse(const JsonSpan *s, KappaDecimal *d)
 bool
 decimal_fits(const KappaDecimal *d, int integer_digits, int max_scale)
 {
-	static int128 pow10[39];
 	int128		m = d->mantissa < 0 ? -d->mantissa : d->mantissa;
 
-	if (pow10[0] == 0)
-	{
-		pow10[0] = 1;
-		for (int i = 1; i < 39; i++)
-			pow10[i] = pow10[i - 1] * 10;
-	}
 	Assert(integer_digits + max_scale <= 38);
-	return d->scale <= max_scale && m < pow10[integer_digits + d->scale];
-}
-
-static int128
-pow10_128(int n)
-{
-	int128		r = 1;
-
-	while (n-- > 0)
-		r *= 10;
-	return r;
+	return d->scale <= max_scale && m < powers_of_ten()[integer_digits + d->scale];
 }
 
 /*
@@ -946,16 +944,11 @@ pow10_128(int n)
 bool
 decimal_add(KappaDecimal *a, const KappaDecimal *b, int sign)
 {
-	static int128 pow10[39];
+	const int128 *pow10 = powers_of_ten();
 	int128		am = a->mantissa;
 	int128		bm = b->mantissa * sign;
 	int			scale = Max(a->scale, b->scale);
 
-	if (pow10[0] == 0)
-	{
-		for (int i = 0; i < 39; i++)
-			pow10[i] = pow10_128(i);
-	}
 	if (b->scale != a->scale)
 	{
 		int			shift = Abs(b->scale - a->scale);

@@ -1862,6 +1862,24 @@ create_consumer(void)
 	AddWaitEventToSet(sw.waitset, WL_SOCKET_READABLE, sw.consumer->wake_fd[0], NULL, NULL);
 }
 
+/*
+ * Apply what is held and leave the group: the consumer goes, and with it the
+ * partitions and the subscription, which the next consumer makes again.
+ */
+static void
+leave_group(void)
+{
+	if (sw.batch_count > 0)
+		apply_batch();
+	kafka_client_destroy(sw.consumer, 0);
+	sw.consumer = NULL;
+	sw.last_partition = NULL;
+	list_free_deep(sw.partitions);
+	sw.partitions = NIL;
+	sw.subscribed = NIL;
+	sw.rankings_loaded_at = 0;
+}
+
 static void
 stream_worker_shutdown(int code, Datum arg)
 {
@@ -1973,15 +1991,7 @@ kappa_stream_worker_main(Datum main_arg)
 					ereport(LOG,
 							(errmsg("pg_kappa stream worker %d: Kafka settings changed, reconnecting",
 									sw.index)));
-					if (sw.batch_count > 0)
-						apply_batch();
-					kafka_client_destroy(sw.consumer, 0);
-					sw.consumer = NULL;
-					sw.last_partition = NULL;
-					list_free_deep(sw.partitions);
-					sw.partitions = NIL;
-					sw.subscribed = NIL;
-					sw.rankings_loaded_at = 0;
+					leave_group();
 					create_consumer();
 					continue;
 				}
@@ -1989,15 +1999,7 @@ kappa_stream_worker_main(Datum main_arg)
 			if (!kappa_stream_enabled)
 			{
 				/* switched off: apply what is held, leave the group, idle */
-				if (sw.batch_count > 0)
-					apply_batch();
-				kafka_client_destroy(sw.consumer, 0);
-				sw.consumer = NULL;
-				sw.last_partition = NULL;
-				list_free_deep(sw.partitions);
-				sw.partitions = NIL;
-				sw.subscribed = NIL;
-				sw.rankings_loaded_at = 0;
+				leave_group();
 				FreeWaitEventSet(sw.waitset);
 				sw.waitset = CreateWaitEventSet(TopMemoryContext, 2);
 				AddWaitEventToSet(sw.waitset, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
