@@ -15,6 +15,11 @@
 -- put back into the inbox (to try a failed one again) is not taken for a
 -- move a crash interrupted.  Existing rows with a destination are taken as
 -- moved when they finished.
+--
+-- kappa.stream_rows_windows_end no longer asks autovacuum to summarise each
+-- block range it fills (autosummarize): the forgetting pass summarises new
+-- ranges itself, and at a few thousand sales a second the requests overran
+-- autovacuum's work-item queue, one LOG line per request refused.
 
 -- Ties rank by total, then sale count, then group values, then item: the
 -- order is total and deterministic.
@@ -155,3 +160,5 @@ CREATE EVENT TRIGGER kappa_check_published_keys ON sql_drop
 
 ALTER TABLE kappa.csv_files ADD COLUMN moved_at timestamptz;
 UPDATE kappa.csv_files SET moved_at = finished_at WHERE moved_to IS NOT NULL;
+
+ALTER INDEX kappa.stream_rows_windows_end SET (autosummarize = off);

@@ -142,6 +142,8 @@ ALTER EXTENSION pg_kappa UPDATE;
 SELECT extversion FROM pg_extension WHERE extname = 'pg_kappa';
 -- moved_at: the finished move taken as done when it finished, the other not
 SELECT name, state, moved_at FROM kappa.csv_files ORDER BY name;
+-- the forgetting pass summarises the BRIN index; autovacuum is not asked to
+SELECT reloptions FROM pg_class WHERE oid = 'kappa.stream_rows_windows_end'::regclass;
 SELECT count(*) AS rows,
        array_agg(b::text ORDER BY b.ordinality)
        = (SELECT array_agg(a::text ORDER BY a.ordinality)
