@@ -37,6 +37,7 @@ static const struct
 	{cdc_shmem_size, cdc_shmem_init},
 	{source_stats_shmem_size, source_stats_shmem_init},
 	{stream_shmem_size, stream_shmem_init},
+	{workers_shmem_size, workers_shmem_init},
 };
 
 static void

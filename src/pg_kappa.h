@@ -73,6 +73,8 @@ extern void stream_shmem_init(void);
 
 /* Background workers (src/workers.c) */
 extern void kappa_register_workers(void);
+extern Size workers_shmem_size(void);
+extern void workers_shmem_init(void);
 extern void kappa_worker_begin(const char *application_name);
 extern bool kappa_extension_installed(void);
 

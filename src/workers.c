@@ -10,6 +10,13 @@
  * (kappa.cdc_enabled, ...) is off stays alive and idle, so switching it on
  * is a reload, not a restart.
  *
+ * A kappa.database that does not exist (not created yet, or dropped) makes
+ * the connection fail with FATAL.  Restarted every interval, four workers
+ * would say so dozens of times a minute; instead, a worker whose last
+ * connection failed waits connected to no database, says once why, looks
+ * for the database every second, and exits to be restarted once it is
+ * there.
+ *
  *-------------------------------------------------------------------------
  */
 #include "pg_kappa.h"
@@ -17,13 +24,63 @@
 #include "stream/stream.h"
 
 #include "access/xact.h"
+#include "catalog/pg_database.h"
+#include "commands/dbcommands.h"
 #include "commands/extension.h"
+#include "miscadmin.h"
 #include "pgstat.h"
+#include "port/atomics.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/shmem.h"
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
+
+/*
+ * Per worker: did its last attempt to connect to kappa.database end in
+ * FATAL?  Set before the attempt and cleared after it, so a FATAL leaves
+ * it set for the next start.  Indexed by worker_slot().
+ */
+typedef struct KappaWorkersShared
+{
+	pg_atomic_uint32 missing_reported;	/* said once, until found again */
+	pg_atomic_uint32 connect_failed[FLEXIBLE_ARRAY_MEMBER];
+} KappaWorkersShared;
+
+#define KAPPA_FIXED_WORKERS 3	/* cdc publisher, soap poller, csv inbox */
+
+static KappaWorkersShared *workers_shared = NULL;
+
+static int
+worker_slots(void)
+{
+	return KAPPA_FIXED_WORKERS + kappa_stream_workers;
+}
+
+Size
+workers_shmem_size(void)
+{
+	return add_size(offsetof(KappaWorkersShared, connect_failed),
+					mul_size(sizeof(pg_atomic_uint32), worker_slots()));
+}
+
+void
+workers_shmem_init(void)
+{
+	bool		found;
+
+	workers_shared = ShmemInitStruct("pg_kappa workers", workers_shmem_size(), &found);
+	if (!found)
+	{
+		pg_atomic_init_u32(&workers_shared->missing_reported, 0);
+		for (int i = 0; i < worker_slots(); i++)
+			pg_atomic_init_u32(&workers_shared->connect_failed[i], 0);
+	}
+}
 
 static void
 register_worker(const char *function, const char *type, const char *name, int arg)
@@ -56,6 +113,98 @@ kappa_register_workers(void)
 					"pg_kappa csv inbox", 0);
 }
 
+/* This worker's place in KappaWorkersShared.connect_failed. */
+static int
+worker_slot(void)
+{
+	const char *fn = MyBgworkerEntry->bgw_function_name;
+
+	if (strcmp(fn, "kappa_cdc_worker_main") == 0)
+		return 0;
+	if (strcmp(fn, "kappa_soap_worker_main") == 0)
+		return 1;
+	if (strcmp(fn, "kappa_csv_worker_main") == 0)
+		return 2;
+	return KAPPA_FIXED_WORKERS +
+		Min(Max(DatumGetInt32(MyBgworkerEntry->bgw_main_arg), 0), kappa_stream_workers - 1);
+}
+
+/*
+ * Why kappa.database cannot be connected to, or NULL if it now can.  In a
+ * transaction of its own, connected to no database (shared catalogs only).
+ */
+static const char *
+database_unusable(void)
+{
+	const char *why = NULL;
+	Oid			dboid;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	dboid = get_database_oid(kappa_database, true);
+	if (!OidIsValid(dboid))
+		why = "does not exist";
+	else
+	{
+		HeapTuple	tup = SearchSysCache1(DATABASEOID, ObjectIdGetDatum(dboid));
+
+		if (HeapTupleIsValid(tup))
+		{
+			if (!((Form_pg_database) GETSTRUCT(tup))->datallowconn)
+				why = "does not allow connections";
+			ReleaseSysCache(tup);
+		}
+	}
+	CommitTransactionCommand();
+	return why;
+}
+
+/*
+ * The last connection of this worker failed: wait, connected to no
+ * database, until kappa.database can be connected to, then exit to be
+ * restarted (a process connects to one database, once).  Never returns.
+ */
+static void
+wait_for_database(const char *application_name)
+{
+	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+	SetConfigOption("application_name", application_name, PGC_SUSET, PGC_S_OVERRIDE);
+	pgstat_report_appname(application_name);
+
+	for (;;)
+	{
+		const char *why = database_unusable();
+
+		if (why == NULL)
+		{
+			pg_atomic_write_u32(&workers_shared->missing_reported, 0);
+			pg_atomic_write_u32(&workers_shared->connect_failed[worker_slot()], 0);
+			ereport(LOG,
+					(errmsg("pg_kappa: database \"%s\" can be connected to; restarting the workers on it",
+							kappa_database)));
+			proc_exit(1);
+		}
+		/* one worker says it, once, until the database is found again */
+		if (pg_atomic_exchange_u32(&workers_shared->missing_reported, 1) == 0)
+			ereport(WARNING,
+					(errcode(ERRCODE_UNDEFINED_DATABASE),
+					 errmsg("pg_kappa workers cannot connect to database \"%s\"", kappa_database),
+					 errdetail("Database \"%s\" (kappa.database) %s; the workers wait for it and look again every second.",
+							   kappa_database, why),
+					 errhint("Create the database and run CREATE EXTENSION pg_kappa in it, or set kappa.database in postgresql.conf and restart the server.")));
+
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 1000L, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+	}
+}
+
 /*
  * The start of every pg_kappa worker: signal handlers (SIGHUP reloads,
  * SIGTERM exits at the next CHECK_FOR_INTERRUPTS), a connection to
@@ -68,7 +217,12 @@ kappa_worker_begin(const char *application_name)
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
+	if (pg_atomic_read_u32(&workers_shared->connect_failed[worker_slot()]) != 0)
+		wait_for_database(application_name);
+	/* a FATAL in here leaves the flag set for the next start */
+	pg_atomic_write_u32(&workers_shared->connect_failed[worker_slot()], 1);
 	BackgroundWorkerInitializeConnection(kappa_database, NULL, 0);
+	pg_atomic_write_u32(&workers_shared->connect_failed[worker_slot()], 0);
 
 	SetConfigOption("DateStyle", "ISO, YMD", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("IntervalStyle", "iso_8601", PGC_SUSET, PGC_S_OVERRIDE);

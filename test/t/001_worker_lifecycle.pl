@@ -1,6 +1,7 @@
 # The library refuses to run unless preloaded; the CDC publisher worker
 # follows reloads, is restarted after being killed, and never takes the
-# server down.
+# server down; the workers wait quietly for a kappa.database that does not
+# exist.
 use strict;
 use warnings;
 
@@ -62,4 +63,48 @@ wait_until(sub {
 pass('server recovered from a killed worker');
 
 $node->stop;
+
+# kappa.database names a database that does not exist yet: each worker's
+# first connection fails (FATAL, once each), then the workers wait quietly
+# connected to no database, one WARNING says why, and they start on the
+# database once it is created.  Dropped again (WITH (FORCE) ends the
+# workers' sessions), the same.
+my $later = kappa_node('nodb', undef, conf => "kappa.database = 'shop_later'");
+my $workers = 4;	# publisher, soap poller, csv inbox, one stream worker
+my $count = sub {
+	my ($re) = @_;
+	my @hits = slurp_file($later->logfile) =~ /$re/g;
+	return scalar @hits;
+};
+my $fatal = qr/FATAL:  database "shop_later" does not exist/;
+my $warning = qr/WARNING:  pg_kappa workers cannot connect to database "shop_later"/;
+wait_until(sub { $count->($warning) == 1 }, 'one warning for the missing database');
+like(slurp_file($later->logfile),
+	qr/DETAIL:  Database "shop_later" \(kappa.database\) does not exist; the workers wait for it and look again every second.\n.*HINT:  Create the database and run CREATE EXTENSION pg_kappa in it, or set kappa.database in postgresql.conf and restart the server./,
+	'the warning says what and how to fix it');
+# three restart intervals (kappa.worker_restart_interval = 1) later
+sleep 3;
+is($count->($fatal), $workers, 'each worker failed to connect once, not at every restart');
+is($count->($warning), 1, 'and the warning was not repeated');
+
+$later->safe_psql('postgres', 'CREATE DATABASE shop_later');
+$later->safe_psql('shop_later', 'CREATE EXTENSION pg_kappa');
+wait_until(sub {
+	$later->safe_psql('postgres',
+		"SELECT count(*) FROM pg_stat_activity WHERE datname = 'shop_later' AND backend_type LIKE 'pg_kappa %'") == $workers
+}, 'the workers started on the database once it was created');
+wait_until(sub {
+	$later->safe_psql('shop_later', 'SELECT state FROM kappa.cdc_status') eq 'waiting for kappa.publish_table()'
+}, 'the publisher runs there');
+is($count->($fatal), $workers, 'no further failed connection on the way');
+
+$later->safe_psql('postgres', 'DROP DATABASE shop_later WITH (FORCE)');
+wait_until(sub { $count->($warning) == 2 }, 'dropped: one warning again');
+sleep 3;
+my $fatals = $count->($fatal);
+ok($fatals >= $workers && $fatals <= 2 * $workers, "at most one failed connection per worker after the drop ($fatals in all)");
+is($count->($warning), 2, 'and the warning was not repeated');
+is($later->safe_psql('postgres', 'SELECT 1'), '1', 'server kept running');
+$later->stop;
+
 done_testing();
