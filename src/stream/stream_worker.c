@@ -69,6 +69,7 @@
 #define RANKINGS_RELOAD_MS	2000	/* noticing new or dropped rankings */
 #define FORGET_MS			60000	/* looking for rows to forget */
 #define FORGET_LIMIT		50000	/* rows forgotten per transaction */
+#define BATCH_ATTEMPTS		5	/* applying a batch, when others conflict */
 
 /* ---------------------------------------------------------------------
  * Shared state, for kappa.stat_consumers
@@ -185,6 +186,7 @@ static struct
 } sw;
 
 static void apply_batch(void);
+static void apply_batch_once(void);
 
 static void
 set_state(const char *fmt,...) pg_attribute_printf(1, 2);
@@ -1193,7 +1195,7 @@ store_ranking_counters(void)
  * Apply the messages held in sw.batch in one transaction, then let them go.
  */
 static void
-apply_batch(void)
+apply_batch_once(void)
 {
 	MemoryContext old = MemoryContextSwitchTo(sw.batch_cxt);
 	Parsed	   *parsed = palloc(sizeof(Parsed) * sw.batch_count);
@@ -1403,6 +1405,79 @@ apply_batch(void)
 	MemoryContextReset(sw.batch_cxt);
 	sw.late = NIL;
 	set_state("consuming");
+}
+
+/*
+ * Errors that another transaction caused and that applying the same batch
+ * again, with a new snapshot, resolves: another worker's batch that took
+ * the same key as new (see apply_payment), a deadlock between two batches'
+ * row locks, an administrator's session holding a row.
+ */
+static bool
+conflict_error(int sqlerrcode)
+{
+	return sqlerrcode == ERRCODE_UNIQUE_VIOLATION ||
+		sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED ||
+		sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE ||
+		sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE;
+}
+
+/*
+ * Apply the batch held, in one transaction.  A conflict with another
+ * transaction rolls it back and applies the same messages again, in this
+ * process: before, the worker exited, and its partitions waited for the
+ * group to notice (the session timeout) and for the restart.  Only the
+ * partitions' positions outlive a rolled-back attempt; they are put back.
+ * Any other error, or a conflict BATCH_ATTEMPTS times, ends the worker
+ * as before.
+ */
+static void
+apply_batch(void)
+{
+	int			nparts = list_length(sw.partitions);
+	PartitionState *saved = MemoryContextAlloc(TopMemoryContext,
+											   sizeof(PartitionState) * Max(nparts, 1));
+
+	for (int attempt = 1;; attempt++)
+	{
+		MemoryContext cxt = CurrentMemoryContext;
+		ListCell   *lc;
+		int			i = 0;
+
+		foreach(lc, sw.partitions)
+			saved[i++] = *(PartitionState *) lfirst(lc);
+
+		PG_TRY();
+		{
+			apply_batch_once();
+		}
+		PG_CATCH();
+		{
+			ErrorData  *edata;
+
+			/* (no transaction is open around a batch's own) */
+			MemoryContextSwitchTo(TopMemoryContext);
+			edata = CopyErrorData();
+			if (attempt >= BATCH_ATTEMPTS || !conflict_error(edata->sqlerrcode))
+				PG_RE_THROW();
+			FlushErrorState();
+			AbortCurrentTransaction();
+			MemoryContextSwitchTo(cxt);
+			MemoryContextReset(sw.batch_cxt);
+			i = 0;
+			foreach(lc, sw.partitions)
+				*(PartitionState *) lfirst(lc) = saved[i++];
+			ereport(LOG,
+					(errmsg("pg_kappa stream worker %d: applying a batch of %d messages again after a conflict with another transaction",
+							sw.index, sw.batch_count),
+					 errdetail_internal("%s", edata->message)));
+			FreeErrorData(edata);
+			continue;
+		}
+		PG_END_TRY();
+		break;
+	}
+	pfree(saved);
 }
 
 /* ---------------------------------------------------------------------

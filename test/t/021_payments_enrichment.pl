@@ -91,7 +91,11 @@ like($node->safe_psql('shop', q{SELECT error FROM kappa.dead_letters WHERE topic
 # its transaction open while the confirmation arrives.  The confirmation's
 # batch now writes a deleted row for the key, so the two collide on it:
 # this worker waits for the session, fails on the key when it commits, and
-# applies its batch again, seeing the sale, which then counts.
+# applies its batch again, seeing the sale, which then counts.  It does so
+# in the same process: before, it exited and was restarted, and its
+# partitions waited for the group to notice.
+my $worker_pid = $node->safe_psql('shop', q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_kappa stream worker'});
+my $log_offset = -s $node->logfile;
 my $session = $node->background_psql('shop');
 $session->query_safe('BEGIN');
 $session->query_safe(q{
@@ -108,6 +112,13 @@ applied(q{SELECT total FROM kappa.ranking_results WHERE ranking = 'confirmed_sal
 	'9.00', 'the sale confirmed while its own batch was in flight counted once it committed');
 is($node->safe_psql('shop', q{SELECT status FROM kappa.payments WHERE sale_id = '1009'}), 'CONFIRMED',
 	'the confirmation stored once');
+is($node->safe_psql('shop', q{SELECT count(*) FROM kappa.payment_history WHERE payment_id = 'PAY-9'}), '1',
+	'and in the history once');
+is($node->safe_psql('shop', q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_kappa stream worker'}),
+	$worker_pid, 'the worker applied the batch again without exiting');
+like(substr(slurp_file($node->logfile), $log_offset),
+	qr/LOG:  pg_kappa stream worker 0: applying a batch of 1 messages again after a conflict with another transaction\n.*DETAIL:  duplicate key value violates unique constraint "stream_rows_pkey"/,
+	'and said why');
 
 # A confirmation is late only once the sale's window is final, whatever the
 # times of the confirmations before it.  With 10 minutes of grace: a sale
