@@ -226,6 +226,7 @@ typedef struct CsvWorker
 	uint64		scans;
 	bool		inbox_ok;		/* the last look at the inbox worked */
 	bool		extension_seen;
+	bool		moves_checked;	/* reconcile_moves() done for this inbox */
 	char		problem[512];	/* last problem, logged once */
 	MemoryContext saved_cxt;	/* the context around a ledger transaction */
 	long		backoff_ms;		/* after a Kafka delivery failure */
@@ -548,6 +549,75 @@ compare_names(const ListCell *a, const ListCell *b)
  * The files that are ready, in name order (store files are named by time).
  * Allocates in the current memory context.
  */
+/*
+ * A crash between a file's move and the commit that records it as moved
+ * (mark_moved) leaves a ledger row whose move looks undone while the file
+ * is in processed/ or failed/.  Had the file been put back into the inbox
+ * later (to try a failed file again), it would have been moved back as if
+ * that crash had just happened, unread.  Once per inbox, before its first
+ * look at it, the worker records such moves as done: the file is no longer
+ * in the inbox and is where the row says.  A row whose file is in the
+ * inbox is left to ledger_begin, which finishes the move if it was not
+ * done.
+ */
+static void
+reconcile_moves(int inboxfd)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	int			subfds[2];
+	List	   *done = NIL;
+	uint64		n;
+
+	for (int i = 0; i < 2; i++)
+		subfds[i] = openat(inboxfd, i == 0 ? "processed" : "failed",
+						   O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	begin_transaction();
+	n = ledger_execute("SELECT id, name, moved_to FROM kappa.csv_files "
+					   "WHERE moved_to IS NOT NULL AND moved_at IS NULL",
+					   0, NULL, NULL, NULL, SPI_OK_SELECT);
+	for (uint64 r = 0; r < n; r++)
+	{
+		int64		id = spi_int64(r, 1);
+		char	   *name = spi_text(r, 2, cxt);
+		char	   *moved_to = spi_text(r, 3, cxt);
+		int			subfd = -1;
+		const char *dest = NULL;
+		struct stat st;
+
+		if (strncmp(moved_to, "processed/", 10) == 0)
+			subfd = subfds[0], dest = moved_to + 10;
+		else if (strncmp(moved_to, "failed/", 7) == 0)
+			subfd = subfds[1], dest = moved_to + 7;
+		if (subfd < 0 || name == NULL ||
+			fstatat(inboxfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 || errno != ENOENT ||
+			fstatat(subfd, dest, &st, AT_SYMLINK_NOFOLLOW) != 0)
+			continue;
+		done = lappend(done, MemoryContextStrdup(cxt, psprintf(INT64_FORMAT, id)));
+	}
+	if (done != NIL)
+	{
+		StringInfoData ids;
+		ListCell   *lc;
+		Oid			types[1] = {TEXTOID};
+		Datum		values[1];
+
+		initStringInfo(&ids);
+		foreach(lc, done)
+			appendStringInfo(&ids, "%s%s", ids.len ? "," : "{", (char *) lfirst(lc));
+		appendStringInfoChar(&ids, '}');
+		values[0] = CStringGetTextDatum(ids.data);
+		ledger_execute("UPDATE kappa.csv_files SET moved_at = now() WHERE id = ANY ($1::bigint[])",
+					   1, types, values, NULL, SPI_OK_UPDATE);
+		ereport(LOG,
+				(errmsg("pg_kappa csv inbox: %d file moves interrupted by a restart were found done", list_length(done)),
+				 errdetail("kappa.csv_files ids %s.", ids.data)));
+	}
+	commit_transaction();
+	for (int i = 0; i < 2; i++)
+		if (subfds[i] >= 0)
+			close(subfds[i]);
+}
+
 static List *
 scan_inbox(void)
 {
@@ -584,6 +654,11 @@ scan_inbox(void)
 	}
 	worker.inbox_ok = true;
 	worker.problem[0] = '\0';
+	if (!worker.moves_checked)
+	{
+		reconcile_moves(dirfd(dir));
+		worker.moves_checked = true;
+	}
 	worker.scans++;
 	while ((errno = 0, de = readdir(dir)) != NULL)
 	{
@@ -1514,6 +1589,7 @@ reload_configuration(void)
 	if (strcmp(old_inbox, kappa_csv_inbox) != 0)
 	{
 		reset_candidates();
+		worker.moves_checked = false;
 		worker.problem[0] = '\0';
 	}
 	pfree(old_brokers);

@@ -292,6 +292,23 @@ rename("$inbox/failed/$nocols", "$inbox/$nocols") or die $!;
 wait_taken($nocols, 2);
 is($node->safe_psql('shop', "SELECT count(*) || ' ' || bool_and(moved_at IS NOT NULL) FROM kappa.csv_files WHERE name = '$nocols' AND state = 'failed'"),
 	'2 true', 'a failed file put back: read again, a second failed row, both moves recorded');
+# The same after a crash between a move and the commit recording it (played
+# here by forgetting that the first file's move was recorded, then a restart
+# of the worker): the worker finds the move done before it looks at the
+# inbox, so the file put back later is read again too.
+$node->safe_psql('shop', "UPDATE kappa.csv_files SET moved_at = NULL WHERE name = '$latin1'");
+my $csv_pid = $node->safe_psql('shop', "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_kappa csv inbox'");
+my $log_at = -s $node->logfile;
+$node->safe_psql('shop', "SELECT pg_terminate_backend($csv_pid)");
+wait_until(sub { substr(slurp_file($node->logfile), $log_at) =~ /LOG:  pg_kappa csv inbox: 1 file moves interrupted by a restart were found done/ },
+	'the restarted worker to find the move done');
+is($node->safe_psql('shop', "SELECT moved_at IS NOT NULL FROM kappa.csv_files WHERE name = '$latin1'"), 't',
+	'the move is recorded as done');
+rename("$inbox/failed/$latin1", "$inbox/$latin1") or die $!;
+wait_taken($latin1, 2);
+is($node->safe_psql('shop', "SELECT count(*) || ' ' || bool_and(moved_at IS NOT NULL) FROM kappa.csv_files WHERE name = '$latin1' AND state = 'failed'"),
+	'2 true', 'put back after that restart: read again, a second failed row');
+ok(-f "$inbox/failed/$latin1" && -f "$inbox/failed/$latin1.reason", 'and back in failed/ with its reason');
 
 # ---- 7. a file still being written is left alone ------------------------
 # Its modification time is in the future, as for a file written to right
