@@ -31,7 +31,9 @@
 #include "stream/stream_internal.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/memutils.h"
 #include "utils/snapmgr.h"
+#include "utils/timestamp.h"
 
 const char *
 kappa_instance_name(void)
@@ -74,36 +76,205 @@ append_group_object(StringInfo out, Datum groups, Datum values)
 }
 
 /*
+ * A window whose results were produced: its delivery reports arrive when
+ * the producer is served, possibly after the call that produced it gave
+ * up waiting, so the counters they go to live in emit_cxt, never on a
+ * caller's stack.  A window Kafka refused (a result too large, a topic
+ * that does not exist, ...) waits EMIT_RETRY_MS before it is tried again,
+ * so that it does not hold back the windows behind it.
+ */
+typedef struct EmitWindow
+{
+	char	   *ranking;
+	TimestampTz window_start;
+	KafkaDelivery delivery;
+	bool		refused;		/* refused when produced (too large) */
+	TimestampTz retry_at;
+} EmitWindow;
+
+#define EMIT_WAIT_MS	30000	/* for acknowledgements, per call */
+#define EMIT_RETRY_MS	60000	/* before a refused window is tried again */
+
+static MemoryContext emit_cxt = NULL;
+static List *emit_inflight = NIL;	/* produced, reports still pending */
+static List *emit_refused = NIL;	/* refused, until retry_at */
+
+/*
+ * The producer was destroyed (new Kafka settings): reports of what it had
+ * in flight were served by its flush or will never come, and windows it
+ * refused may pass with the new settings.  All are tried again at once.
+ */
+void
+emit_producer_gone(void)
+{
+	ListCell   *lc;
+
+	foreach(lc, emit_inflight)
+		pfree(lfirst(lc));
+	list_free(emit_inflight);
+	emit_inflight = NIL;
+	foreach(lc, emit_refused)
+		pfree(lfirst(lc));
+	list_free(emit_refused);
+	emit_refused = NIL;
+}
+
+static void
+mark_produced(EmitWindow *ew)
+{
+	Oid			types[2] = {TEXTOID, TIMESTAMPTZOID};
+	Datum		args[2] = {CStringGetTextDatum(ew->ranking), TimestampTzGetDatum(ew->window_start)};
+
+	if (SPI_execute_with_args("UPDATE kappa.ranking_windows SET produced_at = now() "
+							  " WHERE ranking = $1 AND window_start = $2 AND produced_at IS NULL",
+							  2, types, args, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not update kappa.ranking_windows");
+}
+
+/*
+ * Windows whose reports are all in: the acknowledged ones are marked
+ * produced (the caller's transaction, SPI connected), the others wait to
+ * be tried again.  Returns how many were marked; those settled leave list.
+ */
+static int
+settle(List **list)
+{
+	List	   *pending = NIL;
+	ListCell   *lc;
+	int			marked = 0;
+	int			failed = 0;
+	EmitWindow *first_failed = NULL;
+
+	foreach(lc, *list)
+	{
+		EmitWindow *ew = lfirst(lc);
+
+		if (ew->delivery.pending > 0)
+			pending = lappend(pending, ew);
+		else if (ew->delivery.failed == 0 && !ew->refused)
+		{
+			mark_produced(ew);
+			marked++;
+			pfree(ew);
+		}
+		else
+		{
+			if (failed++ == 0)
+				first_failed = ew;
+			ew->retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), EMIT_RETRY_MS);
+			emit_refused = lappend(emit_refused, ew);
+		}
+	}
+	if (failed > 0)
+	{
+		rd_kafka_resp_err_t err = first_failed->delivery.error;
+
+		ereport(WARNING,
+				(errcode(kafka_sqlstate(err)),
+				 errmsg("pg_kappa stream worker: Kafka refused the final results of %d window(s)", failed),
+				 errdetail("First: ranking \"%s\", window starting %s: %s.",
+						   first_failed->ranking, timestamptz_to_str(first_failed->window_start),
+						   rd_kafka_err2str(err)),
+				 err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE ?
+				 errhint("Raise message.max.bytes in kappa.kafka_options (and the topic's max.message.bytes); the window is tried again every minute.") :
+				 errhint("The window is tried again every minute; other windows are produced meanwhile.")));
+	}
+	list_free(*list);
+	*list = pending;
+	return marked;
+}
+
+/*
  * Produce up to max_windows final windows that are not produced yet.
- * Returns how many windows were completed, -1 if Kafka did not acknowledge
- * (they are tried again next time).  Runs its own transaction.
+ * Returns how many windows were completed, -1 if some wait for Kafka's
+ * acknowledgement (they are looked at again next time, before any other).
+ * Runs its own transaction.
  */
 int
 emit_final_results(KafkaClient *producer, int max_windows)
 {
-	KafkaDelivery delivery = {0};
 	int			windows;
 	StringInfoData key;
 	StringInfoData value;
-	List	   *done = NIL;
-	bool		delivered;
+	List	   *produced = NIL;
+	int			marked;
+	TimestampTz deadline;
+	MemoryContext cxt;
+
+	if (emit_cxt == NULL)
+		emit_cxt = AllocSetContextCreate(TopMemoryContext, "pg_kappa emitted windows",
+										 ALLOCSET_SMALL_SIZES);
+
+	/* what the last call left in flight comes first */
+	if (emit_inflight != NIL)
+	{
+		ListCell   *lc;
+		bool		all_in = true;
+
+		kafka_client_serve(producer, 0);
+		foreach(lc, emit_inflight)
+			if (((EmitWindow *) lfirst(lc))->delivery.pending > 0)
+				all_in = false;
+		if (!all_in)
+			return -1;
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		(void) settle(&emit_inflight);
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+	}
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
+	cxt = CurrentMemoryContext;
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	{
-		Oid			types[1] = {INT4OID};
-		Datum		args[1] = {Int32GetDatum(max_windows)};
+		/* windows refused less than EMIT_RETRY_MS ago wait */
+		TimestampTz now = GetCurrentTimestamp();
+		List	   *still = NIL;
+		int			nskip = 0;
+		Datum	   *skip_rankings = palloc(sizeof(Datum) * (list_length(emit_refused) + 1));
+		Datum	   *skip_starts = palloc(sizeof(Datum) * (list_length(emit_refused) + 1));
+		ListCell   *lc;
+		Oid			types[3] = {INT4OID, TEXTARRAYOID, TIMESTAMPTZARRAYOID};
+		Datum		args[3];
 
+		foreach(lc, emit_refused)
+		{
+			EmitWindow *ew = lfirst(lc);
+
+			if (ew->retry_at > now)
+			{
+				skip_rankings[nskip] = CStringGetTextDatum(ew->ranking);
+				skip_starts[nskip] = TimestampTzGetDatum(ew->window_start);
+				nskip++;
+				still = lappend(still, ew);
+			}
+			else
+				pfree(ew);
+		}
+		list_free(emit_refused);
+		emit_refused = still;
+
+		args[0] = Int32GetDatum(max_windows);
+		args[1] = PointerGetDatum(construct_array(skip_rankings, nskip, TEXTOID, -1, false, TYPALIGN_INT));
+		args[2] = PointerGetDatum(construct_array(skip_starts, nskip, TIMESTAMPTZOID, sizeof(TimestampTz),
+												  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 		if (SPI_execute_with_args("SELECT w.ranking, w.window_start, w.window_end, "
 								  "       kappa.ranking_results_topic(w.ranking), r.group_by, r.item, r.item_label "
 								  "  FROM kappa.ranking_windows w JOIN kappa.rankings r ON r.name = w.ranking "
 								  " WHERE w.is_final AND w.produced_at IS NULL "
+								  "   AND (w.ranking, w.window_start) NOT IN "
+								  "       (SELECT * FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::timestamptz[]))) "
 								  " ORDER BY w.ranking, w.window_start "
 								  " LIMIT $1 FOR UPDATE OF w SKIP LOCKED",
-								  1, types, args, NULL, false, 0) != SPI_OK_SELECT)
+								  3, types, args, NULL, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not read kappa.ranking_windows");
 	}
 	windows = (int) SPI_processed;
@@ -134,8 +305,11 @@ emit_final_results(KafkaClient *producer, int max_windows)
 			char	   *label_field = SPI_getvalue(wt, wd, 7);
 			Oid			types[2] = {TEXTOID, TIMESTAMPTZOID};
 			Datum		args[2] = {CStringGetTextDatum(ranking), TimestampTzGetDatum(ws)};
+			EmitWindow *ew = MemoryContextAllocZero(emit_cxt, sizeof(EmitWindow));
 
-			done = lappend(done, list_make2(makeString(ranking), makeString(SPI_getvalue(wt, wd, 2))));
+			ew->ranking = MemoryContextStrdup(emit_cxt, ranking);
+			ew->window_start = ws;
+			produced = lappend(produced, ew);
 			if (topic == NULL)
 				continue;		/* results of this ranking are not produced */
 
@@ -145,7 +319,7 @@ emit_final_results(KafkaClient *producer, int max_windows)
 									  " ORDER BY group_values, item",
 									  2, types, args, NULL, true, 0) != SPI_OK_SELECT)
 				elog(ERROR, "could not read kappa.ranking_results");
-			for (uint64 i = 0; i < SPI_processed; i++)
+			for (uint64 i = 0; i < SPI_processed && !ew->refused; i++)
 			{
 				HeapTuple	t = SPI_tuptable->vals[i];
 				TupleDesc	d = SPI_tuptable->tupdesc;
@@ -197,39 +371,44 @@ emit_final_results(KafkaClient *producer, int max_windows)
 				envelope_append_json_string(&value, kappa_instance_name(), strlen(kappa_instance_name()));
 				appendStringInfoChar(&value, '}');
 
-				kafka_produce(producer, topic, key.data, key.len, value.data, value.len, 0, &delivery);
+				/* refused at once (too large): the window waits, the rest go */
+				if (!kafka_produce_or_refuse(producer, topic, key.data, key.len, value.data, value.len,
+											 0, &ew->delivery, true))
+				{
+					ew->refused = true;
+					if (ew->delivery.failed++ == 0)
+						ew->delivery.error = RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE;
+				}
 			}
 		}
 	}
 
-	delivered = kafka_wait_delivered(producer, &delivery, 30000) && delivery.failed == 0;
-	if (delivered)
+	/* wait for the acknowledgements, then mark what Kafka has */
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), EMIT_WAIT_MS);
 	{
 		ListCell   *lc;
 
-		foreach(lc, done)
+		foreach(lc, produced)
 		{
-			List	   *w = lfirst(lc);
-			Oid			types[2] = {TEXTOID, TEXTOID};
-			Datum		args[2] = {CStringGetTextDatum(strVal(linitial(w))),
-			CStringGetTextDatum(strVal(lsecond(w)))};
+			EmitWindow *ew = lfirst(lc);
+			long		left = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
 
-			if (SPI_execute_with_args("UPDATE kappa.ranking_windows SET produced_at = now() "
-									  " WHERE ranking = $1 AND window_start = $2::timestamptz",
-									  2, types, args, NULL, false, 0) != SPI_OK_UPDATE)
-				elog(ERROR, "could not update kappa.ranking_windows");
+			(void) kafka_wait_delivered(producer, &ew->delivery, (int) Max(left, 0));
 		}
 	}
+	MemoryContextSwitchTo(cxt);
+	marked = settle(&produced);
+	emit_inflight = produced;	/* what has not been acknowledged yet */
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
-	if (!delivered)
+	if (emit_inflight != NIL)
 	{
 		ereport(LOG,
-				(errmsg("pg_kappa stream worker: Kafka did not acknowledge final window results: %s",
-						delivery.failed ? rd_kafka_err2str(delivery.error) : "timeout"),
-				 errdetail("They are produced again on the next attempt.")));
+				(errmsg("pg_kappa stream worker: Kafka has not acknowledged the final results of %d window(s) yet",
+						list_length(emit_inflight)),
+				 errdetail("They are marked produced once it does, or produced again if it does not.")));
 		return -1;
 	}
-	return windows;
+	return marked;
 }

@@ -2060,6 +2060,7 @@ kappa_stream_worker_main(Datum main_arg)
 				{
 					kafka_client_destroy(sw.producer, 5000);
 					sw.producer = NULL;
+					emit_producer_gone();
 				}
 				if (kappa_stream_enabled && kafka_client_settings_changed(sw.consumer))
 				{
