@@ -1001,23 +1001,44 @@ message_key(rd_kafka_message_t *msg)
 	if (k[0] == '{' && json_is_object(k, (int) len))
 	{
 		JsonSpan	s;
+		const char *end = k + len;
 		const char *p = k + 1;
 
-		/* exactly one member: its value */
-		while (*p == ' ')
+		/*
+		 * One member ({"sale_id":1001}, Debezium's key): its value.  More
+		 * (a composite primary key, {"b":"x","a":1}): the key as sent, so
+		 * that rows differing in any column stay apart.
+		 */
+		while (p < end && isspace((unsigned char) *p))
 			p++;
-		if (*p == '"')
+		if (p < end && *p == '"')
 		{
 			const char *name = p + 1;
-			const char *q = memchr(name, '"', len - (name - k));
+			const char *q = memchr(name, '"', end - name);
 
 			if (q)
 			{
 				int			nlen = q - name;
+				const char *v = q + 1;
 
+				while (v < end && isspace((unsigned char) *v))
+					v++;
+				if (v < end && *v == ':')
+					v++;
+				while (v < end && isspace((unsigned char) *v))
+					v++;
 				json_object_members(k, (int) len, 1, &name, &nlen, &s);
-				if (s.type == JSON_SPAN_STRING || s.type == JSON_SPAN_NUMBER)
-					return json_span_text(&s);
+				if (s.type != JSON_SPAN_MISSING && s.p == v)
+				{
+					const char *after = s.p + s.len;
+
+					while (after < end && isspace((unsigned char) *after))
+						after++;
+					if (after < end && *after == ',')
+						return pnstrdup(k, len);	/* more members */
+					if (s.type == JSON_SPAN_STRING || s.type == JSON_SPAN_NUMBER)
+						return json_span_text(&s);
+				}
 			}
 		}
 		return NULL;
