@@ -15,6 +15,7 @@
 #include "pg_kappa.h"
 
 #include "catalog/pg_type.h"
+#include "common/hashfn.h"
 #include "executor/spi.h"
 #include "stream/stream_internal.h"
 #include "utils/array.h"
@@ -24,7 +25,7 @@
 
 typedef struct PaymentEntry
 {
-	char		sale_id[NAMEDATALEN * 2];
+	char	   *sale_id;		/* the key: any length a message key has */
 	PaymentState state;
 	bool		loaded;
 } PaymentEntry;
@@ -44,6 +45,21 @@ static HTAB *payment_table = NULL;
 static MemoryContext payment_cxt = NULL;
 static List *history = NIL;
 
+/* The table is keyed by a pointer to the sale id; these look through it. */
+static uint32
+sale_id_hash(const void *key, Size keysize)
+{
+	const char *id = *(const char *const *) key;
+
+	return hash_bytes((const unsigned char *) id, (int) strlen(id));
+}
+
+static int
+sale_id_match(const void *a, const void *b, Size keysize)
+{
+	return strcmp(*(const char *const *) a, *(const char *const *) b);
+}
+
 void
 payments_reset(MemoryContext cxt)
 {
@@ -52,11 +68,13 @@ payments_reset(MemoryContext cxt)
 	payment_cxt = cxt;
 	history = NIL;
 	memset(&ctl, 0, sizeof(ctl));
-	ctl.keysize = NAMEDATALEN * 2;
+	ctl.keysize = sizeof(char *);
 	ctl.entrysize = sizeof(PaymentEntry);
+	ctl.hash = sale_id_hash;
+	ctl.match = sale_id_match;
 	ctl.hcxt = cxt;
 	payment_table = hash_create("pg_kappa batch payments", 1024, &ctl,
-								HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+								HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
 }
 
 void
@@ -65,11 +83,10 @@ payments_want(const char *sale_id)
 	PaymentEntry *e;
 	bool		found;
 
-	if (strlen(sale_id) >= NAMEDATALEN * 2)
-		return;					/* no sale id is that long; never matches */
-	e = hash_search(payment_table, sale_id, HASH_ENTER, &found);
+	e = hash_search(payment_table, &sale_id, HASH_ENTER, &found);
 	if (!found)
 	{
+		e->sale_id = MemoryContextStrdup(payment_cxt, sale_id);
 		memset(&e->state, 0, sizeof(PaymentState));
 		e->state.sale_id = e->sale_id;
 		e->loaded = false;
@@ -81,9 +98,7 @@ payments_get(const char *sale_id)
 {
 	PaymentEntry *e;
 
-	if (strlen(sale_id) >= NAMEDATALEN * 2)
-		return NULL;
-	e = hash_search(payment_table, sale_id, HASH_FIND, NULL);
+	e = hash_search(payment_table, &sale_id, HASH_FIND, NULL);
 	return e ? &e->state : NULL;
 }
 
@@ -150,12 +165,13 @@ member_text(const JsonSpan *s)
 }
 
 /*
- * Apply one payment-confirmations message.  *state is the sale's payment
- * state (wanted and loaded beforehand through its sale id, which the caller
- * takes from the message key), *changed says whether its status changed.
+ * Apply one payment-confirmations message, whose message key is key.
+ * *state is the sale's payment state (wanted and loaded beforehand through
+ * the key), *changed says whether its status changed.  A sale_id other
+ * than the key is an error: the caller counts the sale the key names.
  */
 bool
-payments_record(const char *raw, size_t len, const char *source_topic,
+payments_record(const char *raw, size_t len, const char *source_topic, const char *key,
 				PaymentState **state, TimestampTz *event_time, bool *changed,
 				const char **error)
 {
@@ -217,8 +233,8 @@ payments_record(const char *raw, size_t len, const char *source_topic,
 	}
 	*event_time = h->confirmed_at;
 
-	s = payments_get(h->sale_id);
-	if (s == NULL)
+	/* the key chose the sale whose rankings count it */
+	if (strcmp(h->sale_id, key) != 0 || (s = payments_get(key)) == NULL)
 	{
 		*error = "the sale id of the confirmation differs from the message key";
 		return false;

@@ -119,7 +119,7 @@ extern void payments_reset(MemoryContext cxt);
 extern void payments_want(const char *sale_id);
 extern void payments_load(void);
 extern PaymentState *payments_get(const char *sale_id);
-extern bool payments_record(const char *raw, size_t len, const char *source_topic,
+extern bool payments_record(const char *raw, size_t len, const char *source_topic, const char *key,
 							PaymentState **state, TimestampTz *event_time,
 							bool *changed, const char **error);
 extern void payments_flush(void);

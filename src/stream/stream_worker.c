@@ -926,7 +926,7 @@ apply_payment(rd_kafka_message_t *msg, const char *key, PartitionState *ps)
 	const char *error;
 	ListCell   *lc;
 
-	if (!payments_record(msg->payload, msg->len, rd_kafka_topic_name(msg->rkt),
+	if (!payments_record(msg->payload, msg->len, rd_kafka_topic_name(msg->rkt), key,
 						 &p, &event_time, &changed, &error))
 	{
 		dead_letter(msg, error);

@@ -83,6 +83,19 @@ applied(q{SELECT total FROM kappa.ranking_results WHERE ranking = 'confirmed_sal
 like($node->safe_psql('shop', q{SELECT error FROM kappa.dead_letters WHERE topic = 'payment-confirmations'}),
 	qr/unknown payment status/, 'a confirmation with an unknown status is a dead letter');
 
+# A confirmation whose sale_id is not its key (sale 1004 under key 1003) is
+# a dead letter, also when a message of the same batch is about sale 1004:
+# before, it was stored as sale 1004's payment and counted sale 1003.
+kcat_produce($broker, 'payment-confirmations', [
+	[ 1003, payment('PAY-4c', 1004, 'CONFIRMED', '20.00', '2026-11-21T14:00:00Z')->[1] ],
+	payment('PAY-4d', 1004, 'DECLINED', '20.00', '2026-11-21T13:30:00Z') ]);
+applied(q{SELECT status FROM kappa.payments WHERE sale_id = '1004'}, 'DECLINED', 'the genuine confirmation of 1004 applied');
+is($node->safe_psql('shop', q{SELECT count(*) FROM kappa.dead_letters WHERE error = 'the sale id of the confirmation differs from the message key'}),
+	'1', 'the other is a dead letter');
+is($node->safe_psql('shop', q{SELECT string_agg(group_values[1] || '=' || total || '/' || sale_count, ',' ORDER BY group_values[1])
+  FROM kappa.ranking_results WHERE ranking = 'confirmed_sales_by_city'}),
+	'Madrid=157.00/3', 'and counts no sale');
+
 # A sale and its confirmation applied at the same time by two workers (the
 # topics' partitions are shared out among kappa.stream_workers): the sale's
 # worker sees no payment yet, the payment's worker no sale yet, and before,
