@@ -748,14 +748,20 @@ apply_change(rd_kafka_message_t *msg, const char *topic, const char *key,
 			if (list_has(s->counted, r->id) && s->row_data &&
 				!contribution_compute(r, s->row_data, strlen(s->row_data), false, &olds[i], &error))
 				olds[i].valid = false;
-			if (newrow && (!r->confirmed_only || payment_confirmed(key)) &&
-				!contribution_compute(r, newrow, newlen, true, &news[i], &error))
+			/*
+			 * A confirmed-only ranking checks the sale now too, paid or
+			 * not: its confirmation may come after the sale is gone from
+			 * the batch, with nothing left to dead-letter.
+			 */
+			if (newrow && !contribution_compute(r, newrow, newlen, true, &news[i], &error))
 			{
 				char	   *reason = psprintf("ranking \"%s\": %s", r->name, error);
 
 				dead_letter(msg, reason);
 				return;
 			}
+			if (newrow && r->confirmed_only && !payment_confirmed(key))
+				news[i].valid = false;	/* counted once it is paid */
 		}
 		i++;
 	}

@@ -155,5 +155,21 @@ is($node->safe_psql('shop', q{SELECT string_agg(group_values[1] || '=' || total,
 is($node->safe_psql('shop', q{SELECT count(*) FROM kappa.late_events WHERE ranking = 'confirmed_tight'}), '0',
 	'and the confirmation is not a late event');
 
+# A sale a confirmed-only ranking cannot count (its store_id, grouped by
+# here, is beyond the 1000-byte limit) is a dead letter when it arrives,
+# paid or not: before, it was remembered, counted by the other rankings, and
+# silently never counted in this one when its confirmation came.
+$node->safe_psql('shop', q{SELECT kappa.create_ranking('confirmed_by_store', ARRAY['store_id'], '1 day',
+                                                      calendar => true, confirmed_only => true)});
+my $long_store = 'S' x 1100;
+kcat_produce($broker, 'sales-events', [ [ 1020, sale(1020, 'Toledo', '4.00')->[1] =~ s/"store_id":"[^"]*"/"store_id":"$long_store"/r ] ]);
+applied(q{SELECT count(*) FROM kappa.dead_letters WHERE error LIKE 'ranking "confirmed_by_store": %'}, '1',
+	'the sale is a dead letter for the confirmed-only ranking');
+like($node->safe_psql('shop', q{SELECT error FROM kappa.dead_letters WHERE error LIKE 'ranking "confirmed_by_store": %'}),
+	qr/the group-by values are longer than 1000 bytes together/, 'saying why');
+is($node->safe_psql('shop', q{SELECT count(*) FROM kappa.stream_rows WHERE key = '1020'}), '0', 'and not remembered');
+is($node->safe_psql('shop', q{SELECT count(*) FROM kappa.ranking_results WHERE group_values = '{Toledo}'}), '0',
+	'nor counted anywhere');
+
 $node->stop;
 done_testing();
