@@ -87,10 +87,15 @@ sink_apply(const KappaRanking *r, const char *raw, size_t len, const char **erro
 		*error = "total_sales is missing or not a decimal number";
 		return false;
 	}
-	if (f[5].type != JSON_SPAN_NUMBER || f[5].len > 18 ||
+	/*
+	 * 15 digits: the producers' counts of a row are summed into a bigint,
+	 * which more than 9 000 of them at 10^15 sales each would overflow (at
+	 * 18 digits, ten did, and the batch failed at every attempt).
+	 */
+	if (f[5].type != JSON_SPAN_NUMBER || f[5].len > 15 + (f[5].p[0] == '-') ||
 		strspn(f[5].p + (f[5].p[0] == '-'), "0123456789") != (size_t) f[5].len - (f[5].p[0] == '-'))
 	{
-		*error = "sale_count is missing or not an integer of at most 18 digits";
+		*error = "sale_count is missing or not an integer of at most 15 digits";
 		return false;
 	}
 
@@ -232,7 +237,8 @@ sink_flush(void)
 							  "       (ranking, window_start, window_end, group_values, item, item_label, "
 							  "        total, sale_count, is_final) "
 							  "SELECT p.ranking, p.window_start, max(p.window_end), p.group_values, p.item, "
-							  "       max(p.item_label), sum(p.total), sum(p.sale_count), bool_and(p.final) "
+							  "       max(p.item_label), sum(p.total), "
+							  "       least(sum(p.sale_count), 9223372036854775807)::bigint, bool_and(p.final) "
 							  "  FROM kappa.sink_partials p "
 							  "  JOIN (SELECT DISTINCT r, ws::timestamptz AS ws, g::text[] AS g, i "
 							  "          FROM unnest($1, $2, $4, $5) AS u(r, ws, g, i)) t "

@@ -64,7 +64,10 @@ kcat_produce($broker, 'sales-events', [ (map { $_->[1] } @poison), sale(7, amoun
 kcat_produce($broker, 'partial-city-totals', [
 	[ 'p1', '{"ranking":"top_sales_by_city","window_start":"2026-11-21T00:00:00.000000Z","window_end":"2026-11-22T00:00:00.000000Z","group":{"city":"Madrid"},"total_sales":"3.00","sale_count":1.5,"final":false,"producer":"A"}' ],
 	[ 'p2', '{"ranking":"top_sales_by_city","window_start":"2026-11-21T00:00:00.000000Z","window_end":"2026-11-22T00:00:00.000000Z","group":{"city":"Madrid"},"total_sales":"3.00","sale_count":2,"final":false,"producer":"A"}' ],
-	[ 'p3', '{"ranking":"top_sales_by_city","window_start":"2026-11-21T00:00:00.000000Z","window_end":"2026-11-22T00:00:00.000000Z","group":{"city":"Madrid"},"total_sales":"3.00","sale_count":2,"final":false,"producer":"' . $long . '"}' ] ]);
+	[ 'p3', '{"ranking":"top_sales_by_city","window_start":"2026-11-21T00:00:00.000000Z","window_end":"2026-11-22T00:00:00.000000Z","group":{"city":"Madrid"},"total_sales":"3.00","sale_count":2,"final":false,"producer":"' . $long . '"}' ],
+	# ten producers of 18-digit counts: their sum overflowed the bigint
+	# sale_count and stopped the worker for good
+	map { [ "q$_", '{"ranking":"top_sales_by_city","window_start":"2026-11-21T00:00:00.000000Z","window_end":"2026-11-22T00:00:00.000000Z","group":{"city":"Madrid"},"total_sales":"3.00","sale_count":999999999999999999,"final":false,"producer":"B' . $_ . '"}' ] } 0 .. 9 ]);
 
 wait_until(sub { $node->safe_psql('shop', q{
 SELECT (SELECT count(*) FROM kappa.ranking_results WHERE ranking IN ('top_sales_by_city', 'city_from_partials')) = 4}) eq 't' },
@@ -79,12 +82,15 @@ for my $i (0 .. $#poison)
 	is($node->safe_psql('shop', qq{SELECT error FROM kappa.dead_letters WHERE topic = 'sales-events' AND "offset" = $i}),
 		$poison[$i][2], "$poison[$i][0]: a dead letter with its reason");
 }
-wait_until(sub { $node->safe_psql('shop', q{SELECT count(*) FROM kappa.dead_letters WHERE topic = 'partial-city-totals'}) eq '2' },
+wait_until(sub { $node->safe_psql('shop', q{SELECT count(*) FROM kappa.dead_letters WHERE topic = 'partial-city-totals'}) eq '12' },
 	'the window results after the good one read');
-is($node->safe_psql('shop', q{SELECT string_agg("offset" || ': ' || error, E'\n' ORDER BY "offset") FROM kappa.dead_letters WHERE topic = 'partial-city-totals'}),
-	"0: ranking \"city_from_partials\": sale_count is missing or not an integer of at most 18 digits\n"
+is($node->safe_psql('shop', q{SELECT string_agg("offset" || ': ' || error, E'\n' ORDER BY "offset") FROM kappa.dead_letters WHERE topic = 'partial-city-totals' AND "offset" < 3}),
+	"0: ranking \"city_from_partials\": sale_count is missing or not an integer of at most 15 digits\n"
 	  . "2: ranking \"city_from_partials\": \"producer\" is longer than 1000 bytes",
 	'a fractional sale_count, a 1500-byte producer: dead letters');
+is($node->safe_psql('shop', q{SELECT count(*) || ' ' || min("offset") || '-' || max("offset") || ' ' || min(error) FROM kappa.dead_letters WHERE topic = 'partial-city-totals' AND "offset" >= 3}),
+	'10 3-12 ranking "city_from_partials": sale_count is missing or not an integer of at most 15 digits',
+	'18-digit sale counts: dead letters');
 is($node->safe_psql('shop', 'SELECT pid FROM kappa.stream_worker_status()'), $pid, 'the same worker all along');
 
 # A row counted before these limits existed (0.1.4 took any scale), as its
