@@ -34,6 +34,20 @@ SELECT tz, count(*) AS checked,
        kappa.window_bounds(ts, '1 day', true, NULL, tz) w
  GROUP BY tz ORDER BY tz;
 
+-- Where clocks go back across midnight (Cuba, first Sunday of November:
+-- 01:00 daylight time becomes 00:00 again), midnight happens twice and the
+-- day starts at the first: 2025-11-02 is 25 hours long, and 00:30 of its
+-- first hour (04:30 UTC) is in it.
+SELECT * FROM kappa.window_bounds('2025-11-02 04:30+00', '1 day', true, NULL, 'America/Havana');
+SELECT * FROM kappa.window_bounds('2025-11-01 12:00+00', '1 day', true, NULL, 'America/Havana');
+-- Every time lies in its window, two years of Havana's days (both ways
+-- across midnight: skipped in March, repeated in November).
+SELECT count(*) AS checked,
+       count(*) FILTER (WHERE NOT (w.window_start <= ts AND ts < w.window_end)) AS outside,
+       count(*) FILTER (WHERE (w.window_start AT TIME ZONE 'America/Havana')::date <> (ts AT TIME ZONE 'America/Havana')::date) AS other_day
+  FROM generate_series('2025-01-01 00:00+00'::timestamptz, '2027-01-01 00:00+00', '13 minutes') ts,
+       kappa.window_bounds(ts, '1 day', true, NULL, 'America/Havana') w;
+
 -- Calendar weeks start on the origin's weekday (default: Monday 1970-01-05).
 SELECT * FROM kappa.window_bounds('2026-11-21 10:00+00', '1 week', true, NULL, 'UTC');
 SELECT count(*) AS mismatches
@@ -55,6 +69,9 @@ SELECT count(*) AS mismatches
 -- No window for infinite times.
 SELECT * FROM kappa.window_bounds('infinity', '1 day', true, NULL, 'UTC');
 SELECT * FROM kappa.window_bounds('-infinity', '30 days', false);
+-- near the end of the range: no window rather than a wrong one
+SELECT * FROM kappa.window_bounds('294276-06-01 00:00+00', '30 days', false);
+SELECT * FROM kappa.window_bounds('294276-06-01 00:00+00', '1 day', false, '4700-01-01 00:00+00 BC');
 
 -- What is not a window.
 SELECT * FROM kappa.window_bounds(now(), '1 month', false);

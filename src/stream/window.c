@@ -24,6 +24,8 @@
  */
 #include "pg_kappa.h"
 
+#include "common/int.h"
+
 #include "funcapi.h"
 #include "pgtime.h"
 #include "stream/stream.h"
@@ -130,17 +132,43 @@ first_of_month(int month_index)
 	return date2j(year, month_index - year * 12 + 1, 1);
 }
 
-/* Local midnight of Julian day jd in the spec's zone, as timestamptz. */
+/*
+ * Local midnight of Julian day jd in the spec's zone, as timestamptz: the
+ * first instant of that local date.  Where clocks are set back across
+ * midnight (Cuba in November: 01:00 daylight time becomes 00:00), midnight
+ * happens twice and DetermineTimeZoneOffset takes the later; the day starts
+ * at the earlier, given by the offset in effect the day before.  Where
+ * midnight is skipped, the local day starts when the clocks jump, which is
+ * what DetermineTimeZoneOffset gives.
+ */
 static bool
 local_midnight(const KappaWindowSpec *spec, int jd, TimestampTz *result)
 {
 	struct pg_tm tm;
+	struct pg_tm other;
+	fsec_t		fsec;
 	int			tzoff;
+	int			before_off;
+	TimestampTz earlier;
 
 	memset(&tm, 0, sizeof(tm));
 	j2date(jd, &tm.tm_year, &tm.tm_mon, &tm.tm_mday);
 	tzoff = DetermineTimeZoneOffset(&tm, spec->tz);
-	return tm2timestamp(&tm, 0, &tzoff, result) == 0;
+	if (tm2timestamp(&tm, 0, &tzoff, result) != 0)
+		return false;
+
+	if (*result - USECS_PER_DAY < MIN_TIMESTAMP ||
+		timestamp2tm(*result - USECS_PER_DAY, &before_off, &other, &fsec, NULL, spec->tz) != 0 ||
+		before_off == tzoff)
+		return true;
+	memset(&tm, 0, sizeof(tm));
+	j2date(jd, &tm.tm_year, &tm.tm_mon, &tm.tm_mday);
+	if (tm2timestamp(&tm, 0, &before_off, &earlier) == 0 && earlier < *result &&
+		timestamp2tm(earlier, &before_off, &other, &fsec, NULL, spec->tz) == 0 &&
+		other.tm_hour == 0 && other.tm_min == 0 && other.tm_sec == 0 && fsec == 0 &&
+		date2j(other.tm_year, other.tm_mon, other.tm_mday) == jd)
+		*result = earlier;
+	return true;
 }
 
 /*
@@ -181,10 +209,15 @@ window_for(const KappaWindowSpec *spec, TimestampTz t,
 
 	if (!spec->calendar)
 	{
-		int64		n = floor_div(t - spec->origin, spec->size_usecs);
+		int64		diff;
+		int64		offset;
 
-		*start = spec->origin + n * spec->size_usecs;
-		*end = *start + spec->size_usecs;
+		/* (an origin far from t could overflow any of these) */
+		if (pg_sub_s64_overflow(t, spec->origin, &diff) ||
+			pg_mul_s64_overflow(floor_div(diff, spec->size_usecs), spec->size_usecs, &offset) ||
+			pg_add_s64_overflow(spec->origin, offset, start) ||
+			pg_add_s64_overflow(*start, spec->size_usecs, end))
+			return false;
 		/* a window reaching out of PostgreSQL's range could not be stored */
 		return IS_VALID_TIMESTAMP(*start) && IS_VALID_TIMESTAMP(*end);
 	}
