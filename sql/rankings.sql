@@ -19,6 +19,9 @@ SELECT kappa.create_ranking('bad_grace', ARRAY['city'], '1 day', grace => '-1 mi
 SELECT kappa.create_ranking('bad_topic', ARRAY['city'], '1 day', results_topic => 'a topic');
 SELECT kappa.create_ranking('label_only', ARRAY['city'], '1 day', item_label => 'seller_name');
 SELECT kappa.create_ranking('sink_without_topic', ARRAY['city'], '1 day', input => 'results');
+-- a sink produces nothing, so it has no results topic
+SELECT kappa.create_ranking('sink_producing', ARRAY['city'], '1 day', input => 'results',
+                            source_topic => 'other-results', results_topic => 'more-results');
 
 -- Without row memory: only for events, never confirmed-only, and every
 -- ranking of a topic the same way.

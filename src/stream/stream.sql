@@ -348,6 +348,11 @@ BEGIN
         RAISE EXCEPTION 'row_memory applies to rankings fed by events'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    IF results_topic IS NOT NULL AND input = 'results' THEN
+        RAISE EXCEPTION 'results_topic applies to rankings fed by events'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'A sink ranking keeps the results other processors produced and produces none itself.';
+    END IF;
     IF NOT row_memory AND confirmed_only THEN
         RAISE EXCEPTION 'a confirmed_only ranking needs row memory'
             USING ERRCODE = 'invalid_parameter_value',
