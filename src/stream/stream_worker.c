@@ -2077,6 +2077,15 @@ kappa_stream_worker_main(Datum main_arg)
 				ConfigReloadPending = false;
 				ProcessConfigFile(PGC_SIGHUP);
 
+				/* a new kappa.stream_batch_size: apply what is held, resize */
+				if (kappa_stream_batch_size != sw.batch_cap)
+				{
+					if (sw.batch_count > 0)
+						apply_batch();
+					sw.batch_cap = kappa_stream_batch_size;
+					sw.batch = repalloc(sw.batch, sizeof(rd_kafka_message_t *) * sw.batch_cap);
+				}
+
 				/*
 				 * New brokers, options or secrets: apply what is held, leave
 				 * the group and join it again with a new consumer, which

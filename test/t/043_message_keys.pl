@@ -3,6 +3,7 @@
 # a composite primary key ({"b":"x","a":1}, as the publisher writes it) is
 # the key as sent, so rows that share their first column stay apart (they
 # were taken for one row, and the second insert for an update of the first).
+# Also: kappa.stream_batch_size follows a reload.
 use strict;
 use warnings;
 
@@ -43,6 +44,21 @@ is($node->safe_psql('shop', q{SELECT total || ' ' || sale_count FROM kappa.ranki
 	'18.00 3', 'each counted once, as last changed: 10.00 + 6.00 + 2.00');
 like($node->safe_psql('shop', q{SELECT error FROM kappa.dead_letters}),
 	qr/message has no usable key/, 'a key object whose one member is an object is a dead letter');
+
+# kappa.stream_batch_size follows a reload (it took a restart): at 2, ten
+# events are at least five batches.
+my $batches = $node->safe_psql('shop', 'SELECT batches FROM kappa.stream_worker_status()');
+$node->append_conf('postgresql.conf', "kappa.stream_batch_size = 2\nkappa.stream_batch_ms = 1000");
+$node->reload;
+wait_until(sub { $node->safe_psql('shop', 'SHOW kappa.stream_batch_size') eq '2' }, 'the reload');
+sleep 1;	# (the worker takes the reload at its next loop)
+kcat_produce($broker, 'sales-events', [ map { [ "9$_", sale('c', "9$_", '1.00') ] } 0 .. 9 ]);
+wait_until(sub { $node->safe_psql('shop', 'SELECT sum(messages) FROM kappa.stream_worker_status()') eq '16' },
+	'the ten events consumed');
+cmp_ok($node->safe_psql('shop', 'SELECT batches FROM kappa.stream_worker_status()') - $batches, '>=', 5,
+	'in batches of at most two');
+is($node->safe_psql('shop', q{SELECT total || ' ' || sale_count FROM kappa.ranking_results
+ WHERE ranking = 'top_sales_by_city' AND group_values = '{Madrid}'}), '28.00 13', 'all counted');
 
 $node->stop;
 done_testing();
