@@ -36,7 +36,8 @@ SHOW kappa.csv_inbox;
 SELECT current_setting('kappa.csv_inbox');
 SELECT count(*) AS listed FROM pg_settings WHERE name = 'kappa.csv_inbox';
 SHOW kappa.csv_pattern;
-SET kappa.csv_inbox = '/etc';
+-- (a reload-only setting: SET is refused to everyone; ALTER SYSTEM is what counts)
+ALTER SYSTEM SET kappa.csv_inbox = '/etc';
 SELECT count(*) FROM kappa.csv_files;
 RESET ROLE;
 DROP ROLE kappa_csv_user;

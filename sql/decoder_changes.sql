@@ -69,8 +69,8 @@ SELECT pg_temp.stable(data) FROM pg_logical_slot_get_changes('changes_slot', NUL
 INSERT INTO pairs SELECT i, 'k', i FROM generate_series(1, 5) i;
 SELECT count(*) AS messages,
        count(DISTINCT data::jsonb #>> '{source,lsn}') AS commit_lsns,
-       array_agg((data::jsonb #>> '{source,seq}')::int ORDER BY (data::jsonb #>> '{source,seq}')::int) AS seqs
-  FROM pg_logical_slot_get_changes('changes_slot', NULL, NULL);
+       array_agg((data::jsonb #>> '{source,seq}')::int ORDER BY n) AS seqs
+  FROM pg_logical_slot_get_changes('changes_slot', NULL, NULL) WITH ORDINALITY AS c(lsn, xid, data, n);
 
 SELECT pg_drop_replication_slot('changes_slot');
 DROP TABLE sales, pairs, nokey;

@@ -65,6 +65,11 @@ SELECT string_agg(s.group_values[1] || '=' || s.total || '/' || s.sale_count, ',
 SELECT string_agg(group_values[1] || '=' || total || '/' || sale_count, ',' ORDER BY group_values[1])
   FROM kappa.ranking_results WHERE ranking = 'top_sales_by_city' AND is_final}),
 	'a sink of our own final results reproduces the ranking');
+# and both equal the sales: odd ids in Madrid, even in Sevilla, id.25 each
+is($node->safe_psql('shop', q{
+SELECT string_agg(group_values[1] || '=' || total || '/' || sale_count || '/' || is_final, ',' ORDER BY group_values[1])
+  FROM kappa.ranking_results WHERE ranking = 'city_from_own_results'}),
+	'Madrid=102.50/10/true,Sevilla=112.50/10/true', 'the totals of the sales, final');
 
 $node->stop;
 done_testing();

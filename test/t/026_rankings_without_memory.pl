@@ -74,7 +74,7 @@ SELECT coalesce(string_agg(v, ',' ORDER BY v), '') FROM (
          || CASE WHEN item <> '' THEN ' ' || item ELSE '' END || ' '
          || to_char(window_start AT TIME ZONE 'UTC', 'YYYY-MM-DD') || ' ' || total || '/' || sale_count AS v
     FROM kappa.ranking_results
-   WHERE ranking IN ('city_day', 'seller_month') AND sale_count <> 0) x
+   WHERE ranking IN ('city_day', 'seller_month')) x
 };
 
 sub check_results
@@ -111,9 +111,9 @@ check_results('after kill -9 and more changes');
 is($node->safe_psql('shop', q{SELECT count(*) FROM kappa.stream_rows WHERE topic = 'sales-full'}),
 	'0', 'no row memory written for the topic');
 is($node->safe_psql('shop', q{SELECT count(*) FROM kappa.dead_letters}), '0', 'no dead letters so far');
-isnt($node->safe_psql('shop',
-	q{SELECT min(position_lsn) FROM kappa.stream_offsets WHERE topic = 'sales-full'}), '',
-	'each partition stores its latest CDC position');
+is($node->safe_psql('shop',
+	q{SELECT count(*) || ' ' || count(*) FILTER (WHERE position_lsn IS NULL OR position_seq IS NULL) FROM kappa.stream_offsets WHERE topic = 'sales-full'}),
+	'8 0', 'each of the 8 partitions stores its latest CDC position');
 
 # 3. The last 200 messages of partition 3 produced again, as a publisher
 # replaying after a crash would: recognised, nothing changes.
