@@ -65,16 +65,24 @@ check_topic_matches_table('small transactions');
 
 # 2. One large transaction (spilled to disk by the reorder buffer), crash
 # while it is being produced.
-$node->safe_psql('shop', 'SET logical_decoding_work_mem = \'64kB\'');
+# The publisher's own setting (a SET in this session would change nothing).
+$node->safe_psql('shop', q{ALTER SYSTEM SET logical_decoding_work_mem = '64kB'});
+$node->reload;
+sleep 1;	# (the publisher takes the reload at its next loop)
 my $before = $node->safe_psql('shop', 'SELECT produced FROM kappa.cdc_status');
+my $spill_dir = $node->data_dir . '/pg_replslot/pg_kappa_cdc';
+my $spilled = 0;
 $node->safe_psql('shop', q{
 INSERT INTO sales SELECT i, 'ST', 'S-1', 'Seller', 'City', 'PT', 7, 'EUR', now()
   FROM generate_series(1000001, 1100000) i;
 });
 wait_until(sub {
 	my $p = ($node->safe_psql('shop', 'SELECT produced FROM kappa.cdc_status') || 0) - $before;
+	my @files = glob("$spill_dir/*.spill");
+	$spilled ||= @files > 0;
 	$p > 10000 && $p < 90000;
 }, 'publisher in the middle of the large transaction', 60);
+ok($spilled, 'the transaction was spilled to disk by the reorder buffer');
 crash_node($node);
 $node->start;
 check_topic_matches_table('large transaction');
