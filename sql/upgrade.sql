@@ -1,6 +1,8 @@
 -- Upgrade scripts: install each released version, update it to the current
 -- one, and compare the catalog with a fresh install of the current version.
-CREATE DATABASE kappa_upgrade TEMPLATE template0 LOCALE 'C.UTF-8';
+-- (an ICU collation: its text does not sort as bytes, so a key column left
+-- in the database's collation would show in the order of the keys below)
+CREATE DATABASE kappa_upgrade TEMPLATE template0 ENCODING 'UTF8' LOCALE 'C.UTF-8' LOCALE_PROVIDER icu ICU_LOCALE 'en-US';
 \c kappa_upgrade
 
 -- What the extension consists of, by name and definition.

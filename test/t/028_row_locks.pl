@@ -22,19 +22,21 @@ sub sale { return position_free_change(@_); }
 
 sub scenario
 {
-	my ($locale) = @_;
+	my ($locale, $icu) = @_;
 	my $broker = start_dev_broker(topics => [
 		'sales-events:1', 'payment-confirmations:1',
 		'top-sales-by-city:1', 'top-salesman-by-country:1' ]);
 	my $node = kappa_node('row_locks_' . ($locale =~ s/\W/_/gr), $broker,
-		shop_locale => $locale, conf => q{
+		shop_locale => $locale, shop_icu => $icu, conf => q{
 kappa.idle_timeout = '1h'
 kappa.stream_batch_ms = 20
 kappa.cdc_enabled = off
 kappa.row_memory_retention = -1
 });
-	is($node->safe_psql('shop', q{SELECT datcollate FROM pg_database WHERE datname = 'shop'}),
-		$locale, "database collation $locale");
+	is($node->safe_psql('shop', q{SELECT datcollate || ' ' || datlocprovider::text || ' ' || coalesce(daticulocale, '') FROM pg_database WHERE datname = 'shop'}),
+		$icu ? "$locale i $icu" : "$locale c ", "database collation $locale" . ($icu ? ", ICU $icu" : ''));
+	is($node->safe_psql('shop', q{SELECT string_agg(k, ',' ORDER BY k) FROM unnest(ARRAY['b', 'B', 'a1', 'a-1']) k}),
+		$icu ? 'a-1,a1,b,B' : 'B,a-1,a1,b', 'its text sorts ' . ($icu ? 'not as bytes' : 'as bytes'));
 
 	my $city_totals = sub {
 		return $node->safe_psql('shop', q{
@@ -129,5 +131,5 @@ UPDATE kappa.stream_rows
 }
 
 scenario('C');
-scenario('C.UTF-8');
+scenario('C.UTF-8', 'en-US');
 done_testing();

@@ -17,7 +17,7 @@ sub sale { return position_free_change('c', @_); }
 my $broker = start_dev_broker(topics => [
 	'sales-events:1', 'payment-confirmations:1',
 	'top-sales-by-city:1', 'top-salesman-by-country:1' ]);
-my $node = kappa_node('rows_collation', $broker, shop_locale => 'C.UTF-8', no_extension => 1, conf => q{
+my $node = kappa_node('rows_collation', $broker, shop_locale => 'C.UTF-8', shop_icu => 'en-US', no_extension => 1, conf => q{
 kappa.idle_timeout = '1h'
 kappa.stream_batch_ms = 20
 kappa.cdc_enabled = off
@@ -29,7 +29,7 @@ $node->safe_psql('shop', q{CREATE EXTENSION pg_kappa VERSION '0.1.3'});
 is($node->safe_psql('shop', q{
 SELECT a.attcollation::regcollation FROM pg_attribute a
  WHERE a.attrelid = 'kappa.stream_rows'::regclass AND a.attname = 'key'}),
-	'"default"', '0.1.3: the keys in the database collation (C.UTF-8)');
+	'"default"', '0.1.3: the keys in the database collation (ICU en-US)');
 
 my $city_totals = sub {
 	return $node->safe_psql('shop', q{

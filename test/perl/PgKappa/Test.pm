@@ -99,9 +99,12 @@ log_min_messages = info
 });
 	$node->append_conf('postgresql.conf', $opts{conf}) if $opts{conf};
 	$node->start;
-	# shop_locale: a database whose text does not sort as bytes
+	# shop_locale (with shop_icu, an ICU locale for the database's
+	# collation): a database whose text does not sort as bytes.  (glibc's
+	# C.UTF-8 sorts by code point, which for UTF-8 is byte order.)
 	$node->safe_psql('postgres', 'CREATE DATABASE shop'
-		  . ($opts{shop_locale} ? " TEMPLATE template0 LOCALE '$opts{shop_locale}'" : ''));
+		  . ($opts{shop_locale} ? " TEMPLATE template0 LOCALE '$opts{shop_locale}'" : '')
+		  . ($opts{shop_icu} ? " LOCALE_PROVIDER icu ICU_LOCALE '$opts{shop_icu}'" : ''));
 	$node->safe_psql('shop', 'CREATE EXTENSION pg_kappa') unless $opts{no_extension};
 	return $node;
 }
