@@ -23,9 +23,11 @@
 
 #include "stream/stream.h"
 
+#include "access/genam.h"
+#include "access/stratnum.h"
+#include "access/table.h"
 #include "access/xact.h"
 #include "catalog/pg_database.h"
-#include "commands/dbcommands.h"
 #include "commands/extension.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -38,7 +40,9 @@
 #include "tcop/tcopprot.h"
 #include "utils/guc.h"
 #include "utils/snapmgr.h"
-#include "utils/syscache.h"
+#include "utils/fmgroids.h"
+#include "utils/rel.h"
+#include "utils/relcache.h"
 
 /*
  * Per worker: did its last attempt to connect to kappa.database end in
@@ -137,24 +141,40 @@ static const char *
 database_unusable(void)
 {
 	const char *why = NULL;
-	Oid			dboid;
 
+	Relation	rel;
+	SysScanDesc scan;
+	ScanKeyData key;
+	HeapTuple	tup;
+
+	/*
+	 * As InitPostgres looks a database up: pg_database's index can be used
+	 * only once the shared catalogs' relcache entries are built (the server
+	 * removes their init file at each start), else the scan reads the heap.
+	 */
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
-	dboid = get_database_oid(kappa_database, true);
-	if (!OidIsValid(dboid))
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_database_datname, BTEqualStrategyNumber, F_NAMEEQ,
+				CStringGetDatum(kappa_database));
+	scan = systable_beginscan(rel, DatabaseNameIndexId, criticalSharedRelcachesBuilt,
+							  NULL, 1, &key);
+	tup = systable_getnext(scan);
+	if (!HeapTupleIsValid(tup))
 		why = "does not exist";
 	else
 	{
-		HeapTuple	tup = SearchSysCache1(DATABASEOID, ObjectIdGetDatum(dboid));
+		Form_pg_database db = (Form_pg_database) GETSTRUCT(tup);
 
-		if (HeapTupleIsValid(tup))
-		{
-			if (!((Form_pg_database) GETSTRUCT(tup))->datallowconn)
-				why = "does not allow connections";
-			ReleaseSysCache(tup);
-		}
+		if (!db->datallowconn)
+			why = "does not allow connections";
+#ifdef DATCONNLIMIT_INVALID_DB
+		else if (db->datconnlimit == DATCONNLIMIT_INVALID_DB)
+			why = "is invalid (a DROP DATABASE was interrupted; drop it again)";
+#endif
 	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
 	CommitTransactionCommand();
 	return why;
 }

@@ -104,6 +104,16 @@ sleep 3;
 is($count->($fatal), 2 * $workers, 'one failed connection per worker after the drop');
 is($count->($warning), 2, 'and the warning was not repeated');
 is($later->safe_psql('postgres', 'SELECT 1'), '1', 'server kept running');
+
+# After a restart, before any session has connected to a database: the
+# shared catalogs' relcache init file is gone then, and looking the
+# database up through pg_database's index failed (FATAL at every restart).
+$later->restart;
+sleep 4;	# no session meanwhile: slurp_file reads the log
+is($count->($warning), 3, 'after a restart: the warning once more');
+is(scalar(() = slurp_file($later->logfile) =~ /cannot read pg_class without having selected a database/g), 0,
+	'the wait looks the database up without needing a database');
+is($count->($fatal), 3 * $workers, 'one failed connection per worker after the restart, no more');
 $later->stop;
 
 done_testing();
