@@ -99,6 +99,24 @@ static MemoryContext emit_cxt = NULL;
 static List *emit_inflight = NIL;	/* produced, reports still pending */
 static List *emit_refused = NIL;	/* refused, until retry_at */
 
+/* Lists that outlive a call: their cells in emit_cxt too, not in SPI's. */
+static List *
+keep(List *list, EmitWindow *ew)
+{
+	MemoryContext old = MemoryContextSwitchTo(emit_cxt);
+
+	list = lappend(list, ew);
+	MemoryContextSwitchTo(old);
+	return list;
+}
+
+static void
+free_window(EmitWindow *ew)
+{
+	pfree(ew->ranking);
+	pfree(ew);
+}
+
 /*
  * The producer was destroyed (new Kafka settings): reports of what it had
  * in flight were served by its flush or will never come, and windows it
@@ -110,11 +128,11 @@ emit_producer_gone(void)
 	ListCell   *lc;
 
 	foreach(lc, emit_inflight)
-		pfree(lfirst(lc));
+		free_window(lfirst(lc));
 	list_free(emit_inflight);
 	emit_inflight = NIL;
 	foreach(lc, emit_refused)
-		pfree(lfirst(lc));
+		free_window(lfirst(lc));
 	list_free(emit_refused);
 	emit_refused = NIL;
 }
@@ -150,19 +168,19 @@ settle(List **list)
 		EmitWindow *ew = lfirst(lc);
 
 		if (ew->delivery.pending > 0)
-			pending = lappend(pending, ew);
+			pending = keep(pending, ew);
 		else if (ew->delivery.failed == 0 && !ew->refused)
 		{
 			mark_produced(ew);
 			marked++;
-			pfree(ew);
+			free_window(ew);
 		}
 		else
 		{
 			if (failed++ == 0)
 				first_failed = ew;
 			ew->retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), EMIT_RETRY_MS);
-			emit_refused = lappend(emit_refused, ew);
+			emit_refused = keep(emit_refused, ew);
 		}
 	}
 	if (failed > 0)
@@ -254,10 +272,10 @@ emit_final_results(KafkaClient *producer, int max_windows)
 				skip_rankings[nskip] = CStringGetTextDatum(ew->ranking);
 				skip_starts[nskip] = TimestampTzGetDatum(ew->window_start);
 				nskip++;
-				still = lappend(still, ew);
+				still = keep(still, ew);
 			}
 			else
-				pfree(ew);
+				free_window(ew);
 		}
 		list_free(emit_refused);
 		emit_refused = still;
@@ -309,7 +327,7 @@ emit_final_results(KafkaClient *producer, int max_windows)
 
 			ew->ranking = MemoryContextStrdup(emit_cxt, ranking);
 			ew->window_start = ws;
-			produced = lappend(produced, ew);
+			produced = keep(produced, ew);
 			if (topic == NULL)
 				continue;		/* results of this ranking are not produced */
 
