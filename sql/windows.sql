@@ -47,6 +47,13 @@ SELECT count(*) AS checked,
        count(*) FILTER (WHERE (w.window_start AT TIME ZONE 'America/Havana')::date <> (ts AT TIME ZONE 'America/Havana')::date) AS other_day
   FROM generate_series('2025-01-01 00:00+00'::timestamptz, '2027-01-01 00:00+00', '13 minutes') ts,
        kappa.window_bounds(ts, '1 day', true, NULL, 'America/Havana') w;
+-- Clocks that jumped across midnight (Toronto, 1919-03-31: 23:30 became
+-- 00:30): the day starts at the jump.
+SELECT * FROM kappa.window_bounds('1919-03-31 04:30+00', '1 day', true, NULL, 'America/Toronto');
+SELECT count(*) AS checked,
+       count(*) FILTER (WHERE NOT (w.window_start <= ts AND ts < w.window_end)) AS outside
+  FROM generate_series('1919-03-29 00:00+00'::timestamptz, '1919-04-02 00:00+00', '7 minutes') ts,
+       kappa.window_bounds(ts, '1 day', true, NULL, 'America/Toronto') w;
 
 -- Calendar weeks start on the origin's weekday (default: Monday 1970-01-05).
 SELECT * FROM kappa.window_bounds('2026-11-21 10:00+00', '1 week', true, NULL, 'UTC');

@@ -138,8 +138,7 @@ first_of_month(int month_index)
  * midnight (Cuba in November: 01:00 daylight time becomes 00:00), midnight
  * happens twice and DetermineTimeZoneOffset takes the later; the day starts
  * at the earlier, given by the offset in effect the day before.  Where
- * midnight is skipped, the local day starts when the clocks jump, which is
- * what DetermineTimeZoneOffset gives.
+ * midnight is skipped, the local day starts when the clocks jump.
  */
 static bool
 local_midnight(const KappaWindowSpec *spec, int jd, TimestampTz *result)
@@ -157,8 +156,38 @@ local_midnight(const KappaWindowSpec *spec, int jd, TimestampTz *result)
 	if (tm2timestamp(&tm, 0, &tzoff, result) != 0)
 		return false;
 
-	if (*result - USECS_PER_DAY < MIN_TIMESTAMP ||
-		timestamp2tm(*result - USECS_PER_DAY, &before_off, &other, &fsec, NULL, spec->tz) != 0 ||
+	if (*result - USECS_PER_DAY < MIN_TIMESTAMP)
+		return true;
+
+	/*
+	 * Midnight skipped: the day starts when the clocks jump.  Where they
+	 * jumped to 00:00 or later that is what DetermineTimeZoneOffset gave;
+	 * where they jumped across midnight (Toronto, 1919: 23:30 became 00:30)
+	 * it gave a later instant, and the day starts at the jump itself.
+	 */
+	if (timestamp2tm(*result, &before_off, &other, &fsec, NULL, spec->tz) == 0 &&
+		(other.tm_hour != 0 || other.tm_min != 0 || other.tm_sec != 0 || fsec != 0))
+	{
+		pg_time_t	from = timestamptz_to_time_t(*result - USECS_PER_DAY);
+		pg_time_t	boundary;
+		long int	before_gmtoff,
+					after_gmtoff;
+		int			before_isdst,
+					after_isdst;
+
+		if (pg_next_dst_boundary(&from, &before_gmtoff, &before_isdst, &boundary,
+								 &after_gmtoff, &after_isdst, spec->tz) == 1)
+		{
+			earlier = time_t_to_timestamptz(boundary);
+			if (earlier < *result &&
+				timestamp2tm(earlier, &before_off, &other, &fsec, NULL, spec->tz) == 0 &&
+				date2j(other.tm_year, other.tm_mon, other.tm_mday) == jd)
+				*result = earlier;
+		}
+		return true;
+	}
+
+	if (timestamp2tm(*result - USECS_PER_DAY, &before_off, &other, &fsec, NULL, spec->tz) != 0 ||
 		before_off == tzoff)
 		return true;
 	memset(&tm, 0, sizeof(tm));
