@@ -38,11 +38,11 @@
 #include "storage/latch.h"
 #include "storage/shmem.h"
 #include "tcop/tcopprot.h"
-#include "utils/guc.h"
-#include "utils/snapmgr.h"
 #include "utils/fmgroids.h"
+#include "utils/guc.h"
 #include "utils/rel.h"
 #include "utils/relcache.h"
+#include "utils/snapmgr.h"
 
 /*
  * Per worker: did its last attempt to connect to kappa.database end in
@@ -141,7 +141,6 @@ static const char *
 database_unusable(void)
 {
 	const char *why = NULL;
-
 	Relation	rel;
 	SysScanDesc scan;
 	ScanKeyData key;
@@ -185,7 +184,7 @@ database_unusable(void)
  * restarted (a process connects to one database, once).  Never returns.
  */
 static void
-wait_for_database(const char *application_name)
+wait_for_database(const char *application_name, int slot)
 {
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
 	SetConfigOption("application_name", application_name, PGC_SUSET, PGC_S_OVERRIDE);
@@ -198,7 +197,7 @@ wait_for_database(const char *application_name)
 		if (why == NULL)
 		{
 			pg_atomic_write_u32(&workers_shared->missing_reported, 0);
-			pg_atomic_write_u32(&workers_shared->connect_failed[worker_slot()], 0);
+			pg_atomic_write_u32(&workers_shared->connect_failed[slot], 0);
 			ereport(LOG,
 					(errmsg("pg_kappa: database \"%s\" can be connected to; restarting the workers on it",
 							kappa_database)));
@@ -234,15 +233,18 @@ wait_for_database(const char *application_name)
 void
 kappa_worker_begin(const char *application_name)
 {
+	int			slot;
+
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
-	if (pg_atomic_read_u32(&workers_shared->connect_failed[worker_slot()]) != 0)
-		wait_for_database(application_name);
+	slot = worker_slot();
+	if (pg_atomic_read_u32(&workers_shared->connect_failed[slot]) != 0)
+		wait_for_database(application_name, slot);
 	/* a FATAL in here leaves the flag set for the next start */
-	pg_atomic_write_u32(&workers_shared->connect_failed[worker_slot()], 1);
+	pg_atomic_write_u32(&workers_shared->connect_failed[slot], 1);
 	BackgroundWorkerInitializeConnection(kappa_database, NULL, 0);
-	pg_atomic_write_u32(&workers_shared->connect_failed[worker_slot()], 0);
+	pg_atomic_write_u32(&workers_shared->connect_failed[slot], 0);
 
 	SetConfigOption("DateStyle", "ISO, YMD", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("IntervalStyle", "iso_8601", PGC_SUSET, PGC_S_OVERRIDE);

@@ -512,21 +512,24 @@ write_reason_file(int subfd, const char *dest, const char *reason)
 				 errmsg("pg_kappa csv inbox: could not write \"failed/%s\": %m", name)));
 }
 
-/* "processed/x.csv" -> the directory fd and the name inside it */
+/*
+ * "processed/x.csv" -> the directory fd (of processed_fd and failed_fd) and
+ * the name inside it
+ */
 static bool
-split_destination(CsvFile *f, const char *moved_to, int *subfd, const char **sub,
-				  const char **dest)
+split_destination(int processed_fd, int failed_fd, const char *moved_to, int *subfd,
+				  const char **sub, const char **dest)
 {
 	if (strncmp(moved_to, "processed/", 10) == 0)
 	{
-		*subfd = f->processed_fd;
+		*subfd = processed_fd;
 		*sub = "processed";
 		*dest = moved_to + 10;
 		return true;
 	}
 	if (strncmp(moved_to, "failed/", 7) == 0)
 	{
-		*subfd = f->failed_fd;
+		*subfd = failed_fd;
 		*sub = "failed";
 		*dest = moved_to + 7;
 		return true;
@@ -546,10 +549,6 @@ compare_names(const ListCell *a, const ListCell *b)
 }
 
 /*
- * The files that are ready, in name order (store files are named by time).
- * Allocates in the current memory context.
- */
-/*
  * A crash between a file's move and the commit that records it as moved
  * (mark_moved) leaves a ledger row whose move looks undone while the file
  * is in processed/ or failed/.  Had the file been put back into the inbox
@@ -565,7 +564,8 @@ reconcile_moves(int inboxfd)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	int			subfds[2];
-	List	   *done = NIL;
+	StringInfoData ids;
+	int			ndone = 0;
 	uint64		n;
 
 	for (int i = 0; i < 2; i++)
@@ -575,41 +575,34 @@ reconcile_moves(int inboxfd)
 	n = ledger_execute("SELECT id, name, moved_to FROM kappa.csv_files "
 					   "WHERE moved_to IS NOT NULL AND moved_at IS NULL",
 					   0, NULL, NULL, NULL, SPI_OK_SELECT);
+	initStringInfo(&ids);
 	for (uint64 r = 0; r < n; r++)
 	{
-		int64		id = spi_int64(r, 1);
 		char	   *name = spi_text(r, 2, cxt);
 		char	   *moved_to = spi_text(r, 3, cxt);
-		int			subfd = -1;
-		const char *dest = NULL;
+		int			subfd;
+		const char *sub;
+		const char *dest;
 		struct stat st;
 
-		if (strncmp(moved_to, "processed/", 10) == 0)
-			subfd = subfds[0], dest = moved_to + 10;
-		else if (strncmp(moved_to, "failed/", 7) == 0)
-			subfd = subfds[1], dest = moved_to + 7;
-		if (subfd < 0 || name == NULL ||
+		if (name == NULL ||
+			!split_destination(subfds[0], subfds[1], moved_to, &subfd, &sub, &dest) || subfd < 0 ||
 			fstatat(inboxfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 || errno != ENOENT ||
 			fstatat(subfd, dest, &st, AT_SYMLINK_NOFOLLOW) != 0)
 			continue;
-		done = lappend(done, MemoryContextStrdup(cxt, psprintf(INT64_FORMAT, id)));
+		appendStringInfo(&ids, "%s" INT64_FORMAT, ndone++ ? "," : "{", spi_int64(r, 1));
 	}
-	if (done != NIL)
+	if (ndone > 0)
 	{
-		StringInfoData ids;
-		ListCell   *lc;
 		Oid			types[1] = {TEXTOID};
 		Datum		values[1];
 
-		initStringInfo(&ids);
-		foreach(lc, done)
-			appendStringInfo(&ids, "%s%s", ids.len ? "," : "{", (char *) lfirst(lc));
 		appendStringInfoChar(&ids, '}');
 		values[0] = CStringGetTextDatum(ids.data);
 		ledger_execute("UPDATE kappa.csv_files SET moved_at = now() WHERE id = ANY ($1::bigint[])",
 					   1, types, values, NULL, SPI_OK_UPDATE);
 		ereport(LOG,
-				(errmsg("pg_kappa csv inbox: %d file moves interrupted by a restart were found done", list_length(done)),
+				(errmsg("pg_kappa csv inbox: %d file moves interrupted by a restart were found done", ndone),
 				 errdetail("kappa.csv_files ids %s.", ids.data)));
 	}
 	commit_transaction();
@@ -618,6 +611,10 @@ reconcile_moves(int inboxfd)
 			close(subfds[i]);
 }
 
+/*
+ * The files that are ready, in name order (store files are named by time).
+ * Allocates in the current memory context.
+ */
 static List *
 scan_inbox(void)
 {
@@ -946,7 +943,7 @@ ledger_begin(CsvFile *f, int64 size)
 		const char *sub;
 		const char *dest;
 
-		if (split_destination(f, moved_to, &subfd, &sub, &dest) &&
+		if (split_destination(f->processed_fd, f->failed_fd, moved_to, &subfd, &sub, &dest) &&
 			fstatat(subfd, dest, &st, AT_SYMLINK_NOFOLLOW) != 0 && errno == ENOENT)
 		{
 			commit_transaction();

@@ -137,6 +137,25 @@ emit_producer_gone(void)
 	emit_refused = NIL;
 }
 
+/* A transaction of its own with SPI, and its end. */
+static void
+begin_spi_transaction(void)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+}
+
+static void
+commit_spi_transaction(void)
+{
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+}
+
 static void
 mark_produced(EmitWindow *ew)
 {
@@ -235,15 +254,9 @@ emit_final_results(KafkaClient *producer, int max_windows)
 				all_in = false;
 		if (!all_in)
 			return -1;
-		SetCurrentStatementStartTimestamp();
-		StartTransactionCommand();
-		PushActiveSnapshot(GetTransactionSnapshot());
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
+		begin_spi_transaction();
 		(void) settle(&emit_inflight);
-		SPI_finish();
-		PopActiveSnapshot();
-		CommitTransactionCommand();
+		commit_spi_transaction();
 	}
 
 	SetCurrentStatementStartTimestamp();
@@ -298,9 +311,7 @@ emit_final_results(KafkaClient *producer, int max_windows)
 	windows = (int) SPI_processed;
 	if (windows == 0)
 	{
-		SPI_finish();
-		PopActiveSnapshot();
-		CommitTransactionCommand();
+		commit_spi_transaction();
 		return 0;
 	}
 
@@ -417,9 +428,7 @@ emit_final_results(KafkaClient *producer, int max_windows)
 	MemoryContextSwitchTo(cxt);
 	marked = settle(&produced);
 	emit_inflight = produced;	/* what has not been acknowledged yet */
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
+	commit_spi_transaction();
 	if (emit_inflight != NIL)
 	{
 		ereport(LOG,

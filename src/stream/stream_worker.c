@@ -994,6 +994,14 @@ apply_payment(rd_kafka_message_t *msg, const char *key, PartitionState *ps)
  * ---------------------------------------------------------------------
  */
 
+static const char *
+skip_space(const char *p, const char *end)
+{
+	while (p < end && isspace((unsigned char) *p))
+		p++;
+	return p;
+}
+
 /* The message key as text: a JSON key object {"sale_id":1001} gives "1001". */
 static char *
 message_key(rd_kafka_message_t *msg)
@@ -1015,8 +1023,7 @@ message_key(rd_kafka_message_t *msg)
 		 * (a composite primary key, {"b":"x","a":1}): the key as sent, so
 		 * that rows differing in any column stay apart.
 		 */
-		while (p < end && isspace((unsigned char) *p))
-			p++;
+		p = skip_space(p, end);
 		if (p < end && *p == '"')
 		{
 			const char *name = p + 1;
@@ -1025,21 +1032,15 @@ message_key(rd_kafka_message_t *msg)
 			if (q)
 			{
 				int			nlen = q - name;
-				const char *v = q + 1;
+				const char *v = skip_space(q + 1, end);
 
-				while (v < end && isspace((unsigned char) *v))
-					v++;
 				if (v < end && *v == ':')
-					v++;
-				while (v < end && isspace((unsigned char) *v))
-					v++;
+					v = skip_space(v + 1, end);
 				json_object_members(k, (int) len, 1, &name, &nlen, &s);
 				if (s.type != JSON_SPAN_MISSING && s.p == v)
 				{
-					const char *after = s.p + s.len;
+					const char *after = skip_space(s.p + s.len, end);
 
-					while (after < end && isspace((unsigned char) *after))
-						after++;
 					if (after < end && *after == ',')
 						return pnstrdup(k, len);	/* more members */
 					if (s.type == JSON_SPAN_STRING || s.type == JSON_SPAN_NUMBER)
@@ -1468,15 +1469,15 @@ apply_batch(void)
 	int			nparts = list_length(sw.partitions);
 	PartitionState *saved = MemoryContextAlloc(TopMemoryContext,
 											   sizeof(PartitionState) * Max(nparts, 1));
+	ListCell   *lc;
+	int			i = 0;
+
+	foreach(lc, sw.partitions)
+		saved[i++] = *(PartitionState *) lfirst(lc);
 
 	for (int attempt = 1;; attempt++)
 	{
 		MemoryContext cxt = CurrentMemoryContext;
-		ListCell   *lc;
-		int			i = 0;
-
-		foreach(lc, sw.partitions)
-			saved[i++] = *(PartitionState *) lfirst(lc);
 
 		PG_TRY();
 		{
