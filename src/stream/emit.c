@@ -12,6 +12,9 @@
  * difference.
  *
  *	key:	<window_start>|<group values...>[|<item>]
+ *			(a "|" or "\" inside a value is written "\|" or "\\", so
+ *			that values containing the separator cannot make two groups'
+ *			keys equal; 0.1.5)
  *	value:	{"ranking":"top_sales_by_city","window_start":"...","window_end":"...",
  *			 "group":{"city":"Madrid"},"total_sales":"1234.50","sale_count":17,
  *			 "final":true,"producer":"<instance>"}
@@ -34,6 +37,22 @@
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
+
+/*
+ * "|" and a value of a result key, the separator and the escape character
+ * inside the value escaped with a backslash.
+ */
+static void
+append_key_part(StringInfo key, const char *value)
+{
+	appendStringInfoChar(key, '|');
+	for (const char *p = value; *p; p++)
+	{
+		if (*p == '|' || *p == '\\')
+			appendStringInfoChar(key, '\\');
+		appendStringInfoChar(key, *p);
+	}
+}
 
 const char *
 kappa_instance_name(void)
@@ -368,9 +387,9 @@ emit_final_results(KafkaClient *producer, int max_windows)
 				deconstruct_array(DatumGetArrayTypeP(gv), TEXTOID, -1, false, TYPALIGN_INT,
 								  &vals, NULL, &nvals);
 				for (int g = 0; g < nvals; g++)
-					appendStringInfo(&key, "|%s", TextDatumGetCString(vals[g]));
+					append_key_part(&key, TextDatumGetCString(vals[g]));
 				if (item_field)
-					appendStringInfo(&key, "|%s", item);
+					append_key_part(&key, item);
 
 				appendStringInfoString(&value, "{\"ranking\":");
 				envelope_append_json_string(&value, ranking, strlen(ranking));
