@@ -18,6 +18,11 @@
  *                      and refused until it comes up again
  *   up ID|all          bring it back
  *   topic NAME PARTS   create a topic
+ *   produce-errors CODE COUNT
+ *                      answer the next COUNT produce requests with Kafka
+ *                      error CODE (10: message too large), appending
+ *                      nothing (the mock never checks max.message.bytes)
+ *   clear-produce-errors   forget those not used yet
  *   stop               exit, as on SIGTERM
  * Each command is acknowledged by a line "ok <command>" (or "error ...")
  * on stdout.
@@ -119,6 +124,18 @@ run_command(rd_kafka_mock_cluster_t *mcluster, int nbrokers, char *line,
 		ok = set_brokers(mcluster, nbrokers, arg1, 1);
 	else if (n == 3 && strcmp(verb, "topic") == 0)
 		ok = create_topic(mcluster, arg1, atoi(arg2), default_replication);
+	else if (n == 3 && strcmp(verb, "produce-errors") == 0 && atoi(arg1) > 0 && atoi(arg2) > 0)
+	{
+		/* ApiKey 0 is Produce */
+		for (int i = atoi(arg2); i > 0; i--)
+			rd_kafka_mock_push_request_errors(mcluster, 0, 1, (rd_kafka_resp_err_t) atoi(arg1));
+		ok = 0;
+	}
+	else if (n == 1 && strcmp(verb, "clear-produce-errors") == 0)
+	{
+		rd_kafka_mock_clear_request_errors(mcluster, 0);
+		ok = 0;
+	}
 	else if (n >= 1 && strcmp(verb, "stop") == 0)
 	{
 		stop_requested = 1;

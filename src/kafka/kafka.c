@@ -910,6 +910,27 @@ kafka_forget_topics(KafkaClient *client)
  * Errors
  * ---------------------------------------------------------------------
  */
+/*
+ * Does the broker refuse the messages themselves, so that sending them
+ * again cannot succeed?  (librdkafka treats these as permanent and does
+ * not retry them.)
+ */
+bool
+kafka_error_refuses_message(rd_kafka_resp_err_t err)
+{
+	switch (err)
+	{
+		case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
+		case RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE:
+		case RD_KAFKA_RESP_ERR_INVALID_RECORD:
+		case RD_KAFKA_RESP_ERR_INVALID_MSG:
+		case RD_KAFKA_RESP_ERR_INVALID_MSG_SIZE:
+			return true;
+		default:
+			return false;
+	}
+}
+
 int
 kafka_sqlstate(rd_kafka_resp_err_t err)
 {

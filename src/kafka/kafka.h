@@ -91,6 +91,7 @@ extern bool kafka_wait_delivered(KafkaClient *client, KafkaDelivery *delivery,
 
 /* Errors */
 extern int	kafka_sqlstate(rd_kafka_resp_err_t err);
+extern bool kafka_error_refuses_message(rd_kafka_resp_err_t err);
 extern void kafka_flush_log(void);
 
 #endif							/* KAPPA_KAFKA_H */

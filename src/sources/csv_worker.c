@@ -1353,6 +1353,29 @@ complete_file(CsvFile *f)
 }
 
 /*
+ * The broker refused rows of the file for what they are (too large, an
+ * invalid record), which sending it again will not change: that counts as
+ * an attempt of the file, as a failure of the worker does, so that such a
+ * file ends in failed/ instead of holding the inbox forever.  (The broker
+ * fails every row of a record batch with the error, so the rows at fault
+ * cannot be told from the others.)  Returns the attempts so far.
+ */
+static int
+count_refusal(CsvFile *f)
+{
+	Oid			types[1] = {INT8OID};
+	Datum		values[1];
+
+	values[0] = Int64GetDatum(f->ledger_id);
+	begin_transaction();
+	ledger_execute("UPDATE kappa.csv_files SET attempts = attempts + 1 WHERE id = $1 RETURNING attempts",
+				   1, types, values, NULL, SPI_OK_UPDATE_RETURNING);
+	f->attempts = (int) spi_int64(0, 1);
+	commit_transaction();
+	return f->attempts;
+}
+
+/*
  * Kafka refused rows of some files: let every pending file be reported,
  * record those that are complete, and send the others again after a
  * backoff, from their start (identical replays).
@@ -1374,6 +1397,16 @@ resend_failed_files(void)
 		if (f->delivery.failed == 0)
 		{
 			complete_file(f);
+			continue;
+		}
+		if (!worker.producer->fatal && kafka_error_refuses_message(f->delivery.error) &&
+			count_refusal(f) > CSV_MAX_ATTEMPTS)
+		{
+			fail_file(f, psprintf("Kafka refused rows of the file in %d attempts: %lld rows the last time (%s); "
+								  "a row larger than the topic's max.message.bytes is refused so",
+								  CSV_MAX_ATTEMPTS, (long long) f->delivery.failed,
+								  rd_kafka_err2str(f->delivery.error)));
+			close_file(f);
 			continue;
 		}
 		snprintf(msg, sizeof(msg), "%s: %lld rows could not be delivered to Kafka (%s); sending the file again",
@@ -1513,6 +1546,14 @@ start_file(const char *name, MemoryContext cxt)
 			break;
 		}
 	}
+
+	/*
+	 * Settings that cannot make a producer (a secrets file others can read,
+	 * options librdkafka refuses) fail the worker here, before the ledger
+	 * counts an attempt of the file: they are not the file's fault, and
+	 * would otherwise send every file of the inbox to failed/ unread.
+	 */
+	ensure_producer();
 
 	switch (ledger_begin(f, size))
 	{

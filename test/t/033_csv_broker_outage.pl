@@ -133,4 +133,47 @@ SELECT string_agg(rows_ingested || '|' || coalesce(moved_to, '-') || '|' || coal
 my %swap = map { $_->{key} => 1 } grep { $_->{value} =~ /"file":"sales_swap.csv"/ } @{ kcat_consume($broker, 'sales-events') };
 is(join(',', sort keys %swap), '30001,30002,30003,30101,30102', 'the rows of both versions are in the topic');
 
+# The broker refuses a file's rows for what they are (here the next produce
+# requests are answered "message too large", as a topic whose
+# max.message.bytes is below the rows would answer): sending the file again
+# cannot help, so each resend counts as an attempt, and after 5 the file
+# goes to failed/ with the reason while the inbox goes on (0.1.5; before,
+# it was sent again forever and no other file was read).
+$broker->control('produce-errors 10 100000');
+$put->($header . "40001,ST-1,S-1,Ana,Bilbao,ES,2.00,EUR,2026-11-20T10:00:00Z\n");
+wait_until(sub { -e "$inbox/failed/sales_swap.csv" }, 'the refused file to be given up');
+is(slurp_file("$inbox/failed/sales_swap.csv.reason"),
+	"Kafka refused rows of the file in 5 attempts: 1 rows the last time (Broker: Message size too large); "
+	  . "a row larger than the topic's max.message.bytes is refused so\n",
+	'failed/ says why');
+is($node->safe_psql('shop', q{SELECT state || '|' || attempts FROM kappa.csv_files
+ WHERE name = 'sales_swap.csv' AND moved_to = 'failed/sales_swap.csv'}), 'failed|6',
+	'the ledger: failed, after five sends');
+$broker->control('clear-produce-errors');
+$put->($header . "40002,ST-1,S-1,Ana,Bilbao,ES,3.00,EUR,2026-11-20T10:00:00Z\n");
+wait_until(sub { -e "$inbox/processed/sales_swap.csv.1" }, 'the next file to be processed');
+
+# Settings that cannot make a Kafka producer (a secrets file others may
+# read) fail the worker before the ledger counts an attempt of a file: not
+# the file's fault (0.1.5; before, each restart counted one, and after five
+# every file went to failed/ unread).
+my $secrets = PostgreSQL::Test::Utils::tempdir() . '/kappa.secrets';
+open my $sf, '>', $secrets or die $!;
+print $sf "# no secrets\n";
+close $sf;
+chmod 0644, $secrets or die $!;
+my $offset = -s $node->logfile;
+$node->append_conf('postgresql.conf', "kappa.secrets_file = '$secrets'");
+$node->reload;
+$put->($header . "40003,ST-1,S-1,Ana,Bilbao,ES,4.00,EUR,2026-11-20T10:00:00Z\n");
+wait_until(sub { (() = slurp_file($node->logfile, $offset) =~ /ERROR:  secrets file "[^"]+" has group or world access/g) >= 4 },
+	'the workers to fail on the secrets file a few times');
+is($node->safe_psql('shop', q{SELECT count(*) FROM kappa.csv_files WHERE name = 'sales_swap.csv' AND state = 'processing'}),
+	'0', 'no attempt of the file was counted');
+ok(-e "$inbox/sales_swap.csv", 'the file waits in the inbox');
+chmod 0600, $secrets or die $!;
+wait_until(sub { -e "$inbox/processed/sales_swap.csv.2" }, 'the file processed once the secrets file is private');
+is($node->safe_psql('shop', q{SELECT attempts FROM kappa.csv_files WHERE moved_to = 'processed/sales_swap.csv.2'}),
+	'1', 'in one attempt');
+
 done_testing();
