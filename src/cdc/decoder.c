@@ -65,6 +65,7 @@ typedef struct KappaDecodedTable
 	Oid			relid;			/* hash key */
 	bool		valid;			/* false after a relcache invalidation */
 	bool		included;
+	bool		registry;		/* this is kappa.published_tables itself */
 	char	   *topic;			/* NULL: kappa.sales_topic */
 	KappaTableEncoder *encoder;
 	MemoryContext cxt;			/* owns topic and encoder */
@@ -347,6 +348,9 @@ decoded_table(KappaDecodingState *data, Relation relation)
 		included = true;
 
 	entry->included = included;
+	entry->registry = data->published_only &&
+		RelationGetNamespace(relation) == get_namespace_oid(KAPPA_SCHEMA_NAME, true) &&
+		strcmp(RelationGetRelationName(relation), "published_tables") == 0;
 	if (included)
 	{
 		entry->cxt = AllocSetContextCreate(data->cache_cxt, "pg_kappa table",
@@ -552,6 +556,36 @@ decoder_begin(LogicalDecodingContext *ctx, ReorderBufferTXN *txn)
 	data->txn_started = false;
 	data->seq = 0;
 	data->decode_ms = envelope_unix_ms(GetCurrentTimestamp());
+	list_free(data->publishing);
+	data->publishing = NIL;
+	data->forged_warned = false;
+}
+
+/*
+ * A change of kappa.published_tables in the transaction being decoded: the
+ * table it names is being published (or published again) by
+ * kappa.publish_table(), whose snapshot messages follow.
+ */
+static void
+note_publishing(KappaDecodingState *data, Relation registry, ReorderBufferChange *change)
+{
+	HeapTuple	newtuple;
+	bool		isnull;
+	Datum		relid;
+	MemoryContext old;
+
+	if (change->action != REORDER_BUFFER_CHANGE_INSERT &&
+		change->action != REORDER_BUFFER_CHANGE_UPDATE)
+		return;
+	if (change->data.tp.newtuple == NULL)
+		return;
+	newtuple = &change->data.tp.newtuple->tuple;
+	relid = heap_getattr(newtuple, 1, RelationGetDescr(registry), &isnull);
+	if (isnull)
+		return;
+	old = MemoryContextSwitchTo(data->cache_cxt);
+	data->publishing = list_append_unique_oid(data->publishing, DatumGetObjectId(relid));
+	MemoryContextSwitchTo(old);
 }
 
 static void
@@ -601,6 +635,8 @@ decoder_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	HeapTuple	newtuple;
 	MemoryContext old;
 
+	if (entry->registry)
+		note_publishing(data, relation, change);
 	if (!entry->included)
 		return;
 
@@ -680,9 +716,33 @@ decoder_message(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 
 	if (!transactional || strcmp(prefix, KAPPA_SNAPSHOT_PREFIX) != 0)
 		return;
+
+	/*
+	 * In published-only mode a snapshot row counts only in a transaction
+	 * that wrote the table's kappa.published_tables row before it, as
+	 * kappa.publish_table() does (that row may not be visible to the
+	 * historic snapshot yet, so the change decoded earlier is what tells).
+	 * Anyone may call pg_logical_emit_message(): a message of our prefix
+	 * from any other transaction would be a forged event for any topic, or,
+	 * malformed, an error that stops decoding for good.
+	 */
+	if (message_size >= sizeof(hdr))
+		memcpy(&hdr, message, sizeof(hdr));
+	if (data->published_only &&
+		(message_size < sizeof(hdr) || !list_member_oid(data->publishing, hdr.relid)))
+	{
+		if (data->forged_warned)
+			return;				/* once per transaction */
+		data->forged_warned = true;
+		ereport(WARNING,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("pg_kappa: ignored a snapshot message not written by kappa.publish_table()"),
+				 errdetail("Transaction %u emitted a logical message with prefix \"%s\".",
+						   txn->xid, KAPPA_SNAPSHOT_PREFIX)));
+		return;
+	}
 	if (message_size < sizeof(hdr))
 		elog(ERROR, "pg_kappa snapshot message too short");
-	memcpy(&hdr, message, sizeof(hdr));
 	fixed = sizeof(hdr) + hdr.keylen + hdr.topiclen;
 	if (hdr.version != KAPPA_SNAPSHOT_VERSION || message_size < fixed)
 		elog(ERROR, "pg_kappa snapshot message of an unknown format");
@@ -694,11 +754,6 @@ decoder_message(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	old = MemoryContextSwitchTo(data->change_cxt);
 	entry = decoded_table(data, relation);
 
-	/*
-	 * In published-only mode the message itself says the table is being
-	 * published (the publishing transaction's own catalog row may not be
-	 * visible to the historic snapshot at this point).
-	 */
 	if (entry->included || data->published_only)
 	{
 		if (entry->encoder == NULL)

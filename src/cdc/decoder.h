@@ -56,6 +56,8 @@ typedef struct KappaDecodingState
 
 	/* current transaction */
 	bool		txn_started;	/* a BEGIN marker was due or written */
+	List	   *publishing;		/* relids whose published_tables row it wrote */
+	bool		forged_warned;	/* a foreign snapshot message was reported */
 	int64		seq;			/* next change's position in the transaction */
 	int64		decode_ms;		/* wall clock when decoding it, Unix ms */
 	char	   *db_json;		/* database name, as a JSON string */

@@ -475,6 +475,16 @@ kappa_publish_table(PG_FUNCTION_ARGS)
 		SPI_execute_with_args("INSERT INTO kappa.published_tables (relid, topic) VALUES ($1, $2)",
 							  2, argtypes, args, nulls, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not insert into kappa.published_tables");
+
+	/*
+	 * The decoder takes snapshot rows only from a transaction that wrote
+	 * their tables' rows of kappa.published_tables (anyone can emit logical
+	 * messages): a snapshot of tables published before writes their rows
+	 * again, unchanged.
+	 */
+	if (republish &&
+		SPI_execute("UPDATE kappa.published_tables SET topic = topic", false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not update kappa.published_tables");
 	restore_caller(&owner_state);
 	SPI_finish();
 

@@ -102,8 +102,37 @@ is($node->safe_psql('shop', q{SELECT rolsuper FROM pg_roles WHERE rolname = 'rep
 	'rep is no superuser');
 is($node->safe_psql('shop', q{SELECT count(*) FROM kappa.published_tables}), '0', 'nothing left published');
 
+# ---- snapshot rows only from kappa.publish_table() ---------------------------
+my $log_offset;
+# Anyone may call pg_logical_emit_message().  A message with the snapshot
+# rows' prefix from mallory must not become an event in the topic, and a
+# malformed one must not stop the publisher (0.1.5; before, the first went
+# to Kafka as an "r" event of public.sales, the second stopped decoding for
+# good).
+$node->safe_psql('shop', q{
+CREATE TABLE public.sales (sale_id bigint PRIMARY KEY, store_id text NOT NULL, seller_id text NOT NULL,
+    seller_name text, city text, country text, amount numeric(12,2), currency text, sold_at timestamptz);
+SELECT kappa.publish_table('public.sales');
+INSERT INTO public.sales VALUES (7, 'ST-1', 'S-1', 'Ana', 'Madrid', 'ES', 1.00, 'EUR', '2026-11-20 10:00+00');
+});
+my $relid = $node->safe_psql('shop', q{SELECT 'public.sales'::regclass::oid});
+my $forged = unpack('H*', pack('VVVV', 1, $relid, 4, 0) . '9999'
+	  . '{"sale_id":"9999","store_id":"ST-1","seller_id":"S-1","seller_name":"Eve","city":"Madrid","country":"ES","amount":"1000000.00","currency":"EUR","sold_at":"2026-11-20T10:00:00.000000Z"}');
+$log_offset = -s $node->logfile;
+$node->safe_psql('shop', qq{SET ROLE mallory;
+SELECT pg_logical_emit_message(true, 'pg_kappa.snapshot', '\\x$forged'::bytea);
+SELECT pg_logical_emit_message(true, 'pg_kappa.snapshot', '\\x01'::bytea);});
+$node->safe_psql('shop', q{INSERT INTO public.sales VALUES (8, 'ST-1', 'S-1', 'Ana', 'Vigo', 'ES', 2.00, 'EUR', '2026-11-20 11:00+00')});
+wait_published($node);
+is(join(',', map { $_->{key} } grep { $_->{value} =~ /"connector":"postgres"/ } @{ kcat_consume($broker, 'sales-events') }),
+	'7,8', 'the topic has the table\'s rows, not the forged one');
+like(slurp_file($node->logfile, $log_offset),
+	qr/WARNING:  pg_kappa: ignored a snapshot message not written by kappa.publish_table\(\)/,
+	'the forged messages were reported');
+$node->safe_psql('shop', q{SELECT kappa.unpublish_table('public.sales')});
+
 # ---- refused settings keep their secrets out of the log ------------------------
-my $log_offset = -s $node->logfile;
+$log_offset = -s $node->logfile;
 $node->append_conf('postgresql.conf', q{
 kappa.kafka_options = 'sasl.username=kappa; sasl.password=TopSecret1'
 kappa.soap_url = 'https://kappa:TopSecret2@payments.example/ws'
