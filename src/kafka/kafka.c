@@ -99,7 +99,12 @@ kafka_options_parse(const char *options, char **error)
 
 				if (!in_value || k[0] == '\0')
 				{
-					*error = psprintf("Option \"%s\" is not of the form key=value.", k);
+					/*
+					 * Not quoted: a missing "=" leaves a password typed
+					 * after its key (or pasted alone) in the text.
+					 */
+					*error = psprintf("Option %d is not of the form key=value.",
+									  list_length(result) + 1);
 					return NIL;
 				}
 				opt = palloc(sizeof(KafkaOption));

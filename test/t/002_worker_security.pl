@@ -147,6 +147,16 @@ like($log, qr/invalid value for parameter "kappa.soap_url"\n.*DETAIL:  The URL m
 	'kappa.soap_url refused, the reason given');
 unlike($log, qr/TopSecret/, 'neither password is in the log');
 
+# A password whose "=" was forgotten is not quoted back as a malformed option.
+$log_offset = -s $node->logfile;
+$node->append_conf('postgresql.conf', q{kappa.kafka_options = 'sasl.username=kappa; sasl.password TopSecret3'});
+$node->reload;
+wait_until(sub { slurp_file($node->logfile, $log_offset) =~ /parameter "kappa.kafka_options"/ },
+	'the reload refused the mistyped option');
+$log = slurp_file($node->logfile, $log_offset);
+like($log, qr/DETAIL:  Option 2 is not of the form key=value\./, 'the option is named by its place');
+unlike($log, qr/TopSecret/, 'its text is not in the log');
+
 # A secrets file line longer than the reader's buffer is refused whole: its
 # tail, which holds an "=", is not read as a line of its own and quoted as
 # an unknown key.
