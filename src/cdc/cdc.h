@@ -13,6 +13,7 @@ extern void cdc_lock_slot_lifecycle(void);
 
 /* Is any table published?  Needs a transaction. */
 extern bool cdc_tables_published(void);
+extern bool cdc_table_is_published(Oid relid);
 
 /* NULL when pg_kappa may serve as output plugin, else the allowed list. */
 extern const char *cdc_output_plugin_blocked(void);

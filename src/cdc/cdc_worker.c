@@ -76,6 +76,7 @@ typedef struct CdcShared
 	Oid			dboid;			/* database whose commits wake the worker */
 	Latch	   *latch;			/* the worker's latch, NULL when not running */
 	bool		slot_check_requested;	/* unpublish or DROP EXTENSION committed */
+	XLogRecPtr	slot_check_lsn; /* the end of the latest such commit */
 	char		state[128];
 	char		slot_name[NAMEDATALEN];
 	XLogRecPtr	decoded_lsn;
@@ -154,7 +155,8 @@ cdc_object_access(ObjectAccessType access, Oid classId, Oid objectId,
 	 */
 	if (access == OAT_DROP && classId == RelationRelationId && subId == 0 &&
 		get_rel_relkind(objectId) == RELKIND_RELATION &&
-		get_rel_persistence(objectId) == RELPERSISTENCE_PERMANENT)
+		get_rel_persistence(objectId) == RELPERSISTENCE_PERMANENT &&
+		cdc_table_is_published(objectId))
 		cdc_request_slot_check_at_commit();
 }
 
@@ -178,6 +180,8 @@ cdc_xact_callback(XactEvent event, void *arg)
 				{
 					SpinLockAcquire(&cdc_shared->mutex);
 					cdc_shared->slot_check_requested = true;
+					cdc_shared->slot_check_lsn = Max(cdc_shared->slot_check_lsn,
+													 XactLastCommitEnd);
 					SpinLockRelease(&cdc_shared->mutex);
 				}
 				if (latch != NULL)
@@ -596,8 +600,17 @@ cdc_write(LogicalDecodingContext *ctx, XLogRecPtr lsn, TransactionId xid,
  * ---------------------------------------------------------------------
  */
 
-static void drop_slot_if_unused(void);
-static bool take_slot_check_request(void);
+typedef enum SlotUse
+{
+	SLOT_IN_USE,				/* a table is published */
+	SLOT_UNUSED,				/* none, and everything before is confirmed */
+	SLOT_BEHIND					/* none, but changes before are not confirmed */
+} SlotUse;
+
+static SlotUse slot_use(XLogRecPtr upto);
+static SlotUse drop_slot_if_unused(XLogRecPtr upto);
+static bool take_slot_check_request(XLogRecPtr *upto);
+static void put_back_slot_check(XLogRecPtr upto);
 
 static void
 stop_decoding(void)
@@ -629,17 +642,31 @@ start_decoding(void)
 
 	if (!kappa_extension_installed())
 	{
+		/* dropped with the extension: nothing is to be published any more */
 		if (SearchNamedReplicationSlot(kappa_cdc_slot_name, true) != NULL)
-			drop_slot_if_unused();
+			(void) drop_slot_if_unused(InvalidXLogRecPtr);
 		set_state("waiting for CREATE EXTENSION pg_kappa in database \"%s\"",
 				  kappa_database);
 		return false;
 	}
 
-	/* a slot left over from tables unpublished while we were away */
-	(void) take_slot_check_request();
+	/*
+	 * A slot left over from tables unpublished while we were away, or whose
+	 * last table was unpublished while Kafka was away: dropped only once
+	 * every change before that is confirmed (changes committed while a
+	 * table was published are published, whenever it is unpublished);
+	 * otherwise decoding goes on and the check is made again when it has
+	 * caught up.
+	 */
 	if (SearchNamedReplicationSlot(kappa_cdc_slot_name, true) != NULL)
-		drop_slot_if_unused();
+	{
+		XLogRecPtr	upto;
+
+		if (!take_slot_check_request(&upto))
+			upto = GetXLogInsertRecPtr();
+		if (drop_slot_if_unused(upto) == SLOT_BEHIND)
+			put_back_slot_check(upto);
+	}
 
 	slot = SearchNamedReplicationSlot(kappa_cdc_slot_name, true);
 	if (slot == NULL)
@@ -736,15 +763,57 @@ start_decoding(void)
 	return true;
 }
 
+/* The slot's confirmed position, as its shared state has it. */
+static XLogRecPtr
+slot_confirmed(void)
+{
+	ReplicationSlot *slot;
+	XLogRecPtr	confirmed = InvalidXLogRecPtr;
+
+	LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
+	slot = SearchNamedReplicationSlot(kappa_cdc_slot_name, false);
+	if (slot != NULL)
+	{
+		SpinLockAcquire(&slot->mutex);
+		confirmed = slot->data.confirmed_flush;
+		SpinLockRelease(&slot->mutex);
+	}
+	LWLockRelease(ReplicationSlotControlLock);
+	return confirmed;
+}
+
+/*
+ * Is the slot still needed: a table published, or changes committed
+ * before upto (the end of the unpublishing commit) not yet confirmed?
+ * InvalidXLogRecPtr: whatever is not confirmed (the extension is gone).
+ * The caller runs this outside a transaction.
+ */
+static SlotUse
+slot_use(XLogRecPtr upto)
+{
+	bool		published;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	published = cdc_tables_published();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	if (published)
+		return SLOT_IN_USE;
+	return slot_confirmed() >= upto ? SLOT_UNUSED : SLOT_BEHIND;
+}
+
 /*
  * Nothing left to publish (every table unpublished, or the extension
- * dropped): drop the slot so it stops holding WAL.  Serialised with
- * kappa.publish_table() by an advisory lock.
+ * dropped) and everything published before confirmed: drop the slot so it
+ * stops holding WAL.  Serialised with kappa.publish_table() by an advisory
+ * lock.  The slot must not be ours (stop_decoding) when it is dropped.
  */
-static void
-drop_slot_if_unused(void)
+static SlotUse
+drop_slot_if_unused(XLogRecPtr upto)
 {
-	bool		unused;
+	SlotUse		use;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -755,29 +824,50 @@ drop_slot_if_unused(void)
 	 */
 	cdc_lock_slot_lifecycle();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	unused = !cdc_tables_published();
-	if (unused && SearchNamedReplicationSlot(kappa_cdc_slot_name, true) != NULL)
+	if (cdc_tables_published())
+		use = SLOT_IN_USE;
+	else if (slot_confirmed() < upto)
+		use = SLOT_BEHIND;
+	else
 	{
-		ReplicationSlotDrop(kappa_cdc_slot_name, true);
-		ereport(LOG,
-				(errmsg("pg_kappa dropped replication slot \"%s\": no table is published",
-						kappa_cdc_slot_name)));
+		use = SLOT_UNUSED;
+		if (SearchNamedReplicationSlot(kappa_cdc_slot_name, true) != NULL)
+		{
+			ReplicationSlotDrop(kappa_cdc_slot_name, true);
+			ereport(LOG,
+					(errmsg("pg_kappa dropped replication slot \"%s\": no table is published",
+							kappa_cdc_slot_name)));
+		}
 	}
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	InvalidateSystemCaches();
+	return use;
 }
 
+/* Take the pending request, if any, and the position it is about. */
 static bool
-take_slot_check_request(void)
+take_slot_check_request(XLogRecPtr *upto)
 {
 	bool		requested;
 
 	SpinLockAcquire(&cdc_shared->mutex);
 	requested = cdc_shared->slot_check_requested;
+	*upto = cdc_shared->slot_check_lsn;
 	cdc_shared->slot_check_requested = false;
+	cdc_shared->slot_check_lsn = InvalidXLogRecPtr;
 	SpinLockRelease(&cdc_shared->mutex);
 	return requested;
+}
+
+/* Ask again: the slot is to be dropped once upto is confirmed. */
+static void
+put_back_slot_check(XLogRecPtr upto)
+{
+	SpinLockAcquire(&cdc_shared->mutex);
+	cdc_shared->slot_check_requested = true;
+	cdc_shared->slot_check_lsn = Max(cdc_shared->slot_check_lsn, upto);
+	SpinLockRelease(&cdc_shared->mutex);
 }
 
 /* ---------------------------------------------------------------------
@@ -1038,16 +1128,27 @@ kappa_cdc_worker_main(Datum main_arg)
 
 			if (caught_up)
 			{
-				if (take_slot_check_request())
+				XLogRecPtr	upto;
+
+				if (take_slot_check_request(&upto))
 				{
+					SlotUse		use;
+
 					/* let what is in flight land, then see if the slot is needed */
-					if (worker.producer)
-						rd_kafka_flush(worker.producer->rk, 5000);
+					if (worker.producer && worker.ring_count > 0)
+						rd_kafka_flush(worker.producer->rk, 1000);
 					serve_kafka(0);
 					confirm_acknowledged();
-					stop_decoding();
-					drop_slot_if_unused();
-					continue;
+					use = slot_use(upto);
+					if (use == SLOT_UNUSED)
+					{
+						stop_decoding();
+						if (drop_slot_if_unused(upto) == SLOT_BEHIND)
+							put_back_slot_check(upto);
+						continue;
+					}
+					if (use == SLOT_BEHIND)
+						put_back_slot_check(upto);	/* once acknowledged */
 				}
 				wait_for_work(kappa_cdc_poll_interval);
 			}

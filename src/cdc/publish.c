@@ -21,7 +21,9 @@
  */
 #include "pg_kappa.h"
 
+#include "access/genam.h"
 #include "access/htup_details.h"
+#include "access/stratnum.h"
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
@@ -43,6 +45,7 @@
 #include "storage/lmgr.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/guc.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
@@ -84,6 +87,35 @@ cdc_tables_published(void)
 	published = SPI_processed > 0;
 	SPI_finish();
 	return published;
+}
+
+/*
+ * Is relid in kappa.published_tables?  For the drop of any table, from the
+ * object access hook: a plain scan of that small table, whoever drops
+ * (no privilege on it is needed to drop one's own table).
+ */
+bool
+cdc_table_is_published(Oid relid)
+{
+	Oid			nspid = get_namespace_oid(KAPPA_SCHEMA_NAME, true);
+	Oid			tableid;
+	Relation	rel;
+	SysScanDesc scan;
+	ScanKeyData key;
+	bool		found;
+
+	if (!OidIsValid(nspid))
+		return false;
+	tableid = get_relname_relid("published_tables", nspid);
+	if (!OidIsValid(tableid) || tableid == relid)
+		return false;
+	rel = table_open(tableid, AccessShareLock);
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_OIDEQ, ObjectIdGetDatum(relid));
+	scan = systable_beginscan(rel, InvalidOid, false, NULL, 1, &key);
+	found = HeapTupleIsValid(systable_getnext(scan));
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return found;
 }
 
 /*

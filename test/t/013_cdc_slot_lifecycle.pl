@@ -105,5 +105,33 @@ wait_until(sub {
 }, 'slot dropped with the last published table');
 pass('DROP TABLE of the last published table dropped the slot');
 
+# The last table unpublished while Kafka is away (deliveries failing): the
+# changes committed while it was published still reach the topic, and only
+# then is the slot dropped (0.1.5; before, the slot was dropped at the next
+# retry and those changes were lost).
+$node->append_conf('postgresql.conf', "kappa.kafka_options = 'message.timeout.ms=1500'");
+$node->reload;
+$node->safe_psql('shop', 'CREATE TABLE late (id int PRIMARY KEY, v text)');
+$node->safe_psql('shop', "SELECT kappa.publish_table('late', 'refund-events')");
+wait_until(sub { $node->safe_psql('shop', 'SELECT state FROM kappa.cdc_status') eq 'streaming' },
+	'publisher streaming the late table');
+$broker->control('down all');
+$node->safe_psql('shop', "INSERT INTO late VALUES (1, 'a'), (2, 'b')");
+$node->safe_psql('shop', "SELECT kappa.unpublish_table('late')");
+wait_until(sub { $node->safe_psql('shop', 'SELECT retries FROM kappa.cdc_status') > 0 },
+	'a delivery of the late table to fail');
+sleep 2;
+is($node->safe_psql('shop', "SELECT count(*) FROM pg_replication_slots"), '1',
+	'the slot is kept while the changes before the unpublish are not delivered');
+$broker->control('up all');
+my $late = sub { join(',', sort map { $_->{key} } grep { $_->{value} =~ /"table":"late"/ }
+	@{ kcat_consume($broker, 'refund-events') }) };
+wait_until(sub { $late->() eq '1,2' }, 'the late table\'s changes in the topic');
+is($late->(), '1,2', 'both inserts published once Kafka is back');
+wait_until(sub {
+	$node->safe_psql('shop', "SELECT count(*) FROM pg_replication_slots") eq '0'
+}, 'slot dropped once they were confirmed');
+pass('then the slot was dropped');
+
 $node->stop;
 done_testing();
