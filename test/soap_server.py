@@ -23,8 +23,9 @@ what it answers:
   /bad              one good confirmation and two bad ones
   /loop             a next page token that never changes
   /cycle            page tokens that go round: first page -> a, a -> b, b -> a
-  /future           a confirmation dated 2099 and one of 2026-11-21T12:00:00Z,
-                    filtered by Since
+  /future           a confirmation dated 2099, one of 2026-11-21T12:00:00Z and
+                    one two hours ahead of this server's start (a service
+                    node whose clock is fast), filtered by Since
   /bench/N          N generated confirmations, paged by PageSize, filtered
                     by Since
   /ledger           the confirmations in --ledger (JSON lines with payment_id,
@@ -86,6 +87,11 @@ def envelope(inner):
             '<p:GetPaymentConfirmationsResponse xmlns:p="%s">\n%s'
             '</p:GetPaymentConfirmationsResponse>\n'
             '</soapenv:Body></soapenv:Envelope>\n' % (SOAPENV, PAY, inner)).encode()
+
+
+# the same time for every request of the server's life: one confirmation
+FAST_CLOCK_AT = (datetime.datetime.now(datetime.timezone.utc)
+                 + datetime.timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def confirmation(payment_id, sale_id, status, amount, currency, confirmed_at):
@@ -336,6 +342,8 @@ class Handler(BaseHTTPRequestHandler):
                                                       "2026-11-21T12:00:00Z")),
                 ("2099-01-01T00:00:00Z", confirmation("PAY-F2", "4002", "CONFIRMED", "2.00", "EUR",
                                                       "2099-01-01T00:00:00Z")),
+                (FAST_CLOCK_AT, confirmation("PAY-F3", "4003", "CONFIRMED", "3.00", "EUR",
+                                             FAST_CLOCK_AT)),
             ]
             return self.send_body(200, envelope(
                 "".join(xml for when, xml in items if parse_time(when) >= since_t)))

@@ -181,7 +181,12 @@ typedef struct SoapPollState
 	char	   *page_token;		/* the page to ask for; NULL: the first */
 	int			page_number;	/* within this run of the poll, for the status */
 	List	   *tokens_asked;	/* every page token asked for in this run */
-	/* the latest ConfirmedAt seen in this poll, and the ids at that time */
+	/*
+	 * The latest ConfirmedAt seen in this poll, no later than this server's
+	 * clock when the page was asked for (clock_cap), and the ids at that
+	 * time
+	 */
+	TimestampTz clock_cap;
 	bool		has_max;
 	TimestampTz max_at;
 	char	  **max_ids;
@@ -500,6 +505,18 @@ note_confirmed_at(SoapPollState *ps, TimestampTz t, const char *payment_id)
 {
 	MemoryContext old;
 
+	/*
+	 * A time ahead of our clock (a service node whose clock is fast) would
+	 * move the watermark past confirmations still to be made: the
+	 * watermark stops at our clock, and such a confirmation is asked for
+	 * again, and sent again, until our clock reaches it (the stream worker
+	 * drops the repeats).
+	 */
+	if (t > ps->clock_cap)
+	{
+		t = ps->clock_cap;
+		payment_id = NULL;		/* not sent at exactly t */
+	}
 	if (!ps->has_max || t > ps->max_at)
 	{
 		ps->has_max = true;
@@ -597,6 +614,7 @@ poll_page(SoapPollState *ps)
 	req.timeout_ms = kappa_soap_timeout;
 	req.max_response_bytes = (int64) kappa_soap_max_response_size * 1024;
 	req.ca_file = kappa_soap_ca_file;
+	ps->clock_cap = GetCurrentTimestamp();
 	soap_call(&req, &resp);
 	CHECK_FOR_INTERRUPTS();
 
