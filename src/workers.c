@@ -103,18 +103,32 @@ register_worker(const char *function, const char *type, const char *name, int ar
 	RegisterBackgroundWorker(&worker);
 }
 
+/*
+ * PostgreSQL registers no more background workers than
+ * max_worker_processes and only logs about each one it leaves out; the one
+ * of each kind go first, so that more stream workers than fit leave out
+ * stream workers, never a source, and the shortfall is said at start-up.
+ */
 void
 kappa_register_workers(void)
 {
+	if (KAPPA_FIXED_WORKERS + kappa_stream_workers > max_worker_processes)
+		ereport(WARNING,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("pg_kappa needs %d background workers, more than max_worker_processes (%d)",
+						KAPPA_FIXED_WORKERS + kappa_stream_workers, max_worker_processes),
+				 errdetail("kappa.stream_workers is %d; the CDC publisher, the SOAP poller and the CSV inbox take one each.",
+						   kappa_stream_workers),
+				 errhint("Raise max_worker_processes (with room for parallel queries and other extensions) or lower kappa.stream_workers, then restart the server.")));
 	register_worker("kappa_cdc_worker_main", "pg_kappa cdc publisher",
 					"pg_kappa cdc publisher", 0);
-	for (int i = 0; i < kappa_stream_workers; i++)
-		register_worker("kappa_stream_worker_main", "pg_kappa stream worker",
-						psprintf("pg_kappa stream worker %d", i), i);
 	register_worker("kappa_soap_worker_main", "pg_kappa soap poller",
 					"pg_kappa soap poller", 0);
 	register_worker("kappa_csv_worker_main", "pg_kappa csv inbox",
 					"pg_kappa csv inbox", 0);
+	for (int i = 0; i < kappa_stream_workers; i++)
+		register_worker("kappa_stream_worker_main", "pg_kappa stream worker",
+						psprintf("pg_kappa stream worker %d", i), i);
 }
 
 /* This worker's place in KappaWorkersShared.connect_failed. */
