@@ -563,7 +563,21 @@ kafka_conf_for(rd_kafka_type_t type, const char *role)
 	foreach(lc, opts)
 		conf_set_option(conf, type, role, lfirst(lc), "kappa.kafka_options");
 	foreach(lc, kappa_read_secrets("kafka."))
-		conf_set_option(conf, type, role, lfirst(lc), "kappa.secrets_file");
+	{
+		KafkaOption *opt = lfirst(lc);
+
+		/* the properties pg_kappa owns, there as in kappa.kafka_options */
+		for (int i = 0; kafka_reserved_options[i]; i++)
+		{
+			if (strcmp(opt->key, kafka_reserved_options[i]) == 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_CONFIG_FILE_ERROR),
+						 errmsg("property \"%s\" in secrets file \"%s\" is managed by pg_kappa",
+								opt->key, kappa_secrets_file),
+						 errhint("Remove the line \"kafka.%s\" from the secrets file.", opt->key)));
+		}
+		conf_set_option(conf, type, role, opt, "kappa.secrets_file");
+	}
 
 	rd_kafka_conf_set_log_cb(conf, kafka_log_cb);
 	rd_kafka_conf_set_error_cb(conf, kafka_error_cb);
@@ -800,6 +814,8 @@ kafka_produce_or_refuse(KafkaClient *client, const char *topic,
 					 errhint("Raise message.max.bytes in kappa.kafka_options (and the topic's max.message.bytes).") : 0));
 		kafka_client_serve(client, 100);
 		CHECK_FOR_INTERRUPTS();
+		if (!PostmasterIsAlive())
+			proc_exit(1);		/* a full queue with the broker away lasts */
 	}
 	if (delivery)
 		delivery->pending++;

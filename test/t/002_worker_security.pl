@@ -174,4 +174,17 @@ $log = slurp_file($node->logfile, $log_offset);
 unlike($log, qr/TailSecret|ppppp/, 'no piece of the secret is in the log');
 unlike($log, qr/unknown key/, 'and no piece of it taken for a key');
 
+# The properties pg_kappa owns are refused in the secrets file as they are
+# in kappa.kafka_options: log.queue off would have librdkafka's threads call
+# the log callback themselves (0.1.5).
+open $fh, '>', $secrets or die $!;
+print $fh "kafka.log.queue = false\n";
+close $fh;
+$log_offset = -s $node->logfile;
+$node->restart;
+wait_until(sub { slurp_file($node->logfile, $log_offset) =~ /property "log.queue" in secrets file ".*" is managed by pg_kappa/ },
+	'the workers refuse log.queue from the secrets file');
+like(slurp_file($node->logfile, $log_offset), qr/HINT:  Remove the line "kafka.log.queue" from the secrets file/,
+	'and say what to do');
+
 done_testing();
