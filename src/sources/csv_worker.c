@@ -212,6 +212,7 @@ typedef struct CsvCandidate
 	char		name[NAME_MAX + 1]; /* hash key */
 	off_t		size;
 	int64		mtime_ns;
+	int64		ctime_ns;		/* changes with chmod and chown too */
 	uint64		scan;			/* the last scan that saw it */
 	bool		ignored;		/* not a plain file: reported once */
 	bool		unreadable;		/* could not be opened: until it changes */
@@ -277,6 +278,12 @@ static int64
 stat_mtime_ns(const struct stat *st)
 {
 	return (int64) st->st_mtim.tv_sec * INT64CONST(1000000000) + st->st_mtim.tv_nsec;
+}
+
+static int64
+stat_ctime_ns(const struct stat *st)
+{
+	return (int64) st->st_ctim.tv_sec * INT64CONST(1000000000) + st->st_ctim.tv_nsec;
 }
 
 static int64
@@ -702,8 +709,9 @@ scan_inbox(void)
 			continue;
 		}
 
+		/* (its permissions fixed, it is tried again) */
 		if (found && c->unreadable && c->size == st.st_size &&
-			c->mtime_ns == stat_mtime_ns(&st))
+			c->mtime_ns == stat_mtime_ns(&st) && c->ctime_ns == stat_ctime_ns(&st))
 		{
 			c->scan = worker.scans;
 			continue;
@@ -718,6 +726,7 @@ scan_inbox(void)
 		c->ignored = false;
 		c->size = st.st_size;
 		c->mtime_ns = stat_mtime_ns(&st);
+		c->ctime_ns = stat_ctime_ns(&st);
 		c->scan = worker.scans;
 		if (stable)
 			ready = lappend(ready, pstrdup(de->d_name));

@@ -375,6 +375,24 @@ chmod 0700, "$inbox/processed" or die $!;
 wait_taken('sales_20261121106950_waits.csv');
 pass('processed/ the server\'s own again: the file is taken');
 
+# A file the server may not read (a store's umask): reported, and taken
+# once its permissions are fixed, with no change to its content (0.1.5;
+# before, a chmod went unnoticed until the worker restarted).
+my $locked = 'sales_20261121106960_locked.csv';
+open my $lfh, '>:raw', "$inbox/.$locked.tmp" or die $!;
+print $lfh $partial_bytes =~ s/7001/7961/r;
+close $lfh;
+chmod 0000, "$inbox/.$locked.tmp" or die $!;
+rename("$inbox/.$locked.tmp", "$inbox/$locked") or die $!;
+wait_until(sub { $node->safe_psql('shop', "SELECT last_error FROM kappa.stat_sources WHERE source = 'csv'")
+	=~ /could not open file "\Q$locked\E" of the inbox: Permission denied/ }, 'the worker to report the unreadable file');
+sleep 1;
+ok(-e "$inbox/$locked", 'the file stays in the inbox');
+chmod 0640, "$inbox/$locked" or die $!;
+wait_taken($locked);
+is($node->safe_psql('shop', "SELECT state FROM kappa.csv_files WHERE name = '$locked'"), 'processed',
+	'readable again: processed');
+
 # A role without privileges neither sees nor sets the inbox path.
 $node->safe_psql('shop', 'CREATE ROLE shopper LOGIN');
 my ($ret, $out, $err) = $node->psql('shop', 'SHOW kappa.csv_inbox', extra_params => [ '-U', 'shopper' ]);
