@@ -308,7 +308,7 @@ report_problem(const char *fmt,...)
 	va_start(ap, fmt);
 	vsnprintf(buf, sizeof(buf), fmt, ap);
 	va_end(ap);
-	source_stats_set_state(worker.stats, "%.120s", buf);
+	source_stats_set_state(worker.stats, "%s", buf);
 	if (strcmp(buf, worker.problem) != 0)
 	{
 		ereport(LOG, (errmsg("pg_kappa csv inbox: %s", buf)));

@@ -13,6 +13,7 @@
 #include "pg_kappa.h"
 
 #include "funcapi.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "sources/sources.h"
@@ -77,27 +78,47 @@ source_stats_attach(const char *name)
 	return result;
 }
 
+/*
+ * Copy src into dst of size bytes, cut at a character boundary: the views
+ * show these texts, and half a UTF-8 character (a long file name cut by
+ * bytes) would fail their output in other client encodings.
+ */
+static void
+clip_copy(char *dst, const char *src, size_t size)
+{
+	int			srclen = strlen(src);
+	int			len = pg_mbcliplen(src, srclen, Min((int) size - 1, srclen));
+
+	memcpy(dst, src, len);
+	dst[len] = '\0';
+}
+
 void
 source_stats_set_state(SourceStats *stats, const char *fmt,...)
 {
-	char		buf[128];
+	char		buf[512];
+	char		state[128];
 	va_list		ap;
 
 	va_start(ap, fmt);
 	vsnprintf(buf, sizeof(buf), fmt, ap);
 	va_end(ap);
+	clip_copy(state, buf, Min(sizeof(state), sizeof(stats->state)));
 	SpinLockAcquire(&stats->mutex);
-	strlcpy(stats->state, buf, sizeof(stats->state));
+	strlcpy(stats->state, state, sizeof(stats->state));
 	SpinLockRelease(&stats->mutex);
-	pgstat_report_activity(STATE_RUNNING, buf);
+	pgstat_report_activity(STATE_RUNNING, state);
 }
 
 void
 source_stats_error(SourceStats *stats, const char *message)
 {
+	char		clipped[sizeof(stats->last_error)];
+
+	clip_copy(clipped, message, sizeof(clipped));
 	pg_atomic_fetch_add_u64(&stats->errors, 1);
 	SpinLockAcquire(&stats->mutex);
-	strlcpy(stats->last_error, message, sizeof(stats->last_error));
+	strlcpy(stats->last_error, clipped, sizeof(stats->last_error));
 	stats->last_error_at = GetCurrentTimestamp();
 	SpinLockRelease(&stats->mutex);
 }
