@@ -564,6 +564,13 @@ kappa_unpublish_table(PG_FUNCTION_ARGS)
 	relid = PG_GETARG_OID(0);
 	check_publish_privileges(relid, "unpublish");
 
+	/*
+	 * As publish_table(): wait for the transactions writing the table and
+	 * hold off new ones until this commits, so that a transaction is
+	 * published whole or not at all (inclusion is decided at each change).
+	 */
+	LockRelationOid(relid, ShareLock);
+
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	become_catalog_owner(&owner_state);

@@ -44,4 +44,24 @@ $ops{ $_->{op} }++ for map { parse_change($_->{value}) } @{ kcat_consume($broker
 is(join(',', map { "$_=$ops{$_}" } sort keys %ops), 'c=1,r=100',
 	'the 100 existing rows and the new insert are in the topic');
 
+# kappa.unpublish_table() while a transaction writing the table is open:
+# it waits for that transaction, which is published whole (0.1.5; before,
+# its changes after the unpublish committed were left out).
+my $h2 = IPC::Run::start([ 'psql', '-X', '-v', 'ON_ERROR_STOP=1', '-d', $node->connstr('shop'), '-c', q{
+BEGIN;
+INSERT INTO sales VALUES (1001, 'ST', 'S', 'Seller', 'City', 'ES', 5, 'EUR', now());
+SELECT pg_sleep(2);
+INSERT INTO sales VALUES (1002, 'ST', 'S', 'Seller', 'City', 'ES', 5, 'EUR', now());
+COMMIT;} ], '>', \$out, '2>', \$err);
+wait_until(sub { $node->safe_psql('shop', q{
+SELECT count(*) FROM pg_locks WHERE relation = 'sales'::regclass AND mode = 'RowExclusiveLock' AND granted}) eq '1' },
+	'the writing transaction to hold the table');
+$node->safe_psql('shop', q{SELECT kappa.unpublish_table('sales')});
+ok($h2->finish, 'the writer committed') or diag($err);
+$node->safe_psql('shop', q{INSERT INTO sales VALUES (1003, 'ST', 'S', 'Seller', 'City', 'ES', 5, 'EUR', now())});
+wait_until(sub { $node->safe_psql('shop', q{SELECT count(*) FROM pg_replication_slots}) eq '0' },
+	'the slot dropped after the last unpublish');
+is(join(',', sort map { $_->{key} } grep { $_->{value} =~ /"op":"c"/ } @{ kcat_consume($broker, 'sales-events') }),
+	'1000,1001,1002', 'the transaction open during the unpublish is published whole, the one after not');
+
 done_testing();
