@@ -73,6 +73,7 @@ extern void stream_shmem_init(void);
 
 /* Background workers (src/workers.c) */
 extern void kappa_register_workers(void);
+extern const char *const kappa_output_settings[][2];
 extern Size workers_shmem_size(void);
 extern void workers_shmem_init(void);
 extern void kappa_worker_begin(const char *application_name);

@@ -86,6 +86,21 @@ workers_shmem_init(void)
 	}
 }
 
+/*
+ * How values are written out (dates, intervals, time zone, floats) and
+ * names resolved, in every worker, and in kappa.publish_table() while it
+ * writes a table's snapshot rows, so that an "r" event writes a value as
+ * the events decoded later do.
+ */
+const char *const kappa_output_settings[][2] = {
+	{"DateStyle", "ISO, YMD"},
+	{"IntervalStyle", "iso_8601"},
+	{"TimeZone", "UTC"},
+	{"extra_float_digits", "1"},
+	{"search_path", "pg_catalog, pg_temp"},
+	{NULL, NULL}
+};
+
 static void
 register_worker(const char *function, const char *type, const char *name, int arg)
 {
@@ -260,21 +275,18 @@ kappa_worker_begin(const char *application_name)
 	BackgroundWorkerInitializeConnection(kappa_database, NULL, 0);
 	pg_atomic_write_u32(&workers_shared->connect_failed[slot], 0);
 
-	SetConfigOption("DateStyle", "ISO, YMD", PGC_SUSET, PGC_S_OVERRIDE);
-	SetConfigOption("IntervalStyle", "iso_8601", PGC_SUSET, PGC_S_OVERRIDE);
-	SetConfigOption("TimeZone", "UTC", PGC_SUSET, PGC_S_OVERRIDE);
-	SetConfigOption("extra_float_digits", "1", PGC_SUSET, PGC_S_OVERRIDE);
-	SetConfigOption("application_name", application_name, PGC_SUSET, PGC_S_OVERRIDE);
-
 	/*
-	 * The workers run as the bootstrap superuser: their statements resolve
-	 * names in pg_catalog only (every table they use is schema-qualified),
-	 * so that nobody who can create objects in a schema of the default
-	 * search_path (public, in a database they own) can put a function or
-	 * operator of theirs in front of pg_catalog's and have it run with a
-	 * superuser's rights.
+	 * The output settings; search_path too: the workers run as the
+	 * bootstrap superuser, and their statements resolve names in pg_catalog
+	 * only (every table they use is schema-qualified), so that nobody who
+	 * can create objects in a schema of the default search_path (public,
+	 * in a database they own) can put a function or operator of theirs in
+	 * front of pg_catalog's and have it run with a superuser's rights.
 	 */
-	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
+	for (int i = 0; kappa_output_settings[i][0]; i++)
+		SetConfigOption(kappa_output_settings[i][0], kappa_output_settings[i][1],
+						PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("application_name", application_name, PGC_SUSET, PGC_S_OVERRIDE);
 
 	/*
 	 * The workers run the same short statements batch after batch, over

@@ -409,6 +409,7 @@ kappa_publish_table(PG_FUNCTION_ARGS)
 	Datum		args[2];
 	char		nulls[2] = {' ', ' '};
 	int64		rows;
+	int			nestlevel;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
@@ -524,6 +525,11 @@ kappa_publish_table(PG_FUNCTION_ARGS)
 	CacheInvalidateRelcacheByRelid(relid);
 	notice_partial_old_rows(rel);
 
+	/* the workers' output settings for the rows, as for the changes after */
+	nestlevel = NewGUCNestLevel();
+	for (int i = 0; kappa_output_settings[i][0]; i++)
+		(void) set_config_option(kappa_output_settings[i][0], kappa_output_settings[i][1],
+								 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 	rows = snapshot_rows(rel, topic);
 	table_close(rel, NoLock);
 
@@ -539,6 +545,7 @@ kappa_publish_table(PG_FUNCTION_ARGS)
 		rows += snapshot_rows(orel, (const char *) list_nth(other_topics, i));
 		table_close(orel, NoLock);
 	}
+	AtEOXact_GUC(true, nestlevel);
 	PG_RETURN_INT64(rows);
 }
 

@@ -8,6 +8,7 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use IPC::Run;
+use JSON::PP;
 use PgKappa::Test;
 
 my $broker = start_dev_broker(topics => ['sales-events:8']);
@@ -60,6 +61,30 @@ my %table = map { split /\|/ } split /\n/, $node->safe_psql('shop', 'SELECT sale
 is(scalar(keys %state), scalar(keys %table), 'topic has every row of the table');
 is(scalar(grep { ($state{$_} // '') ne $table{$_} } keys %table), 0,
 	'replaying the topic gives the table');
+
+# Snapshot rows are written with the publisher's output settings, not the
+# caller's: a value written out through its type's output function (a
+# range of timestamps, an interval, a float, a regclass) reads the same in
+# the "r" event as in the events decoded later (0.1.5; before, a caller's
+# DateStyle or TimeZone changed it).
+$node->safe_psql('shop', q{
+CREATE TABLE bookings (id int PRIMARY KEY, stay tstzrange, length interval, score float8, rel regclass);
+INSERT INTO bookings VALUES (1, '[2026-11-21 10:00+00, 2026-11-22 10:00+00)', '1 day 2 hours', 0.1, 'public.sales');
+CREATE SCHEMA other; SET search_path = other, public;
+SET TimeZone = 'Europe/Madrid'; SET DateStyle = 'SQL, DMY'; SET IntervalStyle = 'postgres_verbose';
+SET extra_float_digits = -3;
+SELECT kappa.publish_table('bookings', 'sales-events');
+RESET ALL;
+UPDATE bookings SET id = 2 WHERE id = 1;});
+wait_published($node);
+my @bookings = map { JSON::PP::decode_json($_->{value}) } grep { $_->{value} =~ /"table":"bookings"/ }
+	@{ kcat_consume($broker, 'sales-events') };
+my ($snap) = grep { $_->{op} eq 'r' } @bookings;
+my ($later) = grep { $_->{op} eq 'c' } @bookings;
+ok($snap && $later, 'the snapshot row and the row written after it');
+is(join(' | ', map { $snap->{after}{$_} // 'null' } qw(stay length score rel)),
+	join(' | ', map { $later->{after}{$_} // 'null' } qw(stay length score rel)),
+	'the same values, written the same way');
 
 $node->stop;
 done_testing();
