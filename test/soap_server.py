@@ -23,6 +23,7 @@ what it answers:
   /bad              one good confirmation and two bad ones
   /loop             a next page token that never changes
   /cycle            page tokens that go round: first page -> a, a -> b, b -> a
+                    (a confirmation on the first page and on page a)
   /future           a confirmation dated 2099, one of 2026-11-21T12:00:00Z and
                     one two hours ahead of this server's start (a service
                     node whose clock is fast), filtered by Since
@@ -334,6 +335,9 @@ class Handler(BaseHTTPRequestHandler):
             following = {None: "a", "a": "b", "b": "a"}.get(token, "a")
             first = confirmation("PAY-C1", "3001", "CONFIRMED", "1.00", "EUR",
                                  "2026-11-21T12:00:00Z") if token is None else ""
+            if token == "a":
+                first = confirmation("PAY-C2", "3002", "CONFIRMED", "2.00", "EUR",
+                                     "2026-11-21T12:00:01Z")
             return self.send_body(200, envelope(
                 first + "<p:NextPageToken>%s</p:NextPageToken>\n" % following))
         if scenario == "future":

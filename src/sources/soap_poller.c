@@ -208,6 +208,17 @@ typedef struct SoapWorker
 	TimestampTz retry_at;		/* when backing off */
 
 	/*
+	 * The page tokens a poll cut short by an error had asked for, carried
+	 * into the attempts that go on from its stored token (same endpoint
+	 * and watermark) until a poll completes: a cycle of tokens is then
+	 * found before any of its pages is sent again.  In carry_cxt.
+	 */
+	MemoryContext carry_cxt;
+	char	   *carry_endpoint;
+	TimestampTz carry_since;
+	List	   *carry_tokens;
+
+	/*
 	 * Confirmations refused for a ConfirmedAt in the future, already made
 	 * dead letters ("endpoint|payment id|time", the latest last): the
 	 * watermark stays below them, so each poll gets them again.  Kept for
@@ -815,6 +826,43 @@ wipe_password(void)
 
 static void reload_configuration(void);
 
+static bool
+list_member_token(List *tokens, const char *token)
+{
+	ListCell   *lc;
+
+	foreach(lc, tokens)
+	{
+		if (strcmp((char *) lfirst(lc), token) == 0)
+			return true;
+	}
+	return false;
+}
+
+static void
+carry_forget(void)
+{
+	MemoryContextReset(soap.carry_cxt);
+	soap.carry_endpoint = NULL;
+	soap.carry_tokens = NIL;
+}
+
+/* A page is stored as done: an error from here on carries what was asked. */
+static void
+carry_remember(SoapPollState *ps)
+{
+	MemoryContext old = MemoryContextSwitchTo(soap.carry_cxt);
+	ListCell   *lc;
+
+	MemoryContextReset(soap.carry_cxt);
+	soap.carry_endpoint = pstrdup(ps->endpoint);
+	soap.carry_since = ps->since;
+	soap.carry_tokens = NIL;
+	foreach(lc, ps->tokens_asked)
+		soap.carry_tokens = lappend(soap.carry_tokens, pstrdup(lfirst(lc)));
+	MemoryContextSwitchTo(old);
+}
+
 /* One poll: every page from the watermark (or the stored page token) on. */
 static void
 poll_endpoint(void)
@@ -828,7 +876,23 @@ poll_endpoint(void)
 	read_password();
 	load_state(ps);
 	if (ps->page_token)
-		ps->tokens_asked = list_make1(pstrdup(ps->page_token));
+	{
+		/* going on from a poll cut short: what it asked for counts */
+		if (soap.carry_endpoint && strcmp(soap.carry_endpoint, ps->endpoint) == 0 &&
+			soap.carry_since == ps->since)
+		{
+			ListCell   *lc;
+
+			foreach(lc, soap.carry_tokens)
+				ps->tokens_asked = lappend(ps->tokens_asked, pstrdup(lfirst(lc)));
+		}
+		else
+			carry_forget();
+		if (!list_member_token(ps->tokens_asked, ps->page_token))
+			ps->tokens_asked = lappend(ps->tokens_asked, pstrdup(ps->page_token));
+	}
+	else
+		carry_forget();			/* a poll from the watermark */
 
 	for (;;)
 	{
@@ -837,9 +901,13 @@ poll_endpoint(void)
 		next = poll_page(ps);
 		MemoryContextSwitchTo(soap.poll_cxt);
 		if (next == NULL)
+		{
+			carry_forget();		/* the poll is complete */
 			break;
+		}
 		ps->page_token = pstrdup(next);
 		ps->tokens_asked = lappend(ps->tokens_asked, ps->page_token);
+		carry_remember(ps);
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -971,6 +1039,8 @@ kappa_soap_worker_main(Datum main_arg)
 
 	memset(&soap, 0, sizeof(soap));
 	soap.stats = source_stats_attach("soap");
+	soap.carry_cxt = AllocSetContextCreate(TopMemoryContext, "pg_kappa soap carried tokens",
+										   ALLOCSET_SMALL_SIZES);
 	soap.poll_cxt = AllocSetContextCreate(TopMemoryContext, "pg_kappa soap poll",
 										  ALLOCSET_DEFAULT_SIZES);
 	soap.page_cxt = AllocSetContextCreate(TopMemoryContext, "pg_kappa soap page",

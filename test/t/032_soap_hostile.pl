@@ -102,6 +102,15 @@ is(error_of('cycle'), 'the SOAP service returned a page token it was asked for e
 like($node->safe_psql('shop',
 	"SELECT page_token FROM kappa.soap_state WHERE endpoint = '" . $soap->url('cycle') . "'"),
 	qr/^[ab]$/, 'a token of the cycle is kept: the next poll goes on from it and stops again');
+# The attempts that go on from that token know the tokens asked before:
+# they stop before sending a page of the cycle again (0.1.5; before, every
+# other attempt sent page a's confirmation once more).
+my $cycle_requests = scalar(@{ $soap->requests('/cycle') });
+wait_until(sub { scalar(@{ $soap->requests('/cycle') }) >= $cycle_requests + 3 }, 'more attempts of /cycle');
+my $cycle_url = $soap->url('cycle');
+is(join(',', sort map { $_->{key} } grep { index($_->{value}, $cycle_url) >= 0 }
+	@{ consume_all($broker, 'payment-confirmations') }), '3001,3002',
+	'each confirmation of the cycle\'s pages sent once');
 
 # ---- a ConfirmedAt far in the future does not move the watermark -------------
 my $future = $soap->url('future');
