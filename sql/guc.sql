@@ -33,6 +33,7 @@ ALTER SYSTEM SET kappa.kafka_options = 'client.rack=r1; no.such.property=1';
 ALTER SYSTEM SET kappa.kafka_options = 'acks=sometimes';
 ALTER SYSTEM SET kappa.kafka_options = 'bootstrap.servers=elsewhere:9092';
 ALTER SYSTEM SET kappa.kafka_options = 'security.protocol';
+ALTER SYSTEM SET kappa.kafka_options = 'message.max.bytes=100000000';
 -- secrets are refused: PostgreSQL logs parameter values; they go in kappa.secrets_file
 ALTER SYSTEM SET kappa.kafka_options = 'sasl.username=kappa; sasl.password=x';
 ALTER SYSTEM SET kappa.kafka_options = 'ssl.key.password=x';

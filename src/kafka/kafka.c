@@ -192,6 +192,33 @@ kafka_options_validate(const char *options, char **error)
 			break;
 		}
 	}
+
+	/*
+	 * librdkafka takes a message larger than the producer's queue
+	 * (queue.buffering.max.kbytes, 65536 by pg_kappa's default) for a full
+	 * queue, for ever: a producer would wait on such a change without end.
+	 */
+	if (ok)
+	{
+		double		max_message = 1000000;
+		double		queue_kbytes = 65536;
+
+		foreach(lc, opts)
+		{
+			KafkaOption *opt = lfirst(lc);
+
+			if (strcmp(opt->key, "message.max.bytes") == 0)
+				max_message = strtod(opt->value, NULL);
+			else if (strcmp(opt->key, "queue.buffering.max.kbytes") == 0)
+				queue_kbytes = strtod(opt->value, NULL);
+		}
+		if (max_message > queue_kbytes * 1024)
+		{
+			*error = psprintf("Property \"message.max.bytes\" (%.0f) is larger than the producer queue, \"queue.buffering.max.kbytes\" (%.0f kB): a message that large would wait for room for ever.",
+							  max_message, queue_kbytes);
+			ok = false;
+		}
+	}
 	rd_kafka_conf_destroy(conf);
 	return ok;
 }
