@@ -55,6 +55,13 @@ SELECT (value::jsonb) -> 'after' ->> 'confirmed_at' AS confirmed_at,
   FROM kappa.soap_decode(pg_read_file(:'page1'), 'http://x/', '')
  WHERE kind = 'message';
 
+-- text is already decoded: an encoding declaration no longer applies to
+-- its bytes (0.1.5; before, "ñ" came out as "Ã±")
+SELECT kind, key
+  FROM kappa.soap_decode(replace(replace(pg_read_file(:'page2'), 'encoding="UTF-8"', 'encoding="ISO-8859-1"'),
+                                 '>1003<', '>Señor-1003<'))
+ WHERE kind = 'message';
+
 -- a SOAP Fault is an error with the fault string
 SELECT * FROM kappa.soap_decode(pg_read_file(:'fault'));
 

@@ -94,7 +94,7 @@ typedef struct SoapPage
 } SoapPage;
 
 extern void soap_xml_init(void);
-extern SoapPage *soap_parse_response(const char *data, size_t len);
+extern SoapPage *soap_parse_response(const char *data, size_t len, bool is_utf8);
 extern char *soap_confirmation_xml(SoapPage *page, int i, size_t *len);
 
 /* ---------------------------------------------------------------------

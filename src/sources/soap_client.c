@@ -501,6 +501,11 @@ soap_client_abort(void)
 {
 	if (soap_easy_added)
 	{
+		/*
+		 * The error buffer is soap_call()'s, whose frame an error has left:
+		 * libcurl must not write there while it lets the transfer go.
+		 */
+		(void) curl_easy_setopt(soap_easy, CURLOPT_ERRORBUFFER, NULL);
 		curl_multi_remove_handle(soap_multi, soap_easy);
 		soap_easy_added = false;
 	}

@@ -345,15 +345,17 @@ void
 soap_raise_fault(SoapPage *page, const SoapResponse *resp, const char *url)
 {
 	const char *fs = page->fault_string;
+	const char *fc = page->fault_code;
 	int			clip = pg_mbcliplen(fs, strlen(fs), 300);
+	int			codeclip = pg_mbcliplen(fc, strlen(fc), 200);	/* the service's text */
 
 	ereport(ERROR,
 			(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
 			 errmsg("soap fault: %.*s", clip, fs),
 			 resp ?
-			 errdetail("Fault code \"%s\", HTTP status %ld, from %s.",
-					   page->fault_code, resp->http_status, url) :
-			 errdetail("Fault code \"%s\".", page->fault_code)));
+			 errdetail("Fault code \"%.*s\", HTTP status %ld, from %s.",
+					   codeclip, fc, resp->http_status, url) :
+			 errdetail("Fault code \"%.*s\".", codeclip, fc)));
 }
 
 /*
@@ -383,7 +385,7 @@ kappa_soap_decode(PG_FUNCTION_ARGS)
 
 	utf8 = text_to_cstring(response);
 	utf8 = pg_server_to_any(utf8, strlen(utf8), PG_UTF8);
-	page = soap_parse_response(utf8, strlen(utf8));
+	page = soap_parse_response(utf8, strlen(utf8), true);
 	if (page->is_fault)
 		soap_raise_fault(page, NULL, NULL);
 

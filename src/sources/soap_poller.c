@@ -562,7 +562,7 @@ read_page(const SoapResponse *resp, const char *url)
 	SoapPage   *volatile page = NULL;
 
 	if (resp->http_status >= 200 && resp->http_status < 300)
-		page = soap_parse_response(resp->body, resp->body_len);
+		page = soap_parse_response(resp->body, resp->body_len, false);
 	else
 	{
 		MemoryContext cxt = CurrentMemoryContext;
@@ -572,7 +572,7 @@ read_page(const SoapResponse *resp, const char *url)
 		{
 			PG_TRY();
 			{
-				page = soap_parse_response(resp->body, resp->body_len);
+				page = soap_parse_response(resp->body, resp->body_len, false);
 			}
 			PG_CATCH();
 			{

@@ -32,6 +32,7 @@
 #include <libxml/tree.h>
 #include <libxml/xmlerror.h>
 
+#include "mb/pg_wchar.h"
 #include "sources/soap.h"
 #include "utils/memutils.h"
 
@@ -127,10 +128,15 @@ first_element(xmlNodePtr node)
 static char *
 element_name(xmlNodePtr node)
 {
-	if (node->ns && node->ns->href)
-		return psprintf("{%s}%s", (const char *) node->ns->href,
-						(const char *) node->name);
-	return pstrdup((const char *) node->name);
+	/* the service's text, in error details: a bounded piece of it */
+	const char *ns = node->ns && node->ns->href ? (const char *) node->ns->href : NULL;
+	const char *name = (const char *) node->name;
+	int			nsclip = ns ? pg_mbcliplen(ns, strlen(ns), 200) : 0;
+	int			nameclip = pg_mbcliplen(name, strlen(name), 200);
+
+	if (ns)
+		return psprintf("{%.*s}%.*s", nsclip, ns, nameclip, name);
+	return pnstrdup(name, nameclip);
 }
 
 static bool
@@ -325,7 +331,7 @@ read_response(xmlNodePtr response, SoapPage *page)
  * 1.1 envelope around a GetPaymentConfirmationsResponse is an error.
  */
 SoapPage *
-soap_parse_response(const char *data, size_t len)
+soap_parse_response(const char *data, size_t len, bool is_utf8)
 {
 	xmlParserCtxtPtr ctxt;
 	SoapParseState st;
@@ -371,7 +377,11 @@ soap_parse_response(const char *data, size_t len)
 	ctxt->sax->fatalError = NULL;
 	ctxt->vctxt.error = NULL;
 	ctxt->vctxt.warning = NULL;
-	xmlCtxtUseOptions(ctxt, XML_PARSE_NONET | XML_PARSE_NOCDATA | XML_PARSE_COMPACT |
+	/*
+	 * is_utf8: the text was converted already (kappa.soap_decode), and an
+	 * encoding declaration in it no longer says what its bytes are.
+	 */
+	xmlCtxtUseOptions(ctxt, (is_utf8 ? XML_PARSE_IGNORE_ENC : 0) | XML_PARSE_NONET | XML_PARSE_NOCDATA | XML_PARSE_COMPACT |
 					   XML_PARSE_BIG_LINES);
 	ctxt->replaceEntities = 0;
 	ctxt->loadsubset = 0;
