@@ -449,7 +449,14 @@ choose_destination(int subfd, const char *name)
  * file of its own.  (What is left is the instant between this check and
  * the rename.)
  */
-static bool
+typedef enum CsvMove
+{
+	CSV_MOVED,
+	CSV_MOVE_REPLACED,			/* the name is another file now */
+	CSV_MOVE_GONE				/* the name is gone (deleted by the store) */
+} CsvMove;
+
+static CsvMove
 move_file(CsvFile *f, int subfd, const char *sub, const char *dest)
 {
 	struct stat st;
@@ -457,26 +464,29 @@ move_file(CsvFile *f, int subfd, const char *sub, const char *dest)
 	if (fstatat(f->dirfd, f->name, &st, AT_SYMLINK_NOFOLLOW) != 0)
 	{
 		if (errno == ENOENT)
-			return false;
+			return CSV_MOVE_GONE;
 		ereport(ERROR,
 				(errcode_for_file_access(),
 				 errmsg("could not stat file \"%s\": %m", f->name)));
 	}
 	if (st.st_dev != f->st.st_dev || st.st_ino != f->st.st_ino)
-		return false;
+		return CSV_MOVE_REPLACED;
 	if (renameat2(f->dirfd, f->name, subfd, dest, RENAME_NOREPLACE) == 0)
-		return true;
+		return CSV_MOVED;
 	if (errno == EINVAL || errno == ENOSYS)
 	{
-		/* a file system without RENAME_NOREPLACE: link, then unlink */
+		/*
+		 * A file system without RENAME_NOREPLACE: link, then unlink (a
+		 * crash between the two is finished by reconcile_moves).
+		 */
 		if (linkat(f->dirfd, f->name, subfd, dest, 0) == 0 &&
 			unlinkat(f->dirfd, f->name, 0) == 0)
-			return true;
+			return CSV_MOVED;
 	}
 	ereport(ERROR,
 			(errcode_for_file_access(),
 			 errmsg("could not move file \"%s\" to \"%s/%s\": %m", f->name, sub, dest)));
-	return false;				/* keep compiler quiet */
+	return CSV_MOVED;			/* keep compiler quiet */
 }
 
 static void forget_candidate(const char *name);
@@ -487,21 +497,28 @@ static void forget_candidate(const char *name);
  * the name is looked at again.
  */
 static void
-file_replaced(CsvFile *f, const char *recorded_as)
+file_replaced(CsvFile *f, const char *recorded_as, bool gone)
 {
-	Oid			types[2] = {TEXTOID, TEXTOID};
-	Datum		values[2];
+	Oid			types[3] = {TEXTOID, TEXTOID, TEXTOID};
+	Datum		values[3];
 
 	values[0] = CStringGetTextDatum(f->name);
 	values[1] = CStringGetTextDatum(f->sha256);
+	values[2] = CStringGetTextDatum(gone ?
+									"deleted from the inbox before it was moved" :
+									"replaced in the inbox by another file of the same name before it was moved");
 	begin_transaction();
 	ledger_execute("UPDATE kappa.csv_files SET moved_to = NULL, "
-				   "error = coalesce(error || '; ', '') || 'replaced in the inbox by another file of the same name before it was moved' "
+				   "error = coalesce(error || '; ', '') || $3 "
 				   "WHERE id = (SELECT max(id) FROM kappa.csv_files WHERE name = $1 AND sha256 = $2)",
-				   2, types, values, NULL, SPI_OK_UPDATE);
+				   3, types, values, NULL, SPI_OK_UPDATE);
 	commit_transaction();
-	report_problem("\"%s\" was replaced by another file of the same name after it was read; the version read is recorded as %s, the new one will be read as a file of its own",
-				   f->name, recorded_as);
+	if (gone)
+		report_problem("\"%s\" was deleted from the inbox after it was read; it is recorded as %s, with nothing to move",
+					   f->name, recorded_as);
+	else
+		report_problem("\"%s\" was replaced by another file of the same name after it was read; the version read is recorded as %s, the new one will be read as a file of its own",
+					   f->name, recorded_as);
 	forget_candidate(f->name);
 }
 
@@ -592,10 +609,25 @@ reconcile_moves(int inboxfd)
 		const char *dest;
 		struct stat st;
 
+		struct stat in_st;
+
 		if (name == NULL ||
 			!split_destination(subfds[0], subfds[1], moved_to, &subfd, &sub, &dest) || subfd < 0 ||
-			fstatat(inboxfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 || errno != ENOENT ||
 			fstatat(subfd, dest, &st, AT_SYMLINK_NOFOLLOW) != 0)
+			continue;
+		if (fstatat(inboxfd, name, &in_st, AT_SYMLINK_NOFOLLOW) == 0)
+		{
+			/*
+			 * Both names are the same file: a move by link and unlink (a
+			 * file system without RENAME_NOREPLACE) stopped between the two.
+			 * The inbox name, with its second link, would be ignored for
+			 * ever; it goes.
+			 */
+			if (in_st.st_dev != st.st_dev || in_st.st_ino != st.st_ino ||
+				unlinkat(inboxfd, name, 0) != 0)
+				continue;
+		}
+		else if (errno != ENOENT)
 			continue;
 		appendStringInfo(&ids, "%s" INT64_FORMAT, ndone++ ? "," : "{", spi_int64(r, 1));
 	}
@@ -905,9 +937,11 @@ static bool
 move_recorded(CsvFile *f, int64 id, int subfd, const char *sub, const char *dest,
 			  const char *recorded_as)
 {
-	if (!move_file(f, subfd, sub, dest))
+	CsvMove		moved = move_file(f, subfd, sub, dest);
+
+	if (moved != CSV_MOVED)
 	{
-		file_replaced(f, recorded_as);
+		file_replaced(f, recorded_as, moved == CSV_MOVE_GONE);
 		return false;
 	}
 	mark_moved(id);
@@ -1536,6 +1570,15 @@ start_file(const char *name, MemoryContext cxt)
 	f->processed_fd = open_subdir(f->dirfd, "processed");
 	f->failed_fd = open_subdir(f->dirfd, "failed");
 
+	/*
+	 * Settings that cannot make a producer (a secrets file others can read,
+	 * options librdkafka refuses) fail the worker here, before the file is
+	 * read and before the ledger counts an attempt of it: they are not the
+	 * file's fault, and would otherwise send every file of the inbox to
+	 * failed/ unread.
+	 */
+	ensure_producer();
+
 	source_stats_set_state(worker.stats, "checking %s", name);
 	reason = hash_and_verify(f, &size);
 	if (size != f->st.st_size || file_changed(f))
@@ -1555,14 +1598,6 @@ start_file(const char *name, MemoryContext cxt)
 			break;
 		}
 	}
-
-	/*
-	 * Settings that cannot make a producer (a secrets file others can read,
-	 * options librdkafka refuses) fail the worker here, before the ledger
-	 * counts an attempt of the file: they are not the file's fault, and
-	 * would otherwise send every file of the inbox to failed/ unread.
-	 */
-	ensure_producer();
 
 	switch (ledger_begin(f, size))
 	{

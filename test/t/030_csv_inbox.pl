@@ -393,6 +393,19 @@ wait_taken($locked);
 is($node->safe_psql('shop', "SELECT state FROM kappa.csv_files WHERE name = '$locked'"), 'processed',
 	'readable again: processed');
 
+# A move by link and unlink (file systems without RENAME_NOREPLACE) cut
+# short between the two: the file is in processed/ and, as a second link,
+# in the inbox, where a file with two links is ignored.  At start-up the
+# inbox name goes and the move is recorded (0.1.5; before, the name stayed
+# in the inbox for ever).
+$node->safe_psql('shop', "UPDATE kappa.csv_files SET moved_at = NULL WHERE name = '$locked'");
+link("$inbox/processed/$locked", "$inbox/$locked") or die $!;
+$node->restart;
+wait_until(sub { !-e "$inbox/$locked" }, 'the second link to go from the inbox');
+is($node->safe_psql('shop', "SELECT count(*) || '|' || bool_and(moved_at IS NOT NULL) FROM kappa.csv_files WHERE name = '$locked'"),
+	'1|true', 'the move recorded, the file not read again');
+ok(-e "$inbox/processed/$locked", 'and the file in processed/');
+
 # A role without privileges neither sees nor sets the inbox path.
 $node->safe_psql('shop', 'CREATE ROLE shopper LOGIN');
 my ($ret, $out, $err) = $node->psql('shop', 'SHOW kappa.csv_inbox', extra_params => [ '-U', 'shopper' ]);

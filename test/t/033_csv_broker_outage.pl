@@ -133,6 +133,27 @@ SELECT string_agg(rows_ingested || '|' || coalesce(moved_to, '-') || '|' || coal
 my %swap = map { $_->{key} => 1 } grep { $_->{value} =~ /"file":"sales_swap.csv"/ } @{ kcat_consume($broker, 'sales-events') };
 is(join(',', sort keys %swap), '30001,30002,30003,30101,30102', 'the rows of both versions are in the topic');
 
+# A file the store deletes while its rows wait for Kafka: its rows are
+# acknowledged and recorded, and the ledger says it was deleted, not
+# "replaced by another file" (0.1.5).
+my $errors_before = $node->safe_psql('shop', q{SELECT errors FROM kappa.stat_sources WHERE source = 'csv'});
+$broker->control('down all');
+$put->($header . "40101,ST-1,S-1,Ana,Bilbao,ES,5.00,EUR,2026-11-20T10:00:00Z\n");
+wait_until(sub { $node->safe_psql('shop', qq{
+SELECT errors > $errors_before AND last_error LIKE 'sales_swap.csv: % could not be delivered to Kafka%'
+       AND EXISTS (SELECT FROM kappa.csv_files WHERE name = 'sales_swap.csv' AND state = 'processing')
+  FROM kappa.stat_sources WHERE source = 'csv'}) eq 't' },
+	'the deleted file\'s deliveries to fail');
+unlink("$inbox/sales_swap.csv") or die $!;
+$broker->control('up all');
+wait_until(sub { $node->safe_psql('shop', q{
+SELECT count(*) FROM kappa.csv_files WHERE name = 'sales_swap.csv' AND error LIKE '%deleted from the inbox before it was moved%'}) eq '1' },
+	'the deleted file to be recorded');
+is($node->safe_psql('shop', q{SELECT state || '|' || rows_ingested || '|' || coalesce(moved_to, '-') FROM kappa.csv_files
+ WHERE name = 'sales_swap.csv' AND error LIKE '%deleted from the inbox%'}), 'processed|1|-',
+	'its row sent and recorded, nothing moved');
+ok((grep { $_->{key} eq '40101' } @{ kcat_consume($broker, 'sales-events') }), 'its row is in the topic');
+
 # The broker refuses a file's rows for what they are (here the next produce
 # requests are answered "message too large", as a topic whose
 # max.message.bytes is below the rows would answer): sending the file again
@@ -166,8 +187,14 @@ my $offset = -s $node->logfile;
 $node->append_conf('postgresql.conf', "kappa.secrets_file = '$secrets'");
 $node->reload;
 $put->($header . "40003,ST-1,S-1,Ana,Bilbao,ES,4.00,EUR,2026-11-20T10:00:00Z\n");
-wait_until(sub { (() = slurp_file($node->logfile, $offset) =~ /ERROR:  secrets file "[^"]+" has group or world access/g) >= 4 },
-	'the workers to fail on the secrets file a few times');
+# (once the file is stable, each exit of the CSV worker is a try of it,
+# which before counted an attempt)
+sleep 1;
+$offset = -s $node->logfile;
+wait_until(sub { (() = slurp_file($node->logfile, $offset) =~ /background worker "pg_kappa csv inbox" \(PID \d+\) exited with exit code 1/g) >= 3 },
+	'the CSV worker to fail on the secrets file three times');
+like(slurp_file($node->logfile, $offset), qr/ERROR:  secrets file "[^"]+" has group or world access/,
+	'because of the secrets file');
 is($node->safe_psql('shop', q{SELECT count(*) FROM kappa.csv_files WHERE name = 'sales_swap.csv' AND state = 'processing'}),
 	'0', 'no attempt of the file was counted');
 ok(-e "$inbox/sales_swap.csv", 'the file waits in the inbox');
