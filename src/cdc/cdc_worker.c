@@ -30,6 +30,7 @@
 
 #include "access/xact.h"
 #include "access/xlog.h"
+#include "access/xlog_internal.h"
 #include "access/xlogutils.h"
 #include "catalog/objectaccess.h"
 #include "catalog/pg_class.h"
@@ -607,6 +608,7 @@ typedef enum SlotUse
 	SLOT_BEHIND					/* none, but changes before are not confirmed */
 } SlotUse;
 
+static XLogRecPtr wal_written_end(void);
 static SlotUse slot_use(XLogRecPtr upto);
 static SlotUse drop_slot_if_unused(XLogRecPtr upto);
 static bool take_slot_check_request(XLogRecPtr *upto);
@@ -663,7 +665,7 @@ start_decoding(void)
 		XLogRecPtr	upto;
 
 		if (!take_slot_check_request(&upto))
-			upto = GetXLogInsertRecPtr();
+			upto = wal_written_end();
 		if (drop_slot_if_unused(upto) == SLOT_BEHIND)
 			put_back_slot_check(upto);
 	}
@@ -761,6 +763,23 @@ start_decoding(void)
 			(errmsg("pg_kappa cdc publisher decoding slot \"%s\" from %X/%X",
 					kappa_cdc_slot_name, LSN_FORMAT_ARGS(worker.confirmed))));
 	return true;
+}
+
+/*
+ * The end of the last WAL record written.  At the start of a page the
+ * insert position is past the page's header, where no record ends (and
+ * decoding never confirms): the record before ended at the page boundary.
+ */
+static XLogRecPtr
+wal_written_end(void)
+{
+	XLogRecPtr	p = GetXLogInsertRecPtr();
+
+	if (XLogSegmentOffset(p, wal_segment_size) == SizeOfXLogLongPHD)
+		p -= SizeOfXLogLongPHD;
+	else if (p % XLOG_BLCKSZ == SizeOfXLogShortPHD)
+		p -= SizeOfXLogShortPHD;
+	return p;
 }
 
 /* The slot's confirmed position, as its shared state has it. */

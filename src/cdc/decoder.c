@@ -552,11 +552,19 @@ static void
 decoder_begin(LogicalDecodingContext *ctx, ReorderBufferTXN *txn)
 {
 	KappaDecodingState *data = ctx->output_plugin_private;
+	ListCell   *lc;
 
 	data->txn_started = false;
 	data->seq = 0;
 	data->decode_ms = envelope_unix_ms(GetCurrentTimestamp());
-	list_free(data->publishing);
+	foreach(lc, data->publishing)
+	{
+		KappaPublishing *p = lfirst(lc);
+
+		if (p->topic)
+			pfree(p->topic);
+	}
+	list_free_deep(data->publishing);
 	data->publishing = NIL;
 	data->forged_warned = false;
 }
@@ -572,7 +580,9 @@ note_publishing(KappaDecodingState *data, Relation registry, ReorderBufferChange
 	HeapTuple	newtuple;
 	bool		isnull;
 	Datum		relid;
+	Datum		topic;
 	MemoryContext old;
+	KappaPublishing *p;
 
 	if (change->action != REORDER_BUFFER_CHANGE_INSERT &&
 		change->action != REORDER_BUFFER_CHANGE_UPDATE)
@@ -583,9 +593,35 @@ note_publishing(KappaDecodingState *data, Relation registry, ReorderBufferChange
 	relid = heap_getattr(newtuple, 1, RelationGetDescr(registry), &isnull);
 	if (isnull)
 		return;
+	topic = heap_getattr(newtuple, 2, RelationGetDescr(registry), &isnull);
 	old = MemoryContextSwitchTo(data->cache_cxt);
-	data->publishing = list_append_unique_oid(data->publishing, DatumGetObjectId(relid));
+	p = palloc(sizeof(KappaPublishing));
+	p->relid = DatumGetObjectId(relid);
+	p->topic = isnull ? NULL : TextDatumGetCString(topic);
+	data->publishing = lappend(data->publishing, p);
 	MemoryContextSwitchTo(old);
+}
+
+/*
+ * Did this transaction write relid's kappa.published_tables row, with this
+ * topic (NULL: kappa.sales_topic)?
+ */
+static bool
+being_published(KappaDecodingState *data, Oid relid, const char *topic, size_t topiclen)
+{
+	ListCell   *lc;
+
+	foreach(lc, data->publishing)
+	{
+		KappaPublishing *p = lfirst(lc);
+
+		if (p->relid != relid)
+			continue;
+		if (p->topic == NULL ? topiclen == 0 :
+			(strlen(p->topic) == topiclen && memcmp(p->topic, topic, topiclen) == 0))
+			return true;
+	}
+	return false;
 }
 
 static void
@@ -729,7 +765,10 @@ decoder_message(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	if (message_size >= sizeof(hdr))
 		memcpy(&hdr, message, sizeof(hdr));
 	if (data->published_only &&
-		(message_size < sizeof(hdr) || !list_member_oid(data->publishing, hdr.relid)))
+		(message_size < sizeof(hdr) || hdr.version != KAPPA_SNAPSHOT_VERSION ||
+		 message_size < (Size) sizeof(hdr) + hdr.keylen + hdr.topiclen ||
+		 (Size) hdr.keylen + hdr.topiclen > message_size ||
+		 !being_published(data, hdr.relid, message + sizeof(hdr) + hdr.keylen, hdr.topiclen)))
 	{
 		if (data->forged_warned)
 			return;				/* once per transaction */

@@ -40,6 +40,13 @@ typedef enum KappaEmitKind
 	KAPPA_EMIT_COMMIT
 } KappaEmitKind;
 
+/* A table whose kappa.published_tables row the transaction wrote. */
+typedef struct KappaPublishing
+{
+	Oid			relid;
+	char	   *topic;			/* NULL: kappa.sales_topic */
+} KappaPublishing;
+
 /* The plugin's private state (ctx->output_plugin_private). */
 typedef struct KappaDecodingState
 {
@@ -56,7 +63,7 @@ typedef struct KappaDecodingState
 
 	/* current transaction */
 	bool		txn_started;	/* a BEGIN marker was due or written */
-	List	   *publishing;		/* relids whose published_tables row it wrote */
+	List	   *publishing;		/* KappaPublishing: rows of published_tables it wrote */
 	bool		forged_warned;	/* a foreign snapshot message was reported */
 	int64		seq;			/* next change's position in the transaction */
 	int64		decode_ms;		/* wall clock when decoding it, Unix ms */

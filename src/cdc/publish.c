@@ -109,7 +109,9 @@ cdc_table_is_published(Oid relid)
 	tableid = get_relname_relid("published_tables", nspid);
 	if (!OidIsValid(tableid) || tableid == relid)
 		return false;
-	rel = table_open(tableid, AccessShareLock);
+	rel = try_table_open(tableid, AccessShareLock);
+	if (rel == NULL)
+		return false;			/* dropped meanwhile (DROP EXTENSION) */
 	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_OIDEQ, ObjectIdGetDatum(relid));
 	scan = systable_beginscan(rel, InvalidOid, false, NULL, 1, &key);
 	found = HeapTupleIsValid(systable_getnext(scan));
@@ -161,6 +163,23 @@ restore_caller(CatalogOwnerState *state)
 {
 	AtEOXact_GUC(true, state->save_nestlevel);
 	SetUserIdAndSecContext(state->save_userid, state->save_sec);
+}
+
+/*
+ * Write relid's kappa.published_tables row again, unchanged: the decoder
+ * takes snapshot rows only from a transaction that wrote their table's row.
+ * Runs in the caller's SPI connection, as the catalog's owner.
+ */
+static void
+touch_published_row(Oid relid)
+{
+	Oid			argtypes[1] = {OIDOID};
+	Datum		args[1];
+
+	args[0] = ObjectIdGetDatum(relid);
+	if (SPI_execute_with_args("UPDATE kappa.published_tables SET topic = topic WHERE relid = $1",
+							  1, argtypes, args, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not update kappa.published_tables");
 }
 
 static void
@@ -513,11 +532,11 @@ kappa_publish_table(PG_FUNCTION_ARGS)
 	 * The decoder takes snapshot rows only from a transaction that wrote
 	 * their tables' rows of kappa.published_tables (anyone can emit logical
 	 * messages): a snapshot of tables published before writes their rows
-	 * again, unchanged.
+	 * again, unchanged (each after its table is locked, the order DROP
+	 * TABLE takes them in).
 	 */
-	if (republish &&
-		SPI_execute("UPDATE kappa.published_tables SET topic = topic", false, 0) != SPI_OK_UPDATE)
-		elog(ERROR, "could not update kappa.published_tables");
+	if (republish)
+		touch_published_row(relid);
 	restore_caller(&owner_state);
 	SPI_finish();
 
@@ -530,6 +549,11 @@ kappa_publish_table(PG_FUNCTION_ARGS)
 	for (int i = 0; kappa_output_settings[i][0]; i++)
 		(void) set_config_option(kappa_output_settings[i][0], kappa_output_settings[i][1],
 								 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	/* the ones the workers leave as the server has them */
+	(void) set_config_option("lc_monetary", GetConfigOptionResetString("lc_monetary"),
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("bytea_output", GetConfigOptionResetString("bytea_output"),
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 	rows = snapshot_rows(rel, topic);
 	table_close(rel, NoLock);
 
@@ -542,6 +566,12 @@ kappa_publish_table(PG_FUNCTION_ARGS)
 		if (orel == NULL)
 			continue;			/* dropped meanwhile */
 		LockRelationOid(other, ShareLock);
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		become_catalog_owner(&owner_state);
+		touch_published_row(other);
+		restore_caller(&owner_state);
+		SPI_finish();
 		rows += snapshot_rows(orel, (const char *) list_nth(other_topics, i));
 		table_close(orel, NoLock);
 	}

@@ -129,6 +129,27 @@ is(join(',', map { $_->{key} } grep { $_->{value} =~ /"connector":"postgres"/ } 
 like(slurp_file($node->logfile, $log_offset),
 	qr/WARNING:  pg_kappa: ignored a snapshot message not written by kappa.publish_table\(\)/,
 	'the forged messages were reported');
+# Inside a transaction that publishes a table, a message for that table
+# that names another topic, or is not of our format, is ignored too.
+$node->safe_psql('shop', q{CREATE TABLE public.refunds (id int PRIMARY KEY, amount numeric)});
+my $refunds = $node->safe_psql('shop', q{SELECT 'public.refunds'::regclass::oid});
+my $other_topic = unpack('H*', pack('VVVV', 1, $refunds, 2, 21) . '99payment-confirmations{"id":99,"amount":"1"}');
+my $bad_format = unpack('H*', pack('VVVV', 9, $refunds, 0, 0));
+$log_offset = -s $node->logfile;
+$node->safe_psql('shop', qq{BEGIN;
+SELECT kappa.publish_table('public.refunds');
+SELECT pg_logical_emit_message(true, 'pg_kappa.snapshot', '\\x$other_topic'::bytea);
+SELECT pg_logical_emit_message(true, 'pg_kappa.snapshot', '\\x$bad_format'::bytea);
+COMMIT;});
+$node->safe_psql('shop', q{INSERT INTO public.refunds VALUES (1, 5)});
+wait_published($node);
+is(join(',', map { $_->{key} } grep { $_->{value} =~ /"table":"refunds"/ } @{ kcat_consume($broker, 'sales-events') }),
+	'1', 'the publishing transaction\'s own table: its rows only');
+is(scalar(grep { $_->{key} eq '99' } @{ kcat_consume($broker, 'payment-confirmations') }), 0,
+	'nothing in the other topic');
+like(slurp_file($node->logfile, $log_offset), qr/WARNING:  pg_kappa: ignored a snapshot message/,
+	'reported, and the publisher went on');
+$node->safe_psql('shop', q{SELECT kappa.unpublish_table('public.refunds')});
 $node->safe_psql('shop', q{SELECT kappa.unpublish_table('public.sales')});
 
 # ---- refused settings keep their secrets out of the log ------------------------
