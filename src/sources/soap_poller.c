@@ -847,19 +847,35 @@ carry_forget(void)
 	soap.carry_tokens = NIL;
 }
 
-/* A page is stored as done: an error from here on carries what was asked. */
+/*
+ * A page is stored as done and its next token is to be asked for: an error
+ * from here on carries it with the tokens before it.  At most
+ * SOAP_MAX_PAGES_PER_POLL are carried (a cycle longer than that is found by
+ * the page limit; a poll that never ends does not grow the list).
+ */
 static void
 carry_remember(SoapPollState *ps)
 {
-	MemoryContext old = MemoryContextSwitchTo(soap.carry_cxt);
-	ListCell   *lc;
+	MemoryContext old;
 
-	MemoryContextReset(soap.carry_cxt);
-	soap.carry_endpoint = pstrdup(ps->endpoint);
-	soap.carry_since = ps->since;
-	soap.carry_tokens = NIL;
-	foreach(lc, ps->tokens_asked)
-		soap.carry_tokens = lappend(soap.carry_tokens, pstrdup(lfirst(lc)));
+	if (soap.carry_endpoint == NULL || strcmp(soap.carry_endpoint, ps->endpoint) != 0 ||
+		soap.carry_since != ps->since)
+	{
+		ListCell   *lc;
+
+		carry_forget();
+		old = MemoryContextSwitchTo(soap.carry_cxt);
+		soap.carry_endpoint = pstrdup(ps->endpoint);
+		soap.carry_since = ps->since;
+		foreach(lc, ps->tokens_asked)
+			soap.carry_tokens = lappend(soap.carry_tokens, pstrdup(lfirst(lc)));
+		MemoryContextSwitchTo(old);
+		return;
+	}
+	if (list_length(soap.carry_tokens) >= SOAP_MAX_PAGES_PER_POLL)
+		return;
+	old = MemoryContextSwitchTo(soap.carry_cxt);
+	soap.carry_tokens = lappend(soap.carry_tokens, pstrdup(ps->page_token));
 	MemoryContextSwitchTo(old);
 }
 
