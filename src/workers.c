@@ -33,6 +33,7 @@
 #include "pgstat.h"
 #include "port/atomics.h"
 #include "postmaster/bgworker.h"
+#include "postmaster/bgworker_internals.h"
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
@@ -127,13 +128,19 @@ register_worker(const char *function, const char *type, const char *name, int ar
 void
 kappa_register_workers(void)
 {
-	if (KAPPA_FIXED_WORKERS + kappa_stream_workers > max_worker_processes)
+	int			before = 0;
+	slist_iter	iter;
+
+	/* (the logical replication launcher, libraries preloaded before us) */
+	slist_foreach(iter, &BackgroundWorkerList)
+		before++;
+	if (before + KAPPA_FIXED_WORKERS + kappa_stream_workers > max_worker_processes)
 		ereport(WARNING,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-				 errmsg("pg_kappa needs %d background workers, more than max_worker_processes (%d)",
+				 errmsg("pg_kappa needs %d background workers, more than max_worker_processes (%d) leaves",
 						KAPPA_FIXED_WORKERS + kappa_stream_workers, max_worker_processes),
-				 errdetail("kappa.stream_workers is %d; the CDC publisher, the SOAP poller and the CSV inbox take one each.",
-						   kappa_stream_workers),
+				 errdetail("kappa.stream_workers is %d; the CDC publisher, the SOAP poller and the CSV inbox take one each; %d other background worker(s) were registered before them.",
+						   kappa_stream_workers, before),
 				 errhint("Raise max_worker_processes (with room for parallel queries and other extensions) or lower kappa.stream_workers, then restart the server.")));
 	register_worker("kappa_cdc_worker_main", "pg_kappa cdc publisher",
 					"pg_kappa cdc publisher", 0);
