@@ -597,11 +597,14 @@ kafka_conf_for(rd_kafka_type_t type, const char *role)
 		for (int i = 0; kafka_reserved_options[i]; i++)
 		{
 			if (strcmp(opt->key, kafka_reserved_options[i]) == 0)
+			{
+				rd_kafka_conf_destroy(conf);
 				ereport(ERROR,
 						(errcode(ERRCODE_CONFIG_FILE_ERROR),
 						 errmsg("property \"%s\" in secrets file \"%s\" is managed by pg_kappa",
 								opt->key, kappa_secrets_file),
 						 errhint("Remove the line \"kafka.%s\" from the secrets file.", opt->key)));
+			}
 		}
 		conf_set_option(conf, type, role, opt, "kappa.secrets_file");
 	}
