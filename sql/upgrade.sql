@@ -46,6 +46,32 @@ LANGUAGE sql AS $$
     UNION ALL
     SELECT 'dumped', extconfig::regclass[]::text, array_to_string(extcondition, ' | ')
       FROM pg_extension WHERE extname = 'pg_kappa'
+    UNION ALL
+    SELECT 'comment', pg_describe_object(d.classoid, d.objoid, d.objsubid), d.description
+      FROM pg_description d
+     WHERE (d.classoid = 'pg_class'::regclass
+            AND d.objoid IN (SELECT oid FROM pg_class WHERE relnamespace = to_regnamespace('kappa')))
+        OR (d.classoid = 'pg_proc'::regclass
+            AND d.objoid IN (SELECT oid FROM pg_proc WHERE pronamespace = to_regnamespace('kappa')))
+        OR (d.classoid = 'pg_namespace'::regclass AND d.objoid = to_regnamespace('kappa'))
+    UNION ALL
+    SELECT 'event trigger', t.evtname,
+           t.evtevent || ' ' || coalesce(t.evttags::text, '') || ' ' || t.evtfoid::regproc || ' ' || t.evtenabled::text
+      FROM pg_event_trigger t
+     WHERE t.oid IN (SELECT objid FROM pg_depend WHERE classid = 'pg_event_trigger'::regclass
+                       AND refclassid = 'pg_extension'::regclass AND deptype = 'e')
+    UNION ALL
+    SELECT 'schema', n.nspname, coalesce(n.nspacl::text, '')
+      FROM pg_namespace n WHERE n.nspname = 'kappa'
+    UNION ALL
+    SELECT 'initial privileges', pg_describe_object(i.classoid, i.objoid, i.objsubid),
+           i.privtype::text || ' ' || i.initprivs::text
+      FROM pg_init_privs i
+     WHERE (i.classoid = 'pg_class'::regclass
+            AND i.objoid IN (SELECT oid FROM pg_class WHERE relnamespace = to_regnamespace('kappa')))
+        OR (i.classoid = 'pg_proc'::regclass
+            AND i.objoid IN (SELECT oid FROM pg_proc WHERE pronamespace = to_regnamespace('kappa')))
+        OR (i.classoid = 'pg_namespace'::regclass AND i.objoid = to_regnamespace('kappa'))
 $$;
 
 -- 0.1.0, with rows the stream worker remembered under it
