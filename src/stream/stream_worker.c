@@ -1816,6 +1816,38 @@ resume_after_lost_offsets(void)
 
 			kappa_dead_letter(&dl);
 		}
+
+		/*
+		 * The stored offset moves past the lost range with its dead letter:
+		 * else a restart before this partition's next batch is applied (or a
+		 * partition that gets nothing more) would seek to the lost offset
+		 * again, and report it again.  Fenced like store_offsets: nothing
+		 * moves if another member stored an offset meanwhile.
+		 */
+		if (!err && lo > ps->committed)
+		{
+			Oid			types[5] = {TEXTOID, TEXTOID, INT4OID, INT8OID, INT8OID};
+			Datum		args[5];
+
+			args[0] = CStringGetTextDatum(sw.group);
+			args[1] = CStringGetTextDatum(ps->topic);
+			args[2] = Int32GetDatum(ps->partition);
+			args[3] = Int64GetDatum(ps->committed);
+			args[4] = Int64GetDatum(lo);
+			if (SPI_connect() != SPI_OK_CONNECT)
+				elog(ERROR, "SPI_connect failed");
+			if (SPI_execute_with_args("UPDATE kappa.stream_offsets SET next_offset = $5, updated_at = now() "
+									  " WHERE consumer_group = $1 AND topic = $2 AND partition = $3 "
+									  "   AND next_offset = $4",
+									  5, types, args, NULL, false, 0) != SPI_OK_UPDATE)
+				elog(ERROR, "could not update kappa.stream_offsets");
+			if (SPI_processed == 1)
+			{
+				ps->committed = lo;
+				ps->next = Max(ps->next, lo);
+			}
+			SPI_finish();
+		}
 		PopActiveSnapshot();
 		CommitTransactionCommand();
 
