@@ -5,6 +5,16 @@
 CREATE DATABASE kappa_upgrade TEMPLATE template0 ENCODING 'UTF8' LOCALE 'C.UTF-8' LOCALE_PROVIDER icu ICU_LOCALE 'en-US';
 \c kappa_upgrade
 
+-- Is the object a relation or function of schema kappa, or the schema?
+CREATE FUNCTION in_kappa(classid oid, objid oid) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT (classid = 'pg_class'::regclass
+            AND objid IN (SELECT oid FROM pg_class WHERE relnamespace = to_regnamespace('kappa')))
+        OR (classid = 'pg_proc'::regclass
+            AND objid IN (SELECT oid FROM pg_proc WHERE pronamespace = to_regnamespace('kappa')))
+        OR (classid = 'pg_namespace'::regclass AND objid = to_regnamespace('kappa'))
+$$;
+
 -- What the extension consists of, by name and definition.
 CREATE FUNCTION extension_catalog()
 RETURNS TABLE (kind text, name text, definition text)
@@ -49,11 +59,7 @@ LANGUAGE sql AS $$
     UNION ALL
     SELECT 'comment', pg_describe_object(d.classoid, d.objoid, d.objsubid), d.description
       FROM pg_description d
-     WHERE (d.classoid = 'pg_class'::regclass
-            AND d.objoid IN (SELECT oid FROM pg_class WHERE relnamespace = to_regnamespace('kappa')))
-        OR (d.classoid = 'pg_proc'::regclass
-            AND d.objoid IN (SELECT oid FROM pg_proc WHERE pronamespace = to_regnamespace('kappa')))
-        OR (d.classoid = 'pg_namespace'::regclass AND d.objoid = to_regnamespace('kappa'))
+     WHERE in_kappa(d.classoid, d.objoid)
     UNION ALL
     SELECT 'event trigger', t.evtname,
            t.evtevent || ' ' || coalesce(t.evttags::text, '') || ' ' || t.evtfoid::regproc || ' ' || t.evtenabled::text
@@ -67,11 +73,7 @@ LANGUAGE sql AS $$
     SELECT 'initial privileges', pg_describe_object(i.classoid, i.objoid, i.objsubid),
            i.privtype::text || ' ' || i.initprivs::text
       FROM pg_init_privs i
-     WHERE (i.classoid = 'pg_class'::regclass
-            AND i.objoid IN (SELECT oid FROM pg_class WHERE relnamespace = to_regnamespace('kappa')))
-        OR (i.classoid = 'pg_proc'::regclass
-            AND i.objoid IN (SELECT oid FROM pg_proc WHERE pronamespace = to_regnamespace('kappa')))
-        OR (i.classoid = 'pg_namespace'::regclass AND i.objoid = to_regnamespace('kappa'))
+     WHERE in_kappa(i.classoid, i.objoid)
 $$;
 
 -- 0.1.0, with rows the stream worker remembered under it

@@ -609,6 +609,7 @@ typedef enum SlotUse
 } SlotUse;
 
 static XLogRecPtr wal_written_end(void);
+static bool tables_published_now(void);
 static SlotUse slot_use(XLogRecPtr upto);
 static SlotUse drop_slot_if_unused(XLogRecPtr upto);
 static bool take_slot_check_request(XLogRecPtr *upto);
@@ -673,14 +674,7 @@ start_decoding(void)
 	slot = SearchNamedReplicationSlot(kappa_cdc_slot_name, true);
 	if (slot == NULL)
 	{
-		bool		published;
-
-		SetCurrentStatementStartTimestamp();
-		StartTransactionCommand();
-		PushActiveSnapshot(GetTransactionSnapshot());
-		published = cdc_tables_published();
-		PopActiveSnapshot();
-		CommitTransactionCommand();
+		bool		published = tables_published_now();
 
 		/*
 		 * Tables published and no slot: a restore of a dump (the published
@@ -782,6 +776,21 @@ wal_written_end(void)
 	return p;
 }
 
+/* Is any table published?  In a short transaction of its own. */
+static bool
+tables_published_now(void)
+{
+	bool		published;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	published = cdc_tables_published();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	return published;
+}
+
 /* The slot's confirmed position, as its shared state has it. */
 static XLogRecPtr
 slot_confirmed(void)
@@ -810,15 +819,7 @@ slot_confirmed(void)
 static SlotUse
 slot_use(XLogRecPtr upto)
 {
-	bool		published;
-
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	published = cdc_tables_published();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	if (published)
+	if (tables_published_now())
 		return SLOT_IN_USE;
 	return slot_confirmed() >= upto ? SLOT_UNUSED : SLOT_BEHIND;
 }

@@ -48,6 +48,17 @@ static const char *const kafka_reserved_options[] = {
 	NULL
 };
 
+static bool
+kafka_option_is_reserved(const char *key)
+{
+	for (int i = 0; kafka_reserved_options[i]; i++)
+	{
+		if (strcmp(key, kafka_reserved_options[i]) == 0)
+			return true;
+	}
+	return false;
+}
+
 static char *
 trim_copy(StringInfo buf)
 {
@@ -161,18 +172,13 @@ kafka_options_validate(const char *options, char **error)
 		KafkaOption *opt = lfirst(lc);
 		char		errstr[512];
 
-		for (int i = 0; kafka_reserved_options[i]; i++)
+		if (kafka_option_is_reserved(opt->key))
 		{
-			if (strcmp(opt->key, kafka_reserved_options[i]) == 0)
-			{
-				*error = psprintf("Property \"%s\" is managed by pg_kappa and cannot be set in kappa.kafka_options.",
-								  opt->key);
-				ok = false;
-				break;
-			}
-		}
-		if (!ok)
+			*error = psprintf("Property \"%s\" is managed by pg_kappa and cannot be set in kappa.kafka_options.",
+							  opt->key);
+			ok = false;
 			break;
+		}
 		if (kafka_option_is_secret(opt->key))
 		{
 			*error = psprintf("Property \"%s\" holds a secret: put it in the file named by kappa.secrets_file as \"kafka.%s = ...\" (PostgreSQL writes parameter values to the server log).",
@@ -594,17 +600,14 @@ kafka_conf_for(rd_kafka_type_t type, const char *role)
 		KafkaOption *opt = lfirst(lc);
 
 		/* the properties pg_kappa owns, there as in kappa.kafka_options */
-		for (int i = 0; kafka_reserved_options[i]; i++)
+		if (kafka_option_is_reserved(opt->key))
 		{
-			if (strcmp(opt->key, kafka_reserved_options[i]) == 0)
-			{
-				rd_kafka_conf_destroy(conf);
-				ereport(ERROR,
-						(errcode(ERRCODE_CONFIG_FILE_ERROR),
-						 errmsg("property \"%s\" in secrets file \"%s\" is managed by pg_kappa",
-								opt->key, kappa_secrets_file),
-						 errhint("Remove the line \"kafka.%s\" from the secrets file.", opt->key)));
-			}
+			rd_kafka_conf_destroy(conf);
+			ereport(ERROR,
+					(errcode(ERRCODE_CONFIG_FILE_ERROR),
+					 errmsg("property \"%s\" in secrets file \"%s\" is managed by pg_kappa",
+							opt->key, kappa_secrets_file),
+					 errhint("Remove the line \"kafka.%s\" from the secrets file.", opt->key)));
 		}
 		conf_set_option(conf, type, role, opt, "kappa.secrets_file");
 	}

@@ -551,6 +551,20 @@ note_confirmed_at(SoapPollState *ps, TimestampTz t, const char *payment_id)
 	MemoryContextSwitchTo(old);
 }
 
+/* Is token one of tokens (strings)? */
+static bool
+list_member_token(List *tokens, const char *token)
+{
+	ListCell   *lc;
+
+	foreach(lc, tokens)
+	{
+		if (strcmp((char *) lfirst(lc), token) == 0)
+			return true;
+	}
+	return false;
+}
+
 /*
  * The response as a page of confirmations.  A SOAP Fault (with HTTP 200
  * or, as SOAP 1.1 has it, 500) is raised as "soap fault: ..."; any other
@@ -645,15 +659,12 @@ poll_page(SoapPollState *ps)
 					 errdetail("Page token \"%s\" would be asked for forever.",
 							   page->next_page_token)));
 		/* a cycle of tokens (A, B, A, ...) would resend its pages forever */
-		foreach(lc, ps->tokens_asked)
-		{
-			if (strcmp((char *) lfirst(lc), page->next_page_token) == 0)
-				ereport(ERROR,
-						(errcode(ERRCODE_PROTOCOL_VIOLATION),
-						 errmsg("the SOAP service returned a page token it was asked for earlier in this poll"),
-						 errdetail("Page token \"%s\" was asked for on an earlier page; its pages would be asked for forever.",
-								   page->next_page_token)));
-		}
+		if (list_member_token(ps->tokens_asked, page->next_page_token))
+			ereport(ERROR,
+					(errcode(ERRCODE_PROTOCOL_VIOLATION),
+					 errmsg("the SOAP service returned a page token it was asked for earlier in this poll"),
+					 errdetail("Page token \"%s\" was asked for on an earlier page; its pages would be asked for forever.",
+							   page->next_page_token)));
 		if (ps->page_number >= SOAP_MAX_PAGES_PER_POLL)
 			ereport(ERROR,
 					(errcode(ERRCODE_PROTOCOL_VIOLATION),
@@ -825,19 +836,6 @@ wipe_password(void)
 }
 
 static void reload_configuration(void);
-
-static bool
-list_member_token(List *tokens, const char *token)
-{
-	ListCell   *lc;
-
-	foreach(lc, tokens)
-	{
-		if (strcmp((char *) lfirst(lc), token) == 0)
-			return true;
-	}
-	return false;
-}
 
 static void
 carry_forget(void)
