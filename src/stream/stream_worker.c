@@ -183,6 +183,12 @@ static struct
 	int64		duplicates;
 	int64		dead;
 	rd_kafka_resp_err_t assign_error;	/* from a rebalance callback */
+
+	/*
+	 * Partitions the group gave us, to be assigned once librdkafka's call
+	 * that ran the rebalance callback has returned (take_assignment).
+	 */
+	rd_kafka_topic_partition_list_t *pending_assignment;
 } sw;
 
 static void apply_batch(void);
@@ -454,15 +460,45 @@ revoke_partitions(void)
 	SpinLockRelease(&sw.status->mutex);
 }
 
-/* Runs inside rd_kafka_consume_batch_queue, on this process's thread. */
+static void
+drop_pending_assignment(void)
+{
+	if (sw.pending_assignment)
+		rd_kafka_topic_partition_list_destroy(sw.pending_assignment);
+	sw.pending_assignment = NULL;
+}
+
+/*
+ * Runs inside rd_kafka_consume_batch_queue (or rd_kafka_consumer_close), on
+ * this process's thread.  Reading the stored offsets is a transaction that
+ * can wait for a lock, fail, or be ended by SIGTERM, and none of that may
+ * unwind through librdkafka's frames or close the consumer from inside its
+ * own callback: the callback only keeps the partitions, and collect assigns
+ * them when librdkafka has returned (librdkafka waits for rd_kafka_assign
+ * from any place, within the session timeout).
+ */
 static void
 stream_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 					rd_kafka_topic_partition_list_t *parts, void *opaque)
 {
+	drop_pending_assignment();
 	if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS)
-		assign_partitions(parts);
+		sw.pending_assignment = rd_kafka_topic_partition_list_copy(parts);
 	else
 		revoke_partitions();
+}
+
+static void
+take_assignment(void)
+{
+	rd_kafka_topic_partition_list_t *parts = sw.pending_assignment;
+
+	if (parts == NULL)
+		return;
+	assign_partitions(parts);
+	/* (an error above leaves the list to the process's exit) */
+	sw.pending_assignment = NULL;
+	rd_kafka_topic_partition_list_destroy(parts);
 }
 
 /* ---------------------------------------------------------------------
@@ -1902,6 +1938,8 @@ collect(void)
 									 sw.batch_cap - base);
 	kafka_flush_log();
 	check_assign_error();
+	take_assignment();
+	check_assign_error();
 	if (n < 0)
 		n = 0;
 
@@ -2012,6 +2050,7 @@ leave_group(void)
 		apply_batch();
 	kafka_client_destroy(sw.consumer, 0);
 	sw.consumer = NULL;
+	drop_pending_assignment();
 	sw.last_partition = NULL;
 	list_free_deep(sw.partitions);
 	sw.partitions = NIL;
