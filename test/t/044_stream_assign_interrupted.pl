@@ -12,7 +12,6 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use Time::HiRes qw(time);
 use PgKappa::Test;
 
 my $broker = start_dev_broker(topics => [ 'sales-events:2', 'payment-confirmations:1' ]);
@@ -71,13 +70,11 @@ $locker->query_safe('BEGIN; LOCK TABLE kappa.stream_offsets IN SHARE MODE;');
 my $first = worker_pid();
 $node->safe_psql('shop', "SELECT pg_terminate_backend($first)");
 my $waiting = wait_until(sub { waiting_worker($first) }, 'a new worker waiting to read its offsets');
-my $t0 = time();
 $node->safe_psql('shop', "SELECT pg_terminate_backend($waiting)");
-wait_until(sub { gone($waiting) }, 'the waiting worker to exit', 30);
-my $took = time() - $t0;
 # not a timing test: a worker stuck closing its consumer from inside its own
-# callback never exits, and 30 s is six session timeouts
-ok($took < 30, 'SIGTERM ends a worker waiting to read its offsets');
+# callback never exits; 30 s is five session timeouts
+wait_until(sub { gone($waiting) }, 'the waiting worker to exit', 30);
+pass('SIGTERM ends a worker waiting to read its offsets');
 
 # 2. An ERROR there (a lock timeout): the worker reports it and exits.
 $node->safe_psql('shop', q{ALTER DATABASE shop SET lock_timeout = '300ms'});
