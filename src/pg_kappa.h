@@ -23,6 +23,25 @@
 #define KAPPA_EXTENSION_NAME	"pg_kappa"
 #define KAPPA_SCHEMA_NAME		"kappa"
 
+/*
+ * The extension's own heavyweight locks, transaction-scoped, in this
+ * database.  They are advisory lock tags, but with a last field that SQL's
+ * pg_advisory_lock() family never makes (it uses 1 and 2): no session can
+ * take one of them and hold up the workers.  pg_locks shows them as
+ * locktype advisory, classid 1801547888 ("kapp"), objid the lock below,
+ * objsubid 27504 ("kp").
+ */
+typedef enum KappaLock
+{
+	KAPPA_LOCK_SLOT = 1,		/* the replication slot's life (publish.c) */
+	KAPPA_LOCK_SHARED_WRITES = 3,	/* results shared by stream workers */
+	KAPPA_LOCK_FINALIZATION = 4,	/* making windows final */
+	KAPPA_LOCK_FORGET = 5		/* forgetting remembered rows */
+} KappaLock;
+
+#define KAPPA_LOCK_TAG(tag, which) \
+	SET_LOCKTAG_ADVISORY((tag), MyDatabaseId, 0x6b617070, (which), 0x6b70)
+
 /* kappa.* configuration (src/guc.c) */
 extern char *kappa_brokers;
 extern char *kappa_database;

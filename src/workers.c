@@ -102,6 +102,17 @@ const char *const kappa_output_settings[][2] = {
 	{NULL, NULL}
 };
 
+static const char *const kappa_transaction_settings[][2] = {
+	{"default_transaction_read_only", "off"},
+	{"default_transaction_isolation", "read committed"},
+	{"default_transaction_deferrable", "off"},
+	{"statement_timeout", "0"},
+	{"lock_timeout", "0"},
+	{"idle_in_transaction_session_timeout", "0"},
+	{"session_replication_role", "origin"},
+	{NULL, NULL}
+};
+
 static void
 register_worker(const char *function, const char *type, const char *name, int arg)
 {
@@ -294,6 +305,19 @@ kappa_worker_begin(const char *application_name)
 		SetConfigOption(kappa_output_settings[i][0], kappa_output_settings[i][1],
 						PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("application_name", application_name, PGC_SUSET, PGC_S_OVERRIDE);
+
+	/*
+	 * How the workers' transactions behave is theirs to decide, whatever
+	 * postgresql.conf, ALTER DATABASE or ALTER ROLE set for sessions: a
+	 * database owner's default_transaction_read_only, a statement_timeout
+	 * shorter than a batch or a lock_timeout would otherwise stop every
+	 * worker in a restart loop while the slot holds WAL, and
+	 * session_replication_role = replica would skip the foreign keys of the
+	 * extension's tables.
+	 */
+	for (int i = 0; kappa_transaction_settings[i][0]; i++)
+		SetConfigOption(kappa_transaction_settings[i][0], kappa_transaction_settings[i][1],
+						PGC_SUSET, PGC_S_OVERRIDE);
 
 	/*
 	 * The workers run the same short statements batch after batch, over

@@ -827,8 +827,8 @@ slot_use(XLogRecPtr upto)
 /*
  * Nothing left to publish (every table unpublished, or the extension
  * dropped) and everything published before confirmed: drop the slot so it
- * stops holding WAL.  Serialised with kappa.publish_table() by an advisory
- * lock.  The slot must not be ours (stop_decoding) when it is dropped.
+ * stops holding WAL.  Serialised with kappa.publish_table() by the
+ * extension's KAPPA_LOCK_SLOT lock.  The slot must not be ours (stop_decoding) when it is dropped.
  */
 static SlotUse
 drop_slot_if_unused(XLogRecPtr upto)

@@ -58,16 +58,12 @@
 PG_FUNCTION_INFO_V1(kappa_publish_table);
 PG_FUNCTION_INFO_V1(kappa_unpublish_table);
 
-/* Advisory lock key: "kapp", 1 */
-#define CDC_SLOT_LOCK_KEY1	0x6b617070
-#define CDC_SLOT_LOCK_KEY2	1
-
 void
 cdc_lock_slot_lifecycle(void)
 {
 	LOCKTAG		tag;
 
-	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, CDC_SLOT_LOCK_KEY1, CDC_SLOT_LOCK_KEY2, 2);
+	KAPPA_LOCK_TAG(tag, KAPPA_LOCK_SLOT);
 	(void) LockAcquire(&tag, ExclusiveLock, false, false);
 }
 

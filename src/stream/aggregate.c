@@ -54,7 +54,7 @@ stream_lock_shared_writes(void)
 {
 	LOCKTAG		tag;
 
-	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, 0x6b617070, 3, 2);
+	KAPPA_LOCK_TAG(tag, KAPPA_LOCK_SHARED_WRITES);
 	(void) LockAcquire(&tag, ExclusiveLock, false, false);
 }
 static MemoryContext agg_cxt = NULL;

@@ -254,7 +254,7 @@ lock_finalization(LOCKMODE mode)
 {
 	LOCKTAG		tag;
 
-	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, 0x6b617070, 4, 2);
+	KAPPA_LOCK_TAG(tag, KAPPA_LOCK_FINALIZATION);
 	(void) LockAcquire(&tag, mode, false, false);
 }
 
@@ -1697,7 +1697,7 @@ forget_rows(void)
 		if (!r->results_input && !list_member(topics, makeString(r->source_topic)))
 			topics = lappend(topics, makeString(r->source_topic));
 	}
-	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, 0x6b617070, 5, 2);
+	KAPPA_LOCK_TAG(tag, KAPPA_LOCK_FORGET);
 	if (topics != NIL &&
 		LockAcquire(&tag, ExclusiveLock, false, true) != LOCKACQUIRE_NOT_AVAIL)
 	{
