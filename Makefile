@@ -38,7 +38,7 @@ SHLIB_LINK = -lrdkafka -lcurl $(shell xml2-config --libs 2>/dev/null || echo -lx
 
 # pg_regress: everything that needs no broker, in a temporary instance
 # configured for logical decoding.
-REGRESS = guc decoder_types decoder_changes decoder_options publish windows rankings soap csv_inbox upgrade
+REGRESS = guc install decoder_types decoder_changes decoder_options publish windows rankings soap csv_inbox upgrade
 REGRESS_OPTS = --temp-instance=$(CURDIR)/tmp_regress \
 	--temp-config=$(srcdir)/test/regress.conf --encoding=UTF8 --no-locale
 

@@ -1,9 +1,10 @@
 -- Inserts, updates, deletes, truncates and transactions.
 CREATE FUNCTION pg_temp.stable(data text) RETURNS text LANGUAGE sql AS $$
-  SELECT regexp_replace(regexp_replace(regexp_replace(data,
+  SELECT regexp_replace(regexp_replace(regexp_replace(regexp_replace(data,
            '"lsn":"[0-9A-F]+/[0-9A-F]+"', '"lsn":"LSN"', 'g'),
            '"txid":[0-9]+', '"txid":XID', 'g'),
-           '"ts_ms":[0-9]{13}', '"ts_ms":MS', 'g')
+           '"ts_ms":[0-9]{13}', '"ts_ms":MS', 'g'),
+           '^\{"status":"(BEGIN|END)","id":"[0-9]+"', '{"status":"\1","id":"XID"')
 $$;
 
 CREATE TABLE sales (

@@ -1,6 +1,9 @@
 -- kappa.publish_table / kappa.unpublish_table: checks, the slot, the
 -- initial snapshot and which changes follow.  The publisher worker is off
 -- here (test/regress.conf), so the tests read its slot through SQL.
+SET client_min_messages = warning;
+CREATE EXTENSION IF NOT EXISTS pg_kappa;	-- (also when run on its own)
+RESET client_min_messages;
 CREATE FUNCTION pg_temp.stable(data text) RETURNS text LANGUAGE sql AS $$
   SELECT regexp_replace(regexp_replace(regexp_replace(data,
            '"lsn":"[0-9A-F]+/[0-9A-F]+"', '"lsn":"LSN"', 'g'),
@@ -64,6 +67,8 @@ SELECT slot_name, plugin, slot_type, database FROM pg_replication_slots;
 SELECT relid, topic, published_by FROM kappa.published_tables;
 SELECT kappa.publish_table('sales');
 SELECT kappa.publish_table('sales', 'elsewhere');
+-- following kappa.sales_topic is not the same as naming its topic
+SELECT kappa.publish_table('sales', 'sales-events');
 
 -- later changes of published tables follow the snapshot; others do not
 INSERT INTO sales VALUES (4, 'MAD-01', 'S-17', 'Ana Ruiz', 'Madrid', 'ES', 40.00, 'EUR', '2026-11-21T09:00:00Z');
@@ -133,6 +138,23 @@ SELECT slot_name, tables, in_flight, last_error FROM kappa.cdc_status;
 SET ROLE kappa_owner;
 SELECT state FROM kappa.cdc_status;
 RESET ROLE;
+
+-- published_by is the caller, not the extension's owner as whom
+-- publish_table writes its catalog
+CREATE ROLE kappa_pubowner REPLICATION;
+CREATE TABLE owned_sales (id int PRIMARY KEY);
+ALTER TABLE owned_sales OWNER TO kappa_pubowner;
+GRANT EXECUTE ON FUNCTION kappa.publish_table(regclass, text), kappa.unpublish_table(regclass) TO kappa_pubowner;
+SET ROLE kappa_pubowner;
+SELECT kappa.publish_table('owned_sales', 'owned-events');
+RESET ROLE;
+SELECT relid, topic, published_by FROM kappa.published_tables WHERE relid = 'owned_sales'::regclass;
+SET ROLE kappa_pubowner;
+SELECT kappa.unpublish_table('owned_sales');
+RESET ROLE;
+REVOKE EXECUTE ON FUNCTION kappa.publish_table(regclass, text), kappa.unpublish_table(regclass) FROM kappa_pubowner;
+DROP TABLE owned_sales;
+DROP ROLE kappa_pubowner;
 
 SELECT kappa.unpublish_table('sales');
 SELECT pg_drop_replication_slot('pg_kappa_cdc');

@@ -1,5 +1,8 @@
 -- Ranking definitions, their validation, and the SQL surface over
 -- hand-built results.
+SET client_min_messages = warning;
+CREATE EXTENSION IF NOT EXISTS pg_kappa;	-- (also when run on its own)
+RESET client_min_messages;
 SET timezone = 'UTC';
 
 SELECT name, input, source_topic, group_by, item, item_label, measure, measure_field,

@@ -2,6 +2,9 @@
 -- makes of responses (kappa.soap_decode runs the poller's parser and
 -- checks): the shop's fixtures, faults, hostile and malformed XML, bad
 -- confirmations.
+SET client_min_messages = warning;
+CREATE EXTENSION IF NOT EXISTS pg_kappa;	-- (also when run on its own)
+RESET client_min_messages;
 \getenv abs_srcdir PG_ABS_SRCDIR
 \set fixtures :abs_srcdir '/test/fixtures/'
 \set page1 :fixtures 'soap_response_page1.xml'

@@ -1,4 +1,7 @@
 -- Window arithmetic, checked against PostgreSQL's own date arithmetic.
+SET client_min_messages = warning;
+CREATE EXTENSION IF NOT EXISTS pg_kappa;	-- (also when run on its own)
+RESET client_min_messages;
 SET timezone = 'UTC';
 
 -- Fixed windows, 30 days aligned to the Unix epoch (like Kafka Streams).

@@ -420,9 +420,9 @@ kappa_publish_table(PG_FUNCTION_ARGS)
 	MemoryContext caller_cxt = CurrentMemoryContext;
 	List	   *others = NIL;
 	List	   *other_topics = NIL;
-	Oid			argtypes[2] = {OIDOID, TEXTOID};
-	Datum		args[2];
-	char		nulls[2] = {' ', ' '};
+	Oid			argtypes[3] = {OIDOID, TEXTOID, NAMEOID};
+	Datum		args[3];
+	char		nulls[3] = {' ', ' ', ' '};
 	int64		rows;
 	int			nestlevel;
 
@@ -463,6 +463,14 @@ kappa_publish_table(PG_FUNCTION_ARGS)
 	{
 		char	   *current = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 
+		if (current == NULL && topic != NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_DUPLICATE_OBJECT),
+					 errmsg("table \"%s\" is already published to the topic kappa.sales_topic names",
+							RelationGetRelationName(rel)),
+					 errdetail("Its changes go to the topic kappa.sales_topic names when each is published (now \"%s\"); a topic given by name does not follow the setting.",
+							   kappa_sales_topic),
+					 errhint("Call kappa.unpublish_table() first to give it a topic of its own.")));
 		if ((current == NULL) != (topic == NULL) ||
 			(current && strcmp(current, topic) != 0))
 			ereport(ERROR,
@@ -519,9 +527,12 @@ kappa_publish_table(PG_FUNCTION_ARGS)
 
 	args[1] = topic ? CStringGetTextDatum(topic) : (Datum) 0;
 	nulls[1] = topic ? ' ' : 'n';
+	/* the caller, not the catalog's owner whose rights this runs with */
+	args[2] = DirectFunctionCall1(namein,
+								  CStringGetDatum(GetUserNameFromId(owner_state.save_userid, false)));
 	if (!republish &&
-		SPI_execute_with_args("INSERT INTO kappa.published_tables (relid, topic) VALUES ($1, $2)",
-							  2, argtypes, args, nulls, false, 0) != SPI_OK_INSERT)
+		SPI_execute_with_args("INSERT INTO kappa.published_tables (relid, topic, published_by) VALUES ($1, $2, $3)",
+							  3, argtypes, args, nulls, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not insert into kappa.published_tables");
 
 	/*

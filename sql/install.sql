@@ -1,0 +1,36 @@
+-- CREATE EXTENSION in a database where another role made schema "kappa"
+-- first: refused, since the workers run as a superuser on what is in it.
+SELECT current_database() AS home \gset
+CREATE DATABASE kappa_squat;
+\c kappa_squat
+CREATE ROLE kappa_squatter;
+GRANT CREATE ON DATABASE kappa_squat TO kappa_squatter;
+SET ROLE kappa_squatter;
+CREATE SCHEMA kappa;
+RESET ROLE;
+\set VERBOSITY default
+CREATE EXTENSION pg_kappa;
+-- the schema given to a superuser, but another role may still create in it
+ALTER SCHEMA kappa OWNER TO CURRENT_USER;
+GRANT CREATE ON SCHEMA kappa TO kappa_squatter;
+CREATE EXTENSION pg_kappa;
+GRANT CREATE ON SCHEMA kappa TO PUBLIC;
+REVOKE CREATE ON SCHEMA kappa FROM kappa_squatter;
+CREATE EXTENSION pg_kappa;
+-- a superuser's alone: installed
+REVOKE CREATE ON SCHEMA kappa FROM PUBLIC;
+SET client_min_messages = warning;
+CREATE EXTENSION pg_kappa;
+RESET client_min_messages;
+SELECT extname, extnamespace::regnamespace FROM pg_extension WHERE extname = 'pg_kappa';
+DROP EXTENSION pg_kappa;
+DROP SCHEMA kappa;
+-- and where CREATE EXTENSION makes the schema itself
+SET client_min_messages = warning;
+CREATE EXTENSION pg_kappa;
+RESET client_min_messages;
+SELECT pg_get_userbyid(nspowner) = current_user AS owned_by_installer FROM pg_namespace WHERE nspname = 'kappa';
+DROP EXTENSION pg_kappa;
+\c :home
+DROP DATABASE kappa_squat;
+DROP ROLE kappa_squatter;
