@@ -64,25 +64,28 @@ kappa_read_secrets(const char *prefix)
 	if (stat(kappa_secrets_file, &st) != 0)
 		ereport(ERROR,
 				(errcode_for_file_access(),
-				 errmsg("could not access secrets file \"%s\": %m", kappa_secrets_file),
+				 errmsg("could not access the secrets file: %m"),
+				 errdetail("kappa.secrets_file is \"%s\".", kappa_secrets_file),
 				 errhint("Check kappa.secrets_file.")));
 	if (!S_ISREG(st.st_mode))
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIG_FILE_ERROR),
-				 errmsg("secrets file \"%s\" is not a regular file", kappa_secrets_file)));
+				 errmsg("the secrets file is not a regular file"),
+				 errdetail("kappa.secrets_file is \"%s\".", kappa_secrets_file)));
 	if (st.st_uid != geteuid() || (st.st_mode & (S_IRWXG | S_IRWXO)) != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIG_FILE_ERROR),
-				 errmsg("secrets file \"%s\" has group or world access, or another owner",
-						kappa_secrets_file),
-				 errdetail("It must be owned by the database server's user and have permissions u=rw (0600) or less."),
+				 errmsg("the secrets file has group or world access, or another owner"),
+				 errdetail("kappa.secrets_file is \"%s\"; it must be owned by the database server's user and have permissions u=rw (0600) or less.",
+						   kappa_secrets_file),
 				 errhint("chown the file to the server's user and chmod 0600 it.")));
 
 	file = AllocateFile(kappa_secrets_file, "r");
 	if (file == NULL)
 		ereport(ERROR,
 				(errcode_for_file_access(),
-				 errmsg("could not open secrets file \"%s\": %m", kappa_secrets_file)));
+				 errmsg("could not open the secrets file: %m"),
+				 errdetail("kappa.secrets_file is \"%s\".", kappa_secrets_file)));
 
 	while (fgets(line, sizeof(line), file) != NULL)
 	{
@@ -104,8 +107,9 @@ kappa_read_secrets(const char *prefix)
 			FreeFile(file);
 			ereport(ERROR,
 					(errcode(ERRCODE_CONFIG_FILE_ERROR),
-					 errmsg("line %d of secrets file \"%s\" is longer than %d bytes",
-							lineno, kappa_secrets_file, (int) sizeof(line) - 2)));
+					 errmsg("line %d of the secrets file is longer than %d bytes",
+							lineno, (int) sizeof(line) - 2),
+					 errdetail("kappa.secrets_file is \"%s\".", kappa_secrets_file)));
 		}
 		p = trim(line);
 		if (*p == '\0' || *p == '#')
@@ -117,8 +121,8 @@ kappa_read_secrets(const char *prefix)
 			FreeFile(file);
 			ereport(ERROR,
 					(errcode(ERRCODE_CONFIG_FILE_ERROR),
-					 errmsg("line %d of secrets file \"%s\" is not of the form key = value",
-							lineno, kappa_secrets_file)));
+					 errmsg("line %d of the secrets file is not of the form key = value", lineno),
+					 errdetail("kappa.secrets_file is \"%s\".", kappa_secrets_file)));
 		}
 		*eq = '\0';
 		key = trim(p);
@@ -132,8 +136,8 @@ kappa_read_secrets(const char *prefix)
 			FreeFile(file);
 			ereport(ERROR,
 					(errcode(ERRCODE_CONFIG_FILE_ERROR),
-					 errmsg("unknown key %son line %d of secrets file \"%s\"",
-							shown, lineno, kappa_secrets_file),
+					 errmsg("unknown key %son line %d of the secrets file", shown, lineno),
+					 errdetail("kappa.secrets_file is \"%s\".", kappa_secrets_file),
 					 errhint("Keys start with \"kafka.\" (librdkafka properties) or \"soap.\".")));
 		}
 		if (strncmp(key, prefix, prefixlen) == 0)

@@ -193,7 +193,7 @@ sleep 1;
 $offset = -s $node->logfile;
 wait_until(sub { (() = slurp_file($node->logfile, $offset) =~ /background worker "pg_kappa csv inbox" \(PID \d+\) exited with exit code 1/g) >= 3 },
 	'the CSV worker to fail on the secrets file three times');
-like(slurp_file($node->logfile, $offset), qr/ERROR:  secrets file "[^"]+" has group or world access/,
+like(slurp_file($node->logfile, $offset), qr/ERROR:  the secrets file has group or world access.*\n.*DETAIL:  kappa.secrets_file is "[^"]+"/,
 	'because of the secrets file');
 is($node->safe_psql('shop', q{SELECT count(*) FROM kappa.csv_files WHERE name = 'sales_swap.csv' AND state = 'processing'}),
 	'0', 'no attempt of the file was counted');
