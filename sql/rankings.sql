@@ -18,6 +18,8 @@ SELECT kappa.create_ranking('bad_measure', ARRAY['city'], '1 day', measure => 'a
 SELECT kappa.create_ranking('sum_without_field', ARRAY['city'], '1 day', measure_field => NULL);
 SELECT kappa.create_ranking('bad_window', ARRAY['city'], '1 month', calendar => false);
 SELECT kappa.create_ranking('bad_zone', ARRAY['city'], '1 day', calendar => true, time_zone => 'Nowhere/Atlantis');
+-- a fixed window keeps its zone too: refused the same way (0.1.5)
+SELECT kappa.create_ranking('bad_zone', ARRAY['city'], '1 day', calendar => false, time_zone => 'Nowhere/Atlantis');
 SELECT kappa.create_ranking('bad_grace', ARRAY['city'], '1 day', grace => '-1 minute');
 SELECT kappa.create_ranking('bad_topic', ARRAY['city'], '1 day', results_topic => 'a topic');
 SELECT kappa.create_ranking('label_only', ARRAY['city'], '1 day', item_label => 'seller_name');

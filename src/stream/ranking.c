@@ -76,6 +76,7 @@ rankings_load(MemoryContext cxt)
 		int			nelems;
 		char	   *s;
 		const char *error;
+		bool		calendar;
 		Datum		d;
 
 		r->id = DatumGetInt32(SPI_getbinval(tuple, desc, 1, &isnull));
@@ -116,12 +117,17 @@ rankings_load(MemoryContext cxt)
 		r->time_field = SPI_getvalue(tuple, desc, 10);
 		add_field(r, r->time_field, &r->time_index);
 
+		calendar = DatumGetBool(SPI_getbinval(tuple, desc, 12, &isnull));
 		d = SPI_getbinval(tuple, desc, 13, &isnull);
+
+		/*
+		 * (a fixed window's zone is not used: one stored before 0.1.5
+		 * checked it must not stop the rankings from loading)
+		 */
 		if (!window_spec_init(&r->window,
 							  DatumGetIntervalP(SPI_getbinval(tuple, desc, 11, &isnull)),
-							  DatumGetBool(SPI_getbinval(tuple, desc, 12, &isnull)),
-							  !isnull, isnull ? 0 : DatumGetTimestampTz(d),
-							  SPI_getvalue(tuple, desc, 14), &error))
+							  calendar, !isnull, isnull ? 0 : DatumGetTimestampTz(d),
+							  calendar ? SPI_getvalue(tuple, desc, 14) : NULL, &error))
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("ranking \"%s\" has an invalid window", r->name),

@@ -80,6 +80,22 @@ window_spec_init(KappaWindowSpec *spec, const Interval *size, bool calendar,
 			*error = "The window origin must be finite.";
 			return false;
 		}
+
+		/*
+		 * A fixed window does not use its zone, but the ranking keeps it
+		 * (and shows it): a zone PostgreSQL does not know is refused here
+		 * as for a calendar window, not stored.
+		 */
+		if (time_zone)
+		{
+			pg_tz	   *tz = pg_tzset(time_zone);
+
+			if (tz == NULL || !pg_tz_acceptable(tz))
+			{
+				*error = "The time zone is not known to PostgreSQL (see pg_timezone_names).";
+				return false;
+			}
+		}
 		return true;
 	}
 
