@@ -164,6 +164,10 @@ SELECT 'top_salesman_by_country', '2026-11-03 00:00+00', '2026-12-03 00:00+00',
   FROM generate_series(1, 40) i;
 CREATE TEMP TABLE top_before AS
 SELECT * FROM kappa.top_salesmen_by_country(at => '2026-11-21 12:00+00', n => 3) WITH ORDINALITY;
+-- and a table published without a primary key, which 0.1.4 let one drop
+CREATE TABLE keyless (id int PRIMARY KEY);
+INSERT INTO kappa.published_tables (relid) VALUES ('keyless'::regclass);
+ALTER TABLE keyless DROP CONSTRAINT keyless_pkey;
 -- and CSV files: one moved, one still processing
 INSERT INTO kappa.csv_files (name, sha256, size, state, finished_at, moved_to) VALUES
     ('sales_a.csv', repeat('a', 64), 10, 'processed', '2026-11-21 10:00+00', 'processed/sales_a.csv'),
@@ -172,6 +176,17 @@ ALTER EXTENSION pg_kappa UPDATE;
 SELECT extversion FROM pg_extension WHERE extname = 'pg_kappa';
 -- moved_at: the finished move taken as done when it finished, the other not
 SELECT name, state, moved_at FROM kappa.csv_files ORDER BY name;
+-- other DROPs in the database go on; dropping the key of a published table
+-- that has one does not
+CREATE TABLE unrelated (id int);
+DROP TABLE unrelated;
+CREATE TABLE keyed (id int PRIMARY KEY);
+INSERT INTO kappa.published_tables (relid) VALUES ('keyed'::regclass);
+\set VERBOSITY terse
+ALTER TABLE keyed DROP CONSTRAINT keyed_pkey;
+\set VERBOSITY default
+DELETE FROM kappa.published_tables;
+DROP TABLE keyless, keyed;
 -- the forgetting pass summarises the BRIN index; autovacuum is not asked to
 SELECT reloptions FROM pg_class WHERE oid = 'kappa.stream_rows_windows_end'::regclass;
 SELECT count(*) AS rows,

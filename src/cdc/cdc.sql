@@ -106,14 +106,22 @@ BEGIN
     IF NOT EXISTS (SELECT FROM kappa.published_tables) THEN
         RETURN;
     END IF;
-    -- published tables (not dropped by this command) left without one;
-    -- dropping a partitioned table's key drops its partitions' too
+    -- published tables (not dropped by this command) whose primary key this
+    -- command dropped; dropping a partitioned table's key drops its
+    -- partitions' too.  (Only this command's: a table published without one
+    -- before 0.1.5 must not make every later DROP in the database fail.)
     FOR t IN
         SELECT p.relid FROM kappa.published_tables p
+          JOIN pg_class c ON c.oid = p.relid
+          JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE NOT EXISTS (SELECT FROM pg_index i WHERE i.indrelid = p.relid AND i.indisprimary)
            AND NOT EXISTS (SELECT FROM pg_event_trigger_dropped_objects() d
                             WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objsubid = 0
                               AND d.objid = p.relid::oid)
+           AND EXISTS (SELECT FROM pg_event_trigger_dropped_objects() d
+                        WHERE d.object_type = 'table constraint'
+                          AND d.address_names[1] = n.nspname
+                          AND d.address_names[2] = c.relname)
     LOOP
         RAISE EXCEPTION 'table % is published to Kafka and must keep its primary key', t
             USING ERRCODE = 'object_not_in_prerequisite_state',
