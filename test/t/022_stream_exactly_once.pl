@@ -102,26 +102,50 @@ SELECT ranking || '|' || extract(epoch FROM window_start)::bigint || '|' || arra
 	return;
 }
 
+# Hold the workers' next commit: a batch ends with its offsets' UPDATE,
+# which waits for this SHARE lock (taken once the batch in flight, if any,
+# committed).  What consumed() says then stays true until the lock goes.
+sub hold_commits
+{
+	my $locker = $node->background_psql('shop', on_error_stop => 1);
+	$locker->query_safe('BEGIN; LOCK TABLE kappa.stream_offsets IN SHARE MODE;');
+	return $locker;
+}
+
 # 1. A crash in the middle of consumption.
 kcat_produce($broker, 'sales-events', round(30000));
 my $produced = scalar(@{ kcat_consume($broker, 'sales-events') });
 wait_until(sub { consumed() > $produced / 5 }, 'consumption under way');
+my $locker = hold_commits();
 my $before_crash = consumed();
+ok($before_crash < $produced, "killed after $before_crash of $produced messages, the rest not committed");
 crash_node($node);
-ok($before_crash < $produced, "killed after $before_crash of $produced messages");
 $node->start;
 check_results('after kill -9');
 
 # 2. A worker leaves the group and comes back while a new round is read.
+# The lock is taken before the round and held until worker 1 is back: both
+# rebalances (it leaves, it comes back) happen while the workers hold
+# batches of the round they cannot commit.  (Waiting for part of the round
+# to be applied first raced with the workers: at 500 messages a batch they
+# were through before the lock was taken.)
+$locker = hold_commits();
+my $before_rebalance = consumed();
 kcat_produce($broker, 'sales-events', round(20000));
 $produced = scalar(@{ kcat_consume($broker, 'sales-events') });
-wait_until(sub { consumed() > $produced * 0.75 }, 'second round under way');
+wait_until(sub { $node->safe_psql('shop', q{
+SELECT count(*) FROM pg_stat_activity a JOIN kappa.stream_worker_status() w USING (pid)
+ WHERE a.wait_event_type = 'Lock'}) ne '0' }, 'a worker with a batch of the round waiting to commit');
 my $victim = $node->safe_psql('shop', 'SELECT pid FROM kappa.stream_worker_status() WHERE worker = 1');
 $node->safe_psql('shop', "SELECT pg_terminate_backend($victim)");
 wait_until(sub {
 	my $p = $node->safe_psql('shop', 'SELECT pid FROM kappa.stream_worker_status() WHERE worker = 1');
 	$p ne '' && $p != $victim;
 }, 'worker 1 back');
+is(consumed(), $before_rebalance, 'nothing of the round committed meanwhile');
+ok($before_rebalance < $produced, "worker 1 left and came back with $before_rebalance of $produced messages committed");
+$locker->query_safe('COMMIT');
+$locker->quit;
 check_results('after a rebalance');
 wait_until(sub {
 	$node->safe_psql('shop', 'SELECT count(DISTINCT owner_pid) FROM kappa.stream_offsets') eq '2'
