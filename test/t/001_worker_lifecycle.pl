@@ -82,6 +82,7 @@ wait_until(sub { $count->($warning) == 1 }, 'one warning for the missing databas
 like(slurp_file($later->logfile),
 	qr/DETAIL:  Database "shop_later" \(kappa.database\) does not exist; the workers wait for it and look again every second.\n.*HINT:  Create the database and run CREATE EXTENSION pg_kappa in it, or set kappa.database in postgresql.conf and restart the server./,
 	'the warning says what and how to fix it');
+wait_until(sub { $count->($fatal) >= $workers }, 'each worker to fail to connect once');
 # three restart intervals (kappa.worker_restart_interval = 1) later
 sleep 3;
 is($count->($fatal), $workers, 'each worker failed to connect once, not at every restart');
@@ -100,7 +101,8 @@ is($count->($fatal), $workers, 'no further failed connection on the way');
 
 $later->safe_psql('postgres', 'DROP DATABASE shop_later WITH (FORCE)');
 wait_until(sub { $count->($warning) == 2 }, 'dropped: one warning again');
-sleep 3;
+wait_until(sub { $count->($fatal) >= 2 * $workers }, 'each worker to fail to connect after the drop');
+sleep 3;	# three restart intervals: no more than that
 is($count->($fatal), 2 * $workers, 'one failed connection per worker after the drop');
 is($count->($warning), 2, 'and the warning was not repeated');
 is($later->safe_psql('postgres', 'SELECT 1'), '1', 'server kept running');
@@ -109,7 +111,10 @@ is($later->safe_psql('postgres', 'SELECT 1'), '1', 'server kept running');
 # shared catalogs' relcache init file is gone then, and looking the
 # database up through pg_database's index failed (FATAL at every restart).
 $later->restart;
-sleep 4;	# no session meanwhile: slurp_file reads the log
+# no session meanwhile: slurp_file reads the log
+wait_until(sub { $count->($warning) == 3 && $count->($fatal) >= 3 * $workers },
+	'after a restart: the warning and each worker\'s failed connection');
+sleep 3;	# three restart intervals: no more than that
 is($count->($warning), 3, 'after a restart: the warning once more');
 is(scalar(() = slurp_file($later->logfile) =~ /cannot read pg_class without having selected a database/g), 0,
 	'the wait looks the database up without needing a database');

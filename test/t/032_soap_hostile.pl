@@ -12,7 +12,6 @@ use JSON::PP;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use Time::HiRes qw(time);
 use PgKappa::Test;
 use PgKappa::Soap;
 
@@ -160,11 +159,11 @@ my $slow = 'slow?delay=60';
 soap_switch($node, $soap->url($slow), soap_timeout => '120s');
 wait_until(sub { scalar(@{ $soap->requests("/$slow") }) > 0 }, 'a slow transfer under way');
 ok(soap_status($node)->{state} =~ /^polling/, 'the poller waits for the answer');
-my $t = time();
 $node->safe_psql('shop', "SELECT pg_terminate_backend($pid)");
-wait_until(sub { soap_worker_pid($node) ne $pid }, 'poller gone after SIGTERM', 10);
-my $took = time() - $t;
-ok($took < 10, sprintf('SIGTERM ends the poller within %.1f s while the service takes 60 s', $took));
+# not a timing test: a poller that waits for the transfer is there for 60 s;
+# the bound is far from both
+wait_until(sub { soap_worker_pid($node) ne $pid }, 'poller gone after SIGTERM', 40);
+pass('SIGTERM ends the poller while the service takes 60 s to answer');
 my $newpid = wait_until(sub { my $p = soap_worker_pid($node); $p ne '' && $p ne $pid ? $p : 0 },
 	'poller restarted');
 ok($newpid, 'the postmaster started a new poller');
