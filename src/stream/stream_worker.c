@@ -2160,6 +2160,9 @@ kappa_stream_worker_main(Datum main_arg)
 						apply_batch();
 					sw.batch_cap = kappa_stream_batch_size;
 					sw.batch = repalloc(sw.batch, sizeof(rd_kafka_message_t *) * sw.batch_cap);
+					ereport(LOG,
+							(errmsg("pg_kappa stream worker %d: batches of at most %d messages from now on",
+									sw.index, sw.batch_cap)));
 				}
 
 				/*

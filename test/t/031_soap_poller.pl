@@ -219,7 +219,10 @@ my $log_offset = -s $node->logfile;
 my $count_before = scalar(@{ consume_all($broker, 'payment-confirmations') });
 $before = soap_switch($node, $fault);
 wait_until(sub { scalar(@{ $soap->requests('/fault') }) >= 5 }, 'five attempts at the fault');
-$st = soap_status($node);
+# the server logs a request before the poller has read the answer: wait for
+# the poller to be between attempts again
+$st = wait_until(sub { my $x = soap_status($node); ($x->{state} // '') =~ /^retrying/ ? $x : undef },
+	'the poller to wait for its next attempt');
 is($st->{last_error}, 'soap fault: Authentication failed: invalid UsernameToken',
 	'kappa.stat_sources.last_error holds the fault string');
 ok($st->{errors} - $before->{errors} >= 4, 'each failed poll is counted in errors');

@@ -48,10 +48,11 @@ like($node->safe_psql('shop', q{SELECT error FROM kappa.dead_letters}),
 # kappa.stream_batch_size follows a reload (it took a restart): at 2, ten
 # events are at least five batches.
 my $batches = $node->safe_psql('shop', 'SELECT batches FROM kappa.stream_worker_status()');
+my $log_offset = -s $node->logfile;
 $node->append_conf('postgresql.conf', "kappa.stream_batch_size = 2\nkappa.stream_batch_ms = 1000");
 $node->reload;
-wait_until(sub { $node->safe_psql('shop', 'SHOW kappa.stream_batch_size') eq '2' }, 'the reload');
-sleep 1;	# (the worker takes the reload at its next loop)
+wait_until(sub { slurp_file($node->logfile, $log_offset) =~ /stream worker 0: batches of at most 2 messages from now on/ },
+	'the worker to take the reload');
 kcat_produce($broker, 'sales-events', [ map { [ "9$_", sale('c', "9$_", '1.00') ] } 0 .. 9 ]);
 wait_until(sub { $node->safe_psql('shop', 'SELECT sum(messages) FROM kappa.stream_worker_status()') eq '16' },
 	'the ten events consumed');
