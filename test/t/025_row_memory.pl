@@ -80,6 +80,18 @@ wait_until(sub { $node->safe_psql('shop', q{
 SELECT count(*) FROM kappa.ranking_state WHERE finalized_through = '2026-04-10T10:00:00Z'}) eq '2' },
 	'both rankings final up to the last sale');
 my $before = totals();
+# what the sales make, computed here: each its own city and day, and in the
+# 30-day windows each seller's amount
+my $city_sql = q{
+SELECT string_agg(group_values[1] || '=' || total || '/' || sale_count, ',' ORDER BY group_values[1])
+  FROM kappa.ranking_results WHERE ranking = 'top_sales_by_city'};
+my $seller_sql = q{
+SELECT string_agg(item || '=' || total || '/' || sale_count, ',' ORDER BY item)
+  FROM kappa.ranking_results WHERE ranking = 'top_salesman_by_country'};
+is($node->safe_psql('shop', $city_sql), join(',', map { "City$_=$_.00/1" } sort keys %sold_at),
+	'each sale counted once in its city');
+is($node->safe_psql('shop', $seller_sql), join(',', map { "S-$_=$_.00/1" } sort keys %sold_at),
+	'and once for its seller');
 sleep 3;    # a few ticks
 is(remembered(), '1,2,3,4,5,6,7,8', 'with kappa.row_memory_retention = -1 every row is remembered');
 
