@@ -47,17 +47,19 @@ is(join(',', map { "$_=$ops{$_}" } sort keys %ops), 'c=1,r=100',
 # kappa.unpublish_table() while a transaction writing the table is open:
 # it waits for that transaction, which is published whole (0.1.5; before,
 # its changes after the unpublish committed were left out).
-my $h2 = IPC::Run::start([ 'psql', '-X', '-v', 'ON_ERROR_STOP=1', '-d', $node->connstr('shop'), '-c', q{
-BEGIN;
-INSERT INTO sales VALUES (1001, 'ST', 'S', 'Seller', 'City', 'ES', 5, 'EUR', now());
-SELECT pg_sleep(2);
-INSERT INTO sales VALUES (1002, 'ST', 'S', 'Seller', 'City', 'ES', 5, 'EUR', now());
-COMMIT;} ], '>', \$out, '2>', \$err);
+# The writer holds its transaction open until unpublish_table is seen
+# waiting for it, then writes again and commits.
+my $writer = $node->background_psql('shop', on_error_stop => 1);
+$writer->query_safe(q{BEGIN; INSERT INTO sales VALUES (1001, 'ST', 'S', 'Seller', 'City', 'ES', 5, 'EUR', now());});
+my ($uout, $uerr) = ('', '');
+my $unpublish = IPC::Run::start([ 'psql', '-X', '-v', 'ON_ERROR_STOP=1', '-d', $node->connstr('shop'), '-c',
+	q{SELECT kappa.unpublish_table('sales')} ], '>', \$uout, '2>', \$uerr);
 wait_until(sub { $node->safe_psql('shop', q{
-SELECT count(*) FROM pg_locks WHERE relation = 'sales'::regclass AND mode = 'RowExclusiveLock' AND granted}) eq '1' },
-	'the writing transaction to hold the table');
-$node->safe_psql('shop', q{SELECT kappa.unpublish_table('sales')});
-ok($h2->finish, 'the writer committed') or diag($err);
+SELECT count(*) FROM pg_locks WHERE relation = 'sales'::regclass AND mode = 'ShareLock' AND NOT granted}) eq '1' },
+	'unpublish_table to wait for the writer');
+$writer->query_safe(q{INSERT INTO sales VALUES (1002, 'ST', 'S', 'Seller', 'City', 'ES', 5, 'EUR', now()); COMMIT;});
+$writer->quit;
+ok($unpublish->finish, 'unpublish_table returned once the writer committed') or diag($uerr);
 $node->safe_psql('shop', q{INSERT INTO sales VALUES (1003, 'ST', 'S', 'Seller', 'City', 'ES', 5, 'EUR', now())});
 wait_until(sub { $node->safe_psql('shop', q{SELECT count(*) FROM pg_replication_slots}) eq '0' },
 	'the slot dropped after the last unpublish');
