@@ -32,9 +32,6 @@ ALTER SYSTEM SET kappa.cdc_poll_interval = 0;
 ALTER SYSTEM SET kappa.kafka_options = 'client.rack=r1; no.such.property=1';
 ALTER SYSTEM SET kappa.kafka_options = 'acks=sometimes';
 ALTER SYSTEM SET kappa.kafka_options = 'bootstrap.servers=elsewhere:9092';
--- the stream workers' own consumer settings (0.1.5: before, silently overridden)
-ALTER SYSTEM SET kappa.kafka_options = 'group.id=mine';
-ALTER SYSTEM SET kappa.kafka_options = 'linger.ms=10; isolation.level=read_uncommitted';
 ALTER SYSTEM SET kappa.kafka_options = 'security.protocol';
 ALTER SYSTEM SET kappa.kafka_options = 'message.max.bytes=100000000';
 -- secrets are refused: PostgreSQL logs parameter values; they go in kappa.secrets_file

@@ -7,6 +7,8 @@ CREATE ROLE kappa_squatter;
 GRANT CREATE ON DATABASE kappa_squat TO kappa_squatter;
 SET ROLE kappa_squatter;
 CREATE SCHEMA kappa;
+-- (closer to format('...', text) than pg_catalog's: the refusal must not call it)
+CREATE FUNCTION kappa.format(text, text) RETURNS text LANGUAGE sql AS $$SELECT 'mine'$$;
 RESET ROLE;
 \set VERBOSITY default
 CREATE EXTENSION pg_kappa;
@@ -17,8 +19,12 @@ CREATE EXTENSION pg_kappa;
 GRANT CREATE ON SCHEMA kappa TO PUBLIC;
 REVOKE CREATE ON SCHEMA kappa FROM kappa_squatter;
 CREATE EXTENSION pg_kappa;
--- a superuser's alone: installed
+-- a superuser's alone, but holding the function the squatter made there
+-- (the workers might call a function of schema kappa): refused
 REVOKE CREATE ON SCHEMA kappa FROM PUBLIC;
+CREATE EXTENSION pg_kappa;
+DROP FUNCTION kappa.format(text, text);
+-- a superuser's alone and empty: installed
 SET client_min_messages = warning;
 CREATE EXTENSION pg_kappa;
 RESET client_min_messages;

@@ -1,6 +1,40 @@
 -- pg_kappa 0.1.4 -> 0.1.5
 \echo Use "ALTER EXTENSION pg_kappa UPDATE TO '0.1.5'" to load this file. \quit
 
+-- 0.1.4 let one drop a published table's primary key; from 0.1.5 an event
+-- trigger refuses that, and its messages need the key.  Such a table is
+-- refused here, before anything changes.
+DO $$
+DECLARE
+    t regclass;
+BEGIN
+    SELECT p.relid INTO t FROM kappa.published_tables p
+     WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_index i
+                        WHERE i.indrelid = p.relid AND i.indisprimary)
+     LIMIT 1;
+    IF t IS NOT NULL THEN
+        RAISE EXCEPTION 'table % is published to Kafka without a primary key', t
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'Kafka messages are keyed by the primary key; pg_kappa 0.1.5 keeps published tables from losing theirs.',
+                  HINT = 'Add the primary key back (or unpublish the table with kappa.unpublish_table()), then update again.';
+    END IF;
+    -- what CREATE EXTENSION refuses since 0.1.5, said here
+    IF EXISTS (SELECT FROM pg_catalog.pg_namespace n
+                 JOIN pg_catalog.pg_roles r ON r.oid = n.nspowner
+                WHERE n.nspname = 'kappa'::pg_catalog.name AND NOT r.rolsuper)
+       OR EXISTS (SELECT FROM pg_catalog.pg_namespace n,
+                              pg_catalog.aclexplode(n.nspacl) a
+                         LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee
+                  WHERE n.nspname = 'kappa'::pg_catalog.name
+                    AND a.privilege_type = 'CREATE'::pg_catalog.text
+                    AND (r.rolsuper IS NULL OR NOT r.rolsuper)) THEN
+        RAISE WARNING 'schema "kappa" is not a superuser''s alone'
+            USING DETAIL = 'A role other than a superuser owns it or may create objects in it; the pg_kappa workers run as a superuser on the objects in it.',
+                  HINT = 'Make a superuser its owner and revoke CREATE on it from other roles.';
+    END IF;
+END
+$$;
+
 -- kappa.ranking() for a ranking with an item (top n items in each group,
 -- e.g. kappa.top_salesmen_by_country() without a country) read and sorted
 -- every item of the window; it now finds the window's groups one index
@@ -312,5 +346,33 @@ BEGIN
     RETURNING * INTO r;
     INSERT INTO kappa.ranking_state (ranking) VALUES (r.name);
     RETURN r;
+END
+$$;
+
+-- A fixed window's zone is not used: one stored before 0.1.5, when
+-- create_ranking did not check it, must not make ranking_window fail.
+CREATE OR REPLACE FUNCTION kappa.ranking_window(
+    ranking text,
+    ts timestamptz DEFAULT now(),
+    OUT window_start timestamptz,
+    OUT window_end timestamptz)
+RETURNS record
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r kappa.rankings;
+BEGIN
+    SELECT * INTO r FROM kappa.rankings WHERE name = ranking;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'ranking "%" does not exist', ranking
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'SELECT name FROM kappa.rankings lists them.';
+    END IF;
+    -- (a fixed window's zone is not used, and one stored before 0.1.5
+    -- was not checked)
+    SELECT b.window_start, b.window_end INTO window_start, window_end
+      FROM kappa.window_bounds(ts, r.window_size, r.calendar, r.window_origin,
+                               CASE WHEN r.calendar THEN r.time_zone END) b;
 END
 $$;

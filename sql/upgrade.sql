@@ -172,14 +172,27 @@ ALTER TABLE keyless DROP CONSTRAINT keyless_pkey;
 INSERT INTO kappa.csv_files (name, sha256, size, state, finished_at, moved_to) VALUES
     ('sales_a.csv', repeat('a', 64), 10, 'processed', '2026-11-21 10:00+00', 'processed/sales_a.csv'),
     ('sales_b.csv', repeat('b', 64), 10, 'processing', NULL, NULL);
+-- and a fixed ranking with a zone PostgreSQL does not know, as 0.1.4's
+-- library stored it (a fixed window does not use it; this library refuses
+-- it at create_ranking, so it is set afterwards)
+SELECT name FROM kappa.create_ranking('fixed_bad_zone', ARRAY['city'], '1 day', calendar => false);
+UPDATE kappa.rankings SET time_zone = 'Nowhere/Atlantis' WHERE name = 'fixed_bad_zone';
+-- the keyless table is refused, and taken once it has its key again
 ALTER EXTENSION pg_kappa UPDATE;
 SELECT extversion FROM pg_extension WHERE extname = 'pg_kappa';
+ALTER TABLE keyless ADD PRIMARY KEY (id);
+ALTER EXTENSION pg_kappa UPDATE;
+SELECT extversion FROM pg_extension WHERE extname = 'pg_kappa';
+SELECT * FROM kappa.ranking_window('fixed_bad_zone', '2026-11-21 12:00+00');
+SELECT kappa.drop_ranking('fixed_bad_zone');
 -- moved_at: the finished move taken as done when it finished, the other not
 SELECT name, state, moved_at FROM kappa.csv_files ORDER BY name;
--- other DROPs in the database go on; dropping the key of a published table
--- that has one does not
+-- other DROPs in the database go on (a CHECK of a published table's, too);
+-- dropping the key of a published table does not
 CREATE TABLE unrelated (id int);
 DROP TABLE unrelated;
+ALTER TABLE keyless ADD CONSTRAINT positive CHECK (id > 0);
+ALTER TABLE keyless DROP CONSTRAINT positive;
 CREATE TABLE keyed (id int PRIMARY KEY);
 INSERT INTO kappa.published_tables (relid) VALUES ('keyed'::regclass);
 \set VERBOSITY terse

@@ -3,31 +3,60 @@
 \echo Use "CREATE EXTENSION pg_kappa" to load this file. \quit
 
 -- CREATE EXTENSION takes a schema "kappa" that already exists as it is.
--- The workers run as the bootstrap superuser on the tables in it, so a
--- role that could create objects there, or rename the schema and put one
--- of its making in its place, could have its triggers run as superuser.
+-- The workers run as the bootstrap superuser on what is in it, so a role
+-- that could create objects there, or that made some already (functions
+-- the workers call by name, tables with triggers), or that could rename
+-- the schema and put one of its making in its place, could have its code
+-- run as superuser.  (Everything here is schema-qualified: the script runs
+-- with search_path = kappa, and a squatter's kappa.format(text, text)
+-- would be a closer match than pg_catalog's.)
 DO $$
 DECLARE
+    nsp oid;
     who text;
 BEGIN
+    SELECT n.oid INTO nsp FROM pg_catalog.pg_namespace n
+     WHERE n.nspname = 'kappa'::pg_catalog.name;
+    IF nsp IS NULL THEN
+        RETURN;
+    END IF;
     SELECT r.rolname INTO who
       FROM pg_catalog.pg_namespace n
       JOIN pg_catalog.pg_roles r ON r.oid = n.nspowner
-     WHERE n.nspname = 'kappa' AND NOT r.rolsuper;
+     WHERE n.oid = nsp AND NOT r.rolsuper;
     IF who IS NULL THEN
-        SELECT coalesce(r.rolname, 'PUBLIC') INTO who
+        SELECT CASE WHEN a.grantee = 0::pg_catalog.oid THEN 'PUBLIC'::pg_catalog.name ELSE r.rolname END
+          INTO who
           FROM pg_catalog.pg_namespace n,
                pg_catalog.aclexplode(n.nspacl) a
           LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee
-         WHERE n.nspname = 'kappa' AND a.privilege_type = 'CREATE'
-           AND NOT coalesce(r.rolsuper, false)
+         WHERE n.oid = nsp AND a.privilege_type = 'CREATE'::pg_catalog.text
+           AND (r.rolsuper IS NULL OR NOT r.rolsuper)
          LIMIT 1;
     END IF;
     IF who IS NOT NULL THEN
         RAISE EXCEPTION 'schema "kappa" is not a superuser''s alone'
             USING ERRCODE = 'insufficient_privilege',
-                  DETAIL = format('Role %s owns it or may create objects in it; the pg_kappa workers run as a superuser on the objects in it.', who),
-                  HINT = 'Drop schema kappa, or make a superuser its owner and revoke CREATE on it from other roles, then run CREATE EXTENSION pg_kappa again.';
+                  DETAIL = pg_catalog.concat('Role ', who, ' owns it or may create objects in it; the pg_kappa workers run as a superuser on the objects in it.'),
+                  HINT = 'Drop schema kappa (or the default privileges that grant CREATE on new schemas), or make a superuser its owner and revoke CREATE on it from other roles, then run CREATE EXTENSION pg_kappa again.';
+    END IF;
+    IF EXISTS (SELECT FROM pg_catalog.pg_class WHERE relnamespace = nsp)
+       OR EXISTS (SELECT FROM pg_catalog.pg_proc WHERE pronamespace = nsp)
+       OR EXISTS (SELECT FROM pg_catalog.pg_type WHERE typnamespace = nsp)
+       OR EXISTS (SELECT FROM pg_catalog.pg_operator WHERE oprnamespace = nsp)
+       OR EXISTS (SELECT FROM pg_catalog.pg_collation WHERE collnamespace = nsp)
+       OR EXISTS (SELECT FROM pg_catalog.pg_conversion WHERE connamespace = nsp)
+       OR EXISTS (SELECT FROM pg_catalog.pg_opclass WHERE opcnamespace = nsp)
+       OR EXISTS (SELECT FROM pg_catalog.pg_opfamily WHERE opfnamespace = nsp)
+       OR EXISTS (SELECT FROM pg_catalog.pg_ts_config WHERE cfgnamespace = nsp)
+       OR EXISTS (SELECT FROM pg_catalog.pg_ts_dict WHERE dictnamespace = nsp)
+       OR EXISTS (SELECT FROM pg_catalog.pg_ts_parser WHERE prsnamespace = nsp)
+       OR EXISTS (SELECT FROM pg_catalog.pg_ts_template WHERE tmplnamespace = nsp)
+       OR EXISTS (SELECT FROM pg_catalog.pg_statistic_ext WHERE stxnamespace = nsp) THEN
+        RAISE EXCEPTION 'schema "kappa" is not empty'
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'pg_kappa makes the objects of schema kappa itself; the workers run as a superuser on them.',
+                  HINT = 'Drop schema kappa (or the objects in it), then run CREATE EXTENSION pg_kappa again.';
     END IF;
 END
 $$;

@@ -110,6 +110,8 @@ static const char *const kappa_transaction_settings[][2] = {
 	{"lock_timeout", "0"},
 	{"idle_in_transaction_session_timeout", "0"},
 	{"session_replication_role", "origin"},
+	/* ALTER DATABASE ... SET role would have them run as that role */
+	{"role", "none"},
 	{NULL, NULL}
 };
 
@@ -309,11 +311,13 @@ kappa_worker_begin(const char *application_name)
 	/*
 	 * How the workers' transactions behave is theirs to decide, whatever
 	 * postgresql.conf, ALTER DATABASE or ALTER ROLE set for sessions: a
-	 * database owner's default_transaction_read_only, a statement_timeout
-	 * shorter than a batch or a lock_timeout would otherwise stop every
-	 * worker in a restart loop while the slot holds WAL, and
+	 * database owner's default_transaction_read_only, lock_timeout or role
+	 * (the bootstrap superuser is a member of every role) would otherwise
+	 * stop every worker in a restart loop while the slot holds WAL, and
 	 * session_replication_role = replica would skip the foreign keys of the
-	 * extension's tables.
+	 * extension's tables.  (statement_timeout and
+	 * idle_in_transaction_session_timeout are armed by client backends
+	 * only; they are set here too, should that change.)
 	 */
 	for (int i = 0; kappa_transaction_settings[i][0]; i++)
 		SetConfigOption(kappa_transaction_settings[i][0], kappa_transaction_settings[i][1],

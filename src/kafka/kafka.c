@@ -45,9 +45,6 @@ static const char *const kafka_reserved_options[] = {
 	"log.queue",				/* keeps librdkafka threads out of PG code */
 	"enable.auto.commit",		/* offsets live in PostgreSQL */
 	"enable.auto.offset.store",
-	"group.id",					/* kappa.stream_group */
-	"auto.offset.reset",		/* a lost offset is reported, not skipped */
-	"isolation.level",			/* read_committed: exactly once */
 	NULL
 };
 

@@ -244,8 +244,11 @@ BEGIN
             USING ERRCODE = 'undefined_object',
                   HINT = 'SELECT name FROM kappa.rankings lists them.';
     END IF;
+    -- (a fixed window's zone is not used, and one stored before 0.1.5
+    -- was not checked)
     SELECT b.window_start, b.window_end INTO window_start, window_end
-      FROM kappa.window_bounds(ts, r.window_size, r.calendar, r.window_origin, r.time_zone) b;
+      FROM kappa.window_bounds(ts, r.window_size, r.calendar, r.window_origin,
+                               CASE WHEN r.calendar THEN r.time_zone END) b;
 END
 $$;
 

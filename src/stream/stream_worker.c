@@ -475,7 +475,7 @@ drop_pending_assignment(void)
  * unwind through librdkafka's frames or close the consumer from inside its
  * own callback: the callback only keeps the partitions, and collect assigns
  * them when librdkafka has returned (librdkafka waits for rd_kafka_assign
- * from any place, within the session timeout).
+ * from any place, heartbeating meanwhile, within max.poll.interval.ms).
  */
 static void
 stream_rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
@@ -2024,6 +2024,32 @@ create_consumer(void)
 		rd_kafka_conf_set(conf, "queued.max.messages.kbytes", "131072", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK)
 		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("%s", errstr)));
 
+	/*
+	 * The consumer's own settings, over kappa.kafka_options.  A value there
+	 * is said to be ignored rather than refused by the check hook: refused
+	 * in postgresql.conf at start, it would drop every other option (TLS,
+	 * SASL) with it.
+	 */
+	{
+		char	   *parse_error = NULL;
+		List	   *opts = kafka_options_parse(kappa_kafka_options, &parse_error);
+		ListCell   *lc;
+
+		foreach(lc, opts)
+		{
+			KafkaOption *opt = lfirst(lc);
+
+			if (strcmp(opt->key, "group.id") == 0 ||
+				strcmp(opt->key, "auto.offset.reset") == 0 ||
+				strcmp(opt->key, "isolation.level") == 0)
+				ereport(WARNING,
+						(errmsg("pg_kappa stream worker %d: property \"%s\" in kappa.kafka_options is ignored",
+								sw.index, opt->key),
+						 errdetail("The stream workers use group.id = kappa.stream_group (\"%s\"), auto.offset.reset = error and isolation.level = read_committed.",
+								   sw.group),
+						 errhint("Remove it from kappa.kafka_options.")));
+		}
+	}
 	if (rd_kafka_conf_set(conf, "group.id", sw.group, errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK ||
 		rd_kafka_conf_set(conf, "auto.offset.reset", "error", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK ||
 		rd_kafka_conf_set(conf, "isolation.level", "read_committed", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK)

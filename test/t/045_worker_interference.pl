@@ -6,10 +6,13 @@
 #    pg_advisory_lock(1801547888, n), executable by PUBLIC, also makes: an
 #    unprivileged role holding them stopped every stream batch (n = 3),
 #    window finalisation (4), forgetting (5) and kappa.publish_table (1).
-# 2. ALTER DATABASE ... SET default_transaction_read_only, statement_timeout,
-#    lock_timeout, idle_in_transaction_session_timeout or
-#    session_replication_role applied to the workers' sessions too: they
-#    failed in a loop while the slot held WAL.
+# 2. ALTER DATABASE ... SET default_transaction_read_only, lock_timeout,
+#    role or session_replication_role applied to the workers' sessions too:
+#    they failed in a loop while the slot held WAL (statement_timeout and
+#    idle_in_transaction_session_timeout, set here too, are armed by client
+#    backends only).
+# 3. group.id, auto.offset.reset and isolation.level in kappa.kafka_options
+#    were silently overridden by the stream workers: now each says so.
 # With both in place, sales inserted into a published table must reach the
 # ranking, with exactly the totals computed here.
 use strict;
@@ -26,6 +29,7 @@ my $node = kappa_node('interference', $broker, conf => q{
 kappa.idle_timeout = '1h'
 kappa.default_grace = '3650d'
 kappa.stream_batch_ms = 20
+kappa.kafka_options = 'isolation.level=read_uncommitted; linger.ms=5'
 });
 $node->safe_psql('shop', sales_table_sql());
 $node->safe_psql('postgres', 'CREATE ROLE mallory LOGIN');
@@ -34,14 +38,15 @@ $node->safe_psql('postgres', 'CREATE ROLE mallory LOGIN');
 # superuser; it stands for postgresql.conf).  The test's own sessions set
 # them back at connection (PGOPTIONS outranks ALTER DATABASE).
 $ENV{PGOPTIONS} = join(' ', map { "-c $_" } qw(default_transaction_read_only=off statement_timeout=0
-	lock_timeout=0 idle_in_transaction_session_timeout=0 session_replication_role=origin));
+	lock_timeout=0 idle_in_transaction_session_timeout=0 role=none session_replication_role=origin));
 $node->safe_psql('shop', $_) for (
 	q{ALTER DATABASE shop SET default_transaction_read_only = on},
 	q{ALTER DATABASE shop SET statement_timeout = '1ms'},
 	q{ALTER DATABASE shop SET lock_timeout = '1ms'},
 	q{ALTER DATABASE shop SET idle_in_transaction_session_timeout = '1ms'},
 	q{ALTER DATABASE shop SET default_transaction_isolation = 'serializable'},
-	q{ALTER DATABASE shop SET session_replication_role = 'replica'});
+	q{ALTER DATABASE shop SET session_replication_role = 'replica'},
+	q{ALTER DATABASE shop SET role = 'mallory'});
 $node->restart;
 
 # mallory holds every lock SQL can make with the extension's key, both ways
@@ -87,6 +92,10 @@ is($node->safe_psql('shop', q{SELECT count(*) FROM kappa.stream_worker_status() 
 	'0', 'the stream worker reported no error');
 is($node->safe_psql('shop', q{SELECT count(*) FROM kappa.cdc_status WHERE last_error IS NOT NULL}),
 	'0', 'the publisher reported no error');
+
+like(slurp_file($node->logfile),
+	qr/WARNING:  pg_kappa stream worker 0: property "isolation.level" in kappa.kafka_options is ignored/,
+	'the stream worker says it ignores isolation.level');
 
 $mallory->quit;
 done_testing();
