@@ -118,9 +118,12 @@ wait_until(sub { $node->safe_psql('shop', 'SELECT state FROM kappa.cdc_status') 
 $broker->control('down all');
 $node->safe_psql('shop', "INSERT INTO late VALUES (1, 'a'), (2, 'b')");
 $node->safe_psql('shop', "SELECT kappa.unpublish_table('late')");
-wait_until(sub { $node->safe_psql('shop', 'SELECT retries FROM kappa.cdc_status') > 0 },
+# the old code dropped the slot at the retry after the first failure: wait
+# for two more, not for a time
+my $retries = wait_until(sub { my $n = $node->safe_psql('shop', 'SELECT retries FROM kappa.cdc_status'); $n > 0 ? $n : undef },
 	'a delivery of the late table to fail');
-sleep 2;
+wait_until(sub { $node->safe_psql('shop', 'SELECT retries FROM kappa.cdc_status') >= $retries + 2 },
+	'two more attempts while Kafka is away', 60);
 is($node->safe_psql('shop', "SELECT count(*) FROM pg_replication_slots"), '1',
 	'the slot is kept while the changes before the unpublish are not delivered');
 $broker->control('up all');
