@@ -63,6 +63,7 @@ extern void csv_define_gucs(void);	/* src/sources/csv_worker.c */
 
 /* Secrets (src/secrets.c): KafkaOption pairs whose keys start with prefix */
 extern List *kappa_read_secrets(const char *prefix);
+extern int	errdetail_secrets_file(void);
 extern bool kappa_valid_topic_name(const char *name, const char **why);
 
 /* A refused record and where it came from (src/dead_letters.c) */

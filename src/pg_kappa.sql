@@ -40,19 +40,13 @@ BEGIN
                   DETAIL = pg_catalog.concat('Role ', who, ' owns it or may create objects in it; the pg_kappa workers run as a superuser on the objects in it.'),
                   HINT = 'Drop schema kappa (or the default privileges that grant CREATE on new schemas), or make a superuser its owner and revoke CREATE on it from other roles, then run CREATE EXTENSION pg_kappa again.';
     END IF;
-    IF EXISTS (SELECT FROM pg_catalog.pg_class WHERE relnamespace = nsp)
-       OR EXISTS (SELECT FROM pg_catalog.pg_proc WHERE pronamespace = nsp)
-       OR EXISTS (SELECT FROM pg_catalog.pg_type WHERE typnamespace = nsp)
-       OR EXISTS (SELECT FROM pg_catalog.pg_operator WHERE oprnamespace = nsp)
-       OR EXISTS (SELECT FROM pg_catalog.pg_collation WHERE collnamespace = nsp)
-       OR EXISTS (SELECT FROM pg_catalog.pg_conversion WHERE connamespace = nsp)
-       OR EXISTS (SELECT FROM pg_catalog.pg_opclass WHERE opcnamespace = nsp)
-       OR EXISTS (SELECT FROM pg_catalog.pg_opfamily WHERE opfnamespace = nsp)
-       OR EXISTS (SELECT FROM pg_catalog.pg_ts_config WHERE cfgnamespace = nsp)
-       OR EXISTS (SELECT FROM pg_catalog.pg_ts_dict WHERE dictnamespace = nsp)
-       OR EXISTS (SELECT FROM pg_catalog.pg_ts_parser WHERE prsnamespace = nsp)
-       OR EXISTS (SELECT FROM pg_catalog.pg_ts_template WHERE tmplnamespace = nsp)
-       OR EXISTS (SELECT FROM pg_catalog.pg_statistic_ext WHERE stxnamespace = nsp) THEN
+    -- (every object made in a schema depends on it: relations, functions,
+    -- types, operators, collations, text search objects, ...; so does this
+    -- extension, being created in it)
+    IF EXISTS (SELECT FROM pg_catalog.pg_depend
+                WHERE refclassid = 'pg_catalog.pg_namespace'::pg_catalog.regclass
+                  AND refobjid = nsp
+                  AND classid <> 'pg_catalog.pg_extension'::pg_catalog.regclass) THEN
         RAISE EXCEPTION 'schema "kappa" is not empty'
             USING ERRCODE = 'insufficient_privilege',
                   DETAIL = 'pg_kappa makes the objects of schema kappa itself; the workers run as a superuser on them.',

@@ -48,6 +48,17 @@ trim(char *s)
  * prefix removed, as a list of KafkaOption.  An empty kappa.secrets_file
  * gives an empty list.
  */
+/*
+ * Errors about the file name it in DETAIL only: the workers copy an error's
+ * message into their status, which kappa_reader may read, and the path is
+ * a superuser's setting.
+ */
+int
+errdetail_secrets_file(void)
+{
+	return errdetail("kappa.secrets_file is \"%s\".", kappa_secrets_file);
+}
+
 List *
 kappa_read_secrets(const char *prefix)
 {
@@ -65,13 +76,13 @@ kappa_read_secrets(const char *prefix)
 		ereport(ERROR,
 				(errcode_for_file_access(),
 				 errmsg("could not access the secrets file: %m"),
-				 errdetail("kappa.secrets_file is \"%s\".", kappa_secrets_file),
+				 errdetail_secrets_file(),
 				 errhint("Check kappa.secrets_file.")));
 	if (!S_ISREG(st.st_mode))
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIG_FILE_ERROR),
 				 errmsg("the secrets file is not a regular file"),
-				 errdetail("kappa.secrets_file is \"%s\".", kappa_secrets_file)));
+				 errdetail_secrets_file()));
 	if (st.st_uid != geteuid() || (st.st_mode & (S_IRWXG | S_IRWXO)) != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIG_FILE_ERROR),
@@ -85,7 +96,7 @@ kappa_read_secrets(const char *prefix)
 		ereport(ERROR,
 				(errcode_for_file_access(),
 				 errmsg("could not open the secrets file: %m"),
-				 errdetail("kappa.secrets_file is \"%s\".", kappa_secrets_file)));
+				 errdetail_secrets_file()));
 
 	while (fgets(line, sizeof(line), file) != NULL)
 	{
@@ -109,7 +120,7 @@ kappa_read_secrets(const char *prefix)
 					(errcode(ERRCODE_CONFIG_FILE_ERROR),
 					 errmsg("line %d of the secrets file is longer than %d bytes",
 							lineno, (int) sizeof(line) - 2),
-					 errdetail("kappa.secrets_file is \"%s\".", kappa_secrets_file)));
+					 errdetail_secrets_file()));
 		}
 		p = trim(line);
 		if (*p == '\0' || *p == '#')
@@ -122,7 +133,7 @@ kappa_read_secrets(const char *prefix)
 			ereport(ERROR,
 					(errcode(ERRCODE_CONFIG_FILE_ERROR),
 					 errmsg("line %d of the secrets file is not of the form key = value", lineno),
-					 errdetail("kappa.secrets_file is \"%s\".", kappa_secrets_file)));
+					 errdetail_secrets_file()));
 		}
 		*eq = '\0';
 		key = trim(p);
@@ -137,7 +148,7 @@ kappa_read_secrets(const char *prefix)
 			ereport(ERROR,
 					(errcode(ERRCODE_CONFIG_FILE_ERROR),
 					 errmsg("unknown key %son line %d of the secrets file", shown, lineno),
-					 errdetail("kappa.secrets_file is \"%s\".", kappa_secrets_file),
+					 errdetail_secrets_file(),
 					 errhint("Keys start with \"kafka.\" (librdkafka properties) or \"soap.\".")));
 		}
 		if (strncmp(key, prefix, prefixlen) == 0)

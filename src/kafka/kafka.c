@@ -607,7 +607,7 @@ kafka_conf_for(rd_kafka_type_t type, const char *role)
 					(errcode(ERRCODE_CONFIG_FILE_ERROR),
 					 errmsg("property \"%s\" in the secrets file is managed by pg_kappa",
 							opt->key),
-					 errdetail("kappa.secrets_file is \"%s\".", kappa_secrets_file),
+					 errdetail_secrets_file(),
 					 errhint("Remove the line \"kafka.%s\" from the secrets file.", opt->key)));
 		}
 		conf_set_option(conf, type, role, opt, "kappa.secrets_file");

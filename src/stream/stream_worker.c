@@ -1996,6 +1996,34 @@ wait_for_messages(long timeout_ms)
 	CHECK_FOR_INTERRUPTS();
 }
 
+/*
+ * The consumer's own settings go over kappa.kafka_options; a value there
+ * for one of them is said to be ignored rather than refused by the check
+ * hook: refused in postgresql.conf at start, it would drop every other
+ * option (TLS, SASL) with it.
+ */
+static void
+warn_overridden_options(void)
+{
+	char	   *error = NULL;
+	ListCell   *lc;
+
+	foreach(lc, kafka_options_parse(kappa_kafka_options, &error))
+	{
+		KafkaOption *opt = lfirst(lc);
+
+		if (strcmp(opt->key, "group.id") == 0 ||
+			strcmp(opt->key, "auto.offset.reset") == 0 ||
+			strcmp(opt->key, "isolation.level") == 0)
+			ereport(WARNING,
+					(errmsg("pg_kappa stream worker %d: property \"%s\" in kappa.kafka_options is ignored",
+							sw.index, opt->key),
+					 errdetail("The stream workers use group.id = kappa.stream_group (\"%s\"), auto.offset.reset = error and isolation.level = read_committed.",
+							   sw.group),
+					 errhint("Remove it from kappa.kafka_options.")));
+	}
+}
+
 static void
 create_consumer(void)
 {
@@ -2024,32 +2052,7 @@ create_consumer(void)
 		rd_kafka_conf_set(conf, "queued.max.messages.kbytes", "131072", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK)
 		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("%s", errstr)));
 
-	/*
-	 * The consumer's own settings, over kappa.kafka_options.  A value there
-	 * is said to be ignored rather than refused by the check hook: refused
-	 * in postgresql.conf at start, it would drop every other option (TLS,
-	 * SASL) with it.
-	 */
-	{
-		char	   *parse_error = NULL;
-		List	   *opts = kafka_options_parse(kappa_kafka_options, &parse_error);
-		ListCell   *lc;
-
-		foreach(lc, opts)
-		{
-			KafkaOption *opt = lfirst(lc);
-
-			if (strcmp(opt->key, "group.id") == 0 ||
-				strcmp(opt->key, "auto.offset.reset") == 0 ||
-				strcmp(opt->key, "isolation.level") == 0)
-				ereport(WARNING,
-						(errmsg("pg_kappa stream worker %d: property \"%s\" in kappa.kafka_options is ignored",
-								sw.index, opt->key),
-						 errdetail("The stream workers use group.id = kappa.stream_group (\"%s\"), auto.offset.reset = error and isolation.level = read_committed.",
-								   sw.group),
-						 errhint("Remove it from kappa.kafka_options.")));
-		}
-	}
+	warn_overridden_options();
 	if (rd_kafka_conf_set(conf, "group.id", sw.group, errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK ||
 		rd_kafka_conf_set(conf, "auto.offset.reset", "error", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK ||
 		rd_kafka_conf_set(conf, "isolation.level", "read_committed", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK)

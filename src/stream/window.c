@@ -46,6 +46,17 @@ floor_div(int64 a, int64 b)
 	return q;
 }
 
+#define UNKNOWN_ZONE "The time zone is not known to PostgreSQL (see pg_timezone_names)."
+
+/* The zone of that name, or NULL if PostgreSQL does not know it. */
+static pg_tz *
+known_zone(const char *name)
+{
+	pg_tz	   *tz = pg_tzset(name);
+
+	return tz != NULL && pg_tz_acceptable(tz) ? tz : NULL;
+}
+
 /*
  * Prepare a window specification.  Returns false with *error set when the
  * combination is not a valid window (the caller raises it).
@@ -86,15 +97,10 @@ window_spec_init(KappaWindowSpec *spec, const Interval *size, bool calendar,
 		 * (and shows it): a zone PostgreSQL does not know is refused here
 		 * as for a calendar window, not stored.
 		 */
-		if (time_zone)
+		if (time_zone && known_zone(time_zone) == NULL)
 		{
-			pg_tz	   *tz = pg_tzset(time_zone);
-
-			if (tz == NULL || !pg_tz_acceptable(tz))
-			{
-				*error = "The time zone is not known to PostgreSQL (see pg_timezone_names).";
-				return false;
-			}
+			*error = UNKNOWN_ZONE;
+			return false;
 		}
 		return true;
 	}
@@ -109,10 +115,10 @@ window_spec_init(KappaWindowSpec *spec, const Interval *size, bool calendar,
 	spec->days = size->day;
 
 	strlcpy(spec->tzname, time_zone ? time_zone : "UTC", sizeof(spec->tzname));
-	spec->tz = pg_tzset(spec->tzname);
-	if (spec->tz == NULL || !pg_tz_acceptable(spec->tz))
+	spec->tz = known_zone(spec->tzname);
+	if (spec->tz == NULL)
 	{
-		*error = "The time zone is not known to PostgreSQL (see pg_timezone_names).";
+		*error = UNKNOWN_ZONE;
 		return false;
 	}
 
