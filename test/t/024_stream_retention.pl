@@ -8,7 +8,6 @@
 use strict;
 use warnings;
 
-use IPC::Run;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
@@ -63,25 +62,29 @@ cmp_ok($earliest, '>', 10, "the broker deleted the stored offset (earliest now $
 ok(!grep({ $_->{value} =~ /"city":"Madrid"/ } @$left), 'no Madrid sale is left in the topic');
 cmp_ok($expected_lisboa, '<', 30000, "some Lisboa sales were deleted too ($expected_lisboa of 30000 left)");
 
-# The results held by another session: the worker's first batch waits, and
-# the stored offset must already be past the lost range, moved with its
-# dead letter (0.1.5; before, it stayed at 10 until a batch was applied, so
-# a restart meanwhile reported the same loss again).
-my ($lock_out, $lock_err) = ('', '');
-my $locker = IPC::Run::start([ 'psql', '-X', '-v', 'ON_ERROR_STOP=1', '-d', $node->connstr('shop'), '-c',
-	q{BEGIN; LOCK kappa.ranking_results IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(6); COMMIT;} ],
-	'>', \$lock_out, '2>', \$lock_err);
-wait_until(sub { $node->safe_psql('shop', q{
-SELECT count(*) FROM pg_locks WHERE relation = 'kappa.ranking_results'::regclass AND mode = 'AccessExclusiveLock' AND granted}) eq '1' },
-	'the results to be locked');
+# The row memory held by another session (a SHARE lock lets the worker read
+# it but not write it): the worker's first batch waits, and the stored offset
+# must already be past the lost range, moved with its dead letter (0.1.5;
+# before, it stayed at 10 until a batch was applied, so a restart meanwhile
+# reported the same loss again).  The lock is released only once that has
+# been seen.
+my $locker = $node->background_psql('shop', on_error_stop => 1);
+$locker->query_safe('BEGIN; LOCK TABLE kappa.stream_rows IN SHARE MODE;');
 my $log_offset = -s $node->logfile;
 $node->safe_psql('postgres', q{ALTER SYSTEM SET kappa.stream_enabled = on});
 $node->safe_psql('postgres', q{SELECT pg_reload_conf()});
 wait_until(sub { $node->safe_psql('shop', q{SELECT count(*) FROM kappa.dead_letters WHERE topic = 'sales-events'}) eq '1' },
 	'the lost range reported');
+wait_until(sub { $node->safe_psql('shop', q{
+SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+ WHERE l.relation = 'kappa.stream_rows'::regclass AND NOT l.granted
+   AND a.backend_type LIKE 'pg_kappa stream%'}) eq '1' },
+	'the worker\'s batch to wait for the row memory');
 is($node->safe_psql('shop', q{SELECT next_offset FROM kappa.stream_offsets WHERE topic = 'sales-events'}),
-	$earliest, 'the stored offset moved past the lost range with its dead letter');
-ok($locker->finish, 'the results were locked until then') or diag($lock_err);
+	$earliest, 'the stored offset moved past the lost range with its dead letter, before any batch');
+is(city_totals(), 'Madrid=55.00/10', 'and nothing of the batch is counted yet');
+$locker->query_safe('COMMIT');
+$locker->quit;
 wait_until(sub { city_totals() eq sprintf('Lisboa=%d.00/%d,Madrid=55.00/10', $expected_lisboa, $expected_lisboa) },
 	'every remaining sale counted once');
 is(city_totals(), sprintf('Lisboa=%d.00/%d,Madrid=55.00/10', $expected_lisboa, $expected_lisboa),
