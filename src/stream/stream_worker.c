@@ -2179,6 +2179,9 @@ kappa_stream_worker_main(Datum main_arg)
 			CHECK_FOR_INTERRUPTS();
 			if (ConfigReloadPending)
 			{
+				bool		resized = false;
+				bool		reconnected = false;
+
 				ConfigReloadPending = false;
 				ProcessConfigFile(PGC_SIGHUP);
 
@@ -2189,9 +2192,7 @@ kappa_stream_worker_main(Datum main_arg)
 						apply_batch();
 					sw.batch_cap = kappa_stream_batch_size;
 					sw.batch = repalloc(sw.batch, sizeof(rd_kafka_message_t *) * sw.batch_cap);
-					ereport(LOG,
-							(errmsg("pg_kappa stream worker %d: batches of at most %d messages from now on",
-									sw.index, sw.batch_cap)));
+					resized = true;
 				}
 
 				/*
@@ -2213,8 +2214,19 @@ kappa_stream_worker_main(Datum main_arg)
 									sw.index)));
 					leave_group();
 					create_consumer();
-					continue;
+					reconnected = true;
 				}
+
+				/*
+				 * Logged last, once the whole reload has been acted on (tests
+				 * wait for it before checking what a reload left alone).
+				 */
+				if (resized)
+					ereport(LOG,
+							(errmsg("pg_kappa stream worker %d: batches of at most %d messages from now on",
+									sw.index, sw.batch_cap)));
+				if (reconnected)
+					continue;
 			}
 			if (!kappa_stream_enabled)
 			{

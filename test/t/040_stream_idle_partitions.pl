@@ -77,7 +77,8 @@ is(join(',', sort map { decode_json($_->{value})->{group}{city} // '' } @$produc
 
 # ---- reloads that change how the consumer is made ---------------------------
 # A new line in the secrets file (as a rotated password is) and a reload: the
-# worker makes its consumer again; a reload that changes nothing does not.
+# worker makes its consumer again; a reload that changes no Kafka setting
+# does not.
 # Then kappa.brokers pointing at another cluster: the worker reads from it.
 my $secrets = $node->data_dir . '/kappa_secrets';
 my $write_secrets = sub {
@@ -93,16 +94,23 @@ $write_secrets->('rack-1');
 $node->append_conf('postgresql.conf', qq{kappa.secrets_file = '$secrets'});
 $node->reload;
 wait_until(sub { $reconnects->() == 1 }, 'the worker to make its consumer again for the secrets file');
-$node->reload;
-sleep 2;
-is($reconnects->(), 1, 'a reload that changes nothing keeps the consumer');
+# (each reload below that must keep the consumer also sets a new batch size:
+# the worker logs that once it has acted on the whole reload)
+my $reloaded = sub {
+	my ($batch) = @_;
+	$node->append_conf('postgresql.conf', "kappa.stream_batch_size = $batch");
+	$node->reload;
+	wait_until(sub { slurp_file($node->logfile) =~ /stream worker 0: batches of at most $batch messages from now on/ },
+		"the worker to act on the reload (batch size $batch)");
+};
+$reloaded->(777);
+is($reconnects->(), 1, 'a reload that changes no Kafka setting keeps the consumer');
 $write_secrets->('rack-2');
 $node->reload;
 wait_until(sub { $reconnects->() == 2 }, 'the worker to make its consumer again for the changed secret');
 pass('a changed line in the secrets file makes a new consumer');
 $write_secrets->('rack-2', 'soap-secret');
-$node->reload;
-sleep 2;
+$reloaded->(778);
 is($reconnects->(), 2, 'a new SOAP password in the secrets file leaves the Kafka clients alone');
 
 # (the other cluster holds the same topics at the same offsets, as a cluster
