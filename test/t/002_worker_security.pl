@@ -126,9 +126,10 @@ $node->safe_psql('shop', q{INSERT INTO public.sales VALUES (8, 'ST-1', 'S-1', 'A
 wait_published($node);
 is(join(',', map { $_->{key} } grep { $_->{value} =~ /"connector":"postgres"/ } @{ kcat_consume($broker, 'sales-events') }),
 	'7,8', 'the topic has the table\'s rows, not the forged one');
-like(slurp_file($node->logfile, $log_offset),
-	qr/WARNING:  pg_kappa: ignored a snapshot message not written by kappa.publish_table\(\)/,
-	'the forged messages were reported');
+# (two transactions, one message each: one warning each)
+is(scalar(() = slurp_file($node->logfile, $log_offset)
+	=~ /WARNING:  pg_kappa: ignored a snapshot message not written by kappa.publish_table\(\)/g),
+	2, 'each forged message was reported');
 # Inside a transaction that publishes a table, a message for that table
 # that names another topic, or is not of our format, is ignored too.
 $node->safe_psql('shop', q{CREATE TABLE public.refunds (id int PRIMARY KEY, amount numeric)});
@@ -147,8 +148,10 @@ is(join(',', map { $_->{key} } grep { $_->{value} =~ /"table":"refunds"/ } @{ kc
 	'1', 'the publishing transaction\'s own table: its rows only');
 is(scalar(grep { $_->{key} eq '99' } @{ kcat_consume($broker, 'payment-confirmations') }), 0,
 	'nothing in the other topic');
-like(slurp_file($node->logfile, $log_offset), qr/WARNING:  pg_kappa: ignored a snapshot message/,
-	'reported, and the publisher went on');
+# (two messages in one transaction: a warning once per transaction, so that
+# a flood of them cannot flood the log)
+is(scalar(() = slurp_file($node->logfile, $log_offset) =~ /WARNING:  pg_kappa: ignored a snapshot message/g),
+	1, 'reported once for the transaction, and the publisher went on');
 $node->safe_psql('shop', q{SELECT kappa.unpublish_table('public.refunds')});
 $node->safe_psql('shop', q{SELECT kappa.unpublish_table('public.sales')});
 
