@@ -7,6 +7,7 @@
 DO $$
 DECLARE
     t regclass;
+    who text;
 BEGIN
     SELECT p.relid INTO t FROM kappa.published_tables p
      WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_index i
@@ -18,19 +19,32 @@ BEGIN
                   DETAIL = 'Kafka messages are keyed by the primary key; pg_kappa 0.1.5 keeps published tables from losing theirs.',
                   HINT = 'Add the primary key back (or unpublish the table with kappa.unpublish_table()), then update again.';
     END IF;
-    -- what CREATE EXTENSION refuses since 0.1.5, said here
-    IF EXISTS (SELECT FROM pg_catalog.pg_namespace n
-                 JOIN pg_catalog.pg_roles r ON r.oid = n.nspowner
-                WHERE n.nspname = 'kappa'::pg_catalog.name AND NOT r.rolsuper)
-       OR EXISTS (SELECT FROM pg_catalog.pg_namespace n,
-                              pg_catalog.aclexplode(n.nspacl) a
-                         LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee
-                  WHERE n.nspname = 'kappa'::pg_catalog.name
-                    AND a.privilege_type = 'CREATE'::pg_catalog.text
-                    AND (r.rolsuper IS NULL OR NOT r.rolsuper)) THEN
-        RAISE WARNING 'schema "kappa" is not a superuser''s alone'
-            USING DETAIL = 'A role other than a superuser owns it or may create objects in it; the pg_kappa workers run as a superuser on the objects in it.',
-                  HINT = 'Make a superuser its owner and revoke CREATE on it from other roles.';
+    -- what CREATE EXTENSION refuses since 0.1.5, refused here too: this
+    -- script and the workers run as a superuser on what the schema holds,
+    -- so a role that owns it or may create in it could have planted
+    -- functions or triggers they would run
+    SELECT r.rolname INTO who FROM pg_catalog.pg_namespace n
+      JOIN pg_catalog.pg_roles r ON r.oid = n.nspowner
+     WHERE n.nspname = 'kappa'::pg_catalog.name AND NOT r.rolsuper;
+    IF who IS NOT NULL THEN
+        RAISE EXCEPTION 'schema "kappa" is not a superuser''s alone'
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = pg_catalog.format('Role %I owns it; the pg_kappa workers and this update run as a superuser on the objects in it.', who),
+                  HINT = 'Make a superuser its owner (ALTER SCHEMA kappa OWNER TO a superuser), check the objects in it, then update again.';
+    END IF;
+    SELECT coalesce(pg_catalog.quote_ident(r.rolname), 'PUBLIC') INTO who
+      FROM pg_catalog.pg_namespace n,
+           pg_catalog.aclexplode(n.nspacl) a
+      LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee
+     WHERE n.nspname = 'kappa'::pg_catalog.name
+       AND a.privilege_type = 'CREATE'::pg_catalog.text
+       AND (r.rolsuper IS NULL OR NOT r.rolsuper)
+     ORDER BY 1 LIMIT 1;
+    IF who IS NOT NULL THEN
+        RAISE EXCEPTION 'schema "kappa" is not a superuser''s alone'
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = pg_catalog.format('Role %s may create objects in it; the pg_kappa workers and this update run as a superuser on the objects in it.', who),
+                  HINT = 'Revoke CREATE on schema kappa from every role but superusers, check the objects in it, then update again.';
     END IF;
 END
 $$;

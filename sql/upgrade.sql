@@ -181,6 +181,20 @@ UPDATE kappa.rankings SET time_zone = 'Nowhere/Atlantis' WHERE name = 'fixed_bad
 ALTER EXTENSION pg_kappa UPDATE;
 SELECT extversion FROM pg_extension WHERE extname = 'pg_kappa';
 ALTER TABLE keyless ADD PRIMARY KEY (id);
+-- a schema another role owns, or may create in, is refused too (0.1.4 took
+-- a schema kappa made beforehand), and taken once a superuser's alone
+CREATE ROLE kappa_upgrade_squatter;
+GRANT CREATE ON SCHEMA kappa TO kappa_upgrade_squatter;
+ALTER EXTENSION pg_kappa UPDATE;
+REVOKE CREATE ON SCHEMA kappa FROM kappa_upgrade_squatter;
+GRANT CREATE ON SCHEMA kappa TO PUBLIC;
+ALTER EXTENSION pg_kappa UPDATE;
+REVOKE CREATE ON SCHEMA kappa FROM PUBLIC;
+ALTER SCHEMA kappa OWNER TO kappa_upgrade_squatter;
+ALTER EXTENSION pg_kappa UPDATE;
+SELECT extversion FROM pg_extension WHERE extname = 'pg_kappa';
+ALTER SCHEMA kappa OWNER TO CURRENT_USER;
+DROP ROLE kappa_upgrade_squatter;
 ALTER EXTENSION pg_kappa UPDATE;
 SELECT extversion FROM pg_extension WHERE extname = 'pg_kappa';
 SELECT * FROM kappa.ranking_window('fixed_bad_zone', '2026-11-21 12:00+00');
