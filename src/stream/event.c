@@ -859,7 +859,8 @@ change_parse(const char *msg, size_t len, KappaChange *change, const char **erro
 /*
  * Read a decimal number (JSON number, or a string holding one such as
  * "129.90") into mantissa and scale.  Exponents are refused: amounts are
- * written as plain decimals.  Up to 36 significant digits.
+ * written as plain decimals.  Up to 36 significant digits and 36 after the
+ * point.
  */
 bool
 decimal_parse(const JsonSpan *s, KappaDecimal *d)
@@ -899,13 +900,47 @@ decimal_parse(const JsonSpan *s, KappaDecimal *d)
 		if (digits > 36)
 			return false;
 		m = m * 10 + (*p - '0');
-		if (dot)
-			d->scale++;
+		/* leading zeros after the point count here */
+		if (dot && ++d->scale > 36)
+			return false;
 	}
 	if (dot && d->scale == 0)
 		return false;
 	d->mantissa = neg ? -m : m;
 	return true;
+}
+
+/*
+ * Is s spelt as a plain decimal (sign, digits, at most one point), whatever
+ * its size?  For error messages: decimal_parse refused it for its size.
+ */
+bool
+decimal_spelling(const JsonSpan *s)
+{
+	const char *p = s->p;
+	const char *end = s->p + s->len;
+	bool		dot = false;
+	bool		digit = false;
+
+	if (s->type == JSON_SPAN_STRING)
+	{
+		p++;
+		end--;
+	}
+	else if (s->type != JSON_SPAN_NUMBER)
+		return false;
+	if (p < end && (*p == '-' || *p == '+'))
+		p++;
+	for (; p < end; p++)
+	{
+		if (*p == '.' && !dot)
+			dot = true;
+		else if (isdigit((unsigned char) *p))
+			digit = true;
+		else
+			return false;
+	}
+	return digit && (!dot || end[-1] != '.');
 }
 
 /* 10^0 .. 10^38, made at the first use */
@@ -985,6 +1020,9 @@ decimal_append(StringInfo out, const KappaDecimal *d)
 	int128		m = d->mantissa < 0 ? -d->mantissa : d->mantissa;
 	int			written = 0;
 
+	/* at most 38 digits, a point, a leading zero, a sign */
+	if (d->scale > 38)
+		elog(ERROR, "decimal of scale %d cannot be written", d->scale);
 	buf[--pos] = '\0';
 	do
 	{

@@ -80,6 +80,7 @@ typedef struct KappaDecimal
 #define KAPPA_MAX_KEY_BYTES					1000
 
 extern bool decimal_parse(const JsonSpan *s, KappaDecimal *d);
+extern bool decimal_spelling(const JsonSpan *s);
 extern bool decimal_fits(const KappaDecimal *d, int integer_digits, int max_scale);
 extern bool decimal_add(KappaDecimal *a, const KappaDecimal *b, int sign);
 extern bool decimal_equal(const KappaDecimal *a, const KappaDecimal *b);

@@ -256,10 +256,15 @@ contribution_compute(const KappaRanking *r, const char *row, int rowlen,
 
 	if (r->measure_sum)
 	{
+#define MEASURE_TOO_LARGE "the measure has more than " CppAsString2(KAPPA_MAX_MEASURE_INTEGER_DIGITS) \
+			" digits before the point or more than " CppAsString2(KAPPA_MAX_MEASURE_SCALE) " after it"
+
 		if (!json_row_decimal(&spans[r->measure_index], &c->value))
 		{
+			/* (a decimal past 36 digits, or 36 after the point, is refused too) */
 			*error = spans[r->measure_index].type == JSON_SPAN_MISSING ?
 				"the measure field is missing" :
+				decimal_spelling(&spans[r->measure_index]) ? MEASURE_TOO_LARGE :
 				"the measure is not a decimal number";
 			return false;
 		}
@@ -280,8 +285,7 @@ contribution_compute(const KappaRanking *r, const char *row, int rowlen,
 		if (strict &&
 			!decimal_fits(&c->value, KAPPA_MAX_MEASURE_INTEGER_DIGITS, KAPPA_MAX_MEASURE_SCALE))
 		{
-			*error = "the measure has more than " CppAsString2(KAPPA_MAX_MEASURE_INTEGER_DIGITS)
-				" digits before the point or more than " CppAsString2(KAPPA_MAX_MEASURE_SCALE) " after it";
+			*error = MEASURE_TOO_LARGE;
 			return false;
 		}
 	}

@@ -91,6 +91,23 @@ is($node->safe_psql('shop', q{SELECT string_agg("offset" || ': ' || error, E'\n'
 is($node->safe_psql('shop', q{SELECT count(*) || ' ' || min("offset") || '-' || max("offset") || ' ' || min(error) FROM kappa.dead_letters WHERE topic = 'partial-city-totals' AND "offset" >= 3}),
 	'10 3-12 ranking "city_from_partials": sale_count is missing or not an integer of at most 15 digits',
 	'18-digit sale counts: dead letters');
+
+# Decimals with a scale past what the worker computes in (36 digits): the
+# leading zeros after the point used not to count, and writing such an
+# amount or total out overran a buffer on the worker's stack, which crashed
+# the worker, every backend with it, and again after each restart (0.1.5).
+my $tiny = '"0.' . ('0' x 200) . '1"';
+kcat_produce($broker, 'payment-confirmations', [
+	[ 'S-1', qq({"op":"c","before":null,"after":{"payment_id":"PAY-1","sale_id":"S-1","status":"CONFIRMED","amount":$tiny,"currency":"EUR","confirmed_at":"2026-11-20T10:00:00Z"},"source":{"connector":"test"},"ts_ms":1}) ] ]);
+kcat_produce($broker, 'partial-city-totals', [
+	[ 'p4', '{"ranking":"top_sales_by_city","window_start":"2026-11-21T00:00:00.000000Z","window_end":"2026-11-22T00:00:00.000000Z","group":{"city":"Madrid"},"total_sales":' . $tiny . ',"sale_count":2,"final":false,"producer":"C"}' ] ]);
+wait_until(sub { $node->safe_psql('shop', q{SELECT count(*) FROM kappa.dead_letters WHERE topic IN ('payment-confirmations', 'partial-city-totals') AND "offset" IN (0, 13) AND error LIKE '%decimal%'}) eq '2' },
+	'the two decimals of scale 201 refused');
+is($node->safe_psql('shop', q{SELECT string_agg(topic || '[' || "offset" || ']: ' || error, E'\n' ORDER BY topic) FROM kappa.dead_letters WHERE topic IN ('payment-confirmations', 'partial-city-totals') AND error LIKE '%decimal%'}),
+	"partial-city-totals[13]: ranking \"city_from_partials\": total_sales is missing or not a decimal number\n"
+	  . "payment-confirmations[0]: the payment amount is not a decimal number",
+	'an amount and a total with 200 zeros after the point: dead letters');
+is($node->safe_psql('shop', q{SELECT count(*) FROM kappa.payments}), '0', 'no payment recorded');
 is($node->safe_psql('shop', 'SELECT pid FROM kappa.stream_worker_status()'), $pid, 'the same worker all along');
 
 # A row counted before these limits existed (0.1.4 took any scale), as its
