@@ -1003,6 +1003,14 @@ wait_for_work(long timeout_ms)
 	(void) WaitEventSetWait(worker.waitset, timeout_ms, &event, 1, PG_WAIT_EXTENSION);
 	ResetLatch(MyLatch);
 	CHECK_FOR_INTERRUPTS();
+
+	/*
+	 * The producer's wake-up pipe is in the wait set and stays readable
+	 * until served: while not decoding (disabled, backing off, nothing
+	 * published) its log and error events would make every wait return at
+	 * once, a loop on a whole core.
+	 */
+	serve_kafka(0);
 }
 
 static void

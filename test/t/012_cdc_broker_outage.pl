@@ -114,5 +114,32 @@ is($ids, $next - 1, 'with the limit raised, every row reached the topic, the lar
 is($mismatched, 0, 'any replay is an exact copy');
 is($node->safe_psql('shop', 'SELECT pid FROM kappa.cdc_status'), $pid, 'the same publisher all along');
 
+# 4. Nothing to publish, and the broker gone: the publisher has nothing to
+#    do but wait.  It keeps its producer, whose error events wake it; it
+#    used not to serve them while not decoding, so each wait returned at
+#    once and it spun on a core, starting to decode thousands of times a
+#    second.  What it may spend here is a resource bound, not a timing: a
+#    worker that waits uses next to nothing, one that spins a whole core.
+sub cpu_seconds
+{
+	my ($p) = @_;
+	open my $fh, '<', "/proc/$p/stat" or die "no process $p: $!";
+	my @f = split ' ', (split /\) /, scalar(<$fh>), 2)[1];
+	close $fh;
+	return ($f[11] + $f[12]) / 100;    # utime + stime, in clock ticks
+}
+$node->safe_psql('shop', "SELECT kappa.unpublish_table('sales')");
+wait_until(sub { $node->safe_psql('shop', 'SELECT state FROM kappa.cdc_status') =~ /^waiting for kappa.publish_table/ },
+	'the publisher to wait for a table to publish');
+$broker->control('down all');
+wait_until(sub { $node->safe_psql('shop', 'SELECT last_error FROM kappa.cdc_status') =~ /^kafka: / },
+	'the producer to report the broker gone', 30);
+my $cpu = cpu_seconds($pid);
+sleep 4;
+$cpu = cpu_seconds($pid) - $cpu;
+cmp_ok($cpu, '<', 1, "waiting with the broker down, the publisher used ${cpu} s of CPU in 4 s");
+is($node->safe_psql('shop', 'SELECT pid FROM kappa.cdc_status'), $pid, 'the same publisher');
+$broker->control('up all');
+
 $node->stop;
 done_testing();
