@@ -1806,6 +1806,13 @@ resume_after_lost_offsets(void)
 	if (!any)
 		return;
 
+	/*
+	 * Apply what the batch holds first: messages fetched before the lost
+	 * range lie below it, and the stored offset is about to move past them.
+	 */
+	if (sw.batch_count > 0)
+		apply_batch();
+
 	list = rd_kafka_topic_partition_list_new(list_length(sw.partitions));
 	foreach(lc, sw.partitions)
 	{
@@ -1854,13 +1861,17 @@ resume_after_lost_offsets(void)
 		}
 
 		/*
-		 * The stored offset moves past the lost range with its dead letter:
-		 * else a restart before this partition's next batch is applied (or a
-		 * partition that gets nothing more) would seek to the lost offset
-		 * again, and report it again.  Fenced like store_offsets: nothing
-		 * moves if another member stored an offset meanwhile.
+		 * The stored offset moves to where the worker resumes, with its dead
+		 * letter: else a restart before this partition's next batch is
+		 * applied (or a partition that gets nothing more) would seek to the
+		 * lost offset again, and report it again.  Past the lost range
+		 * (retention), or back to the start of a recreated topic that holds
+		 * fewer messages than were read: its messages are new, and left
+		 * below the worker's position they would be skipped as read
+		 * already.  Fenced like store_offsets: nothing moves if another
+		 * member stored an offset meanwhile.
 		 */
-		if (!err && lo > ps->committed)
+		if (!err && lo != ps->committed)
 		{
 			Oid			types[5] = {TEXTOID, TEXTOID, INT4OID, INT8OID, INT8OID};
 			Datum		args[5];
@@ -1878,10 +1889,7 @@ resume_after_lost_offsets(void)
 									  5, types, args, NULL, false, 0) != SPI_OK_UPDATE)
 				elog(ERROR, "could not update kappa.stream_offsets");
 			if (SPI_processed == 1)
-			{
-				ps->committed = lo;
-				ps->next = Max(ps->next, lo);
-			}
+				ps->committed = ps->next = lo;
 			SPI_finish();
 		}
 		PopActiveSnapshot();
