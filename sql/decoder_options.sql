@@ -38,6 +38,23 @@ SELECT count(*) AS messages,
   FROM pg_logical_slot_get_changes('options_slot', NULL, NULL);
 SELECT spill_txns > 0 AS spilled FROM pg_stat_replication_slots WHERE slot_name = 'options_slot';
 
+-- Messages of the snapshot prefix that kappa.publish_table() did not write
+-- are ignored with a warning (once per transaction) in every mode, not only
+-- for the publisher: malformed, one used to stop the slot for good; well
+-- formed (header: version 1, the table's oid, key length 1, no topic; key
+-- "9"), one came out as a row of a table nobody published.
+\set VERBOSITY terse
+SELECT 'emitted' FROM pg_logical_emit_message(true, 'pg_kappa.snapshot', '\x01'::bytea);
+SELECT 'emitted' FROM (SELECT 'a_table'::regclass::oid::bigint AS o) r,
+  pg_logical_emit_message(true, 'pg_kappa.snapshot',
+    set_byte(set_byte(set_byte(set_byte(set_byte(set_byte('\x00000000000000000000000000000000'::bytea,
+      0, 1), 4, (o & 255)::int), 5, ((o >> 8) & 255)::int), 6, ((o >> 16) & 255)::int),
+      7, ((o >> 24) & 255)::int), 8, 1)
+    || convert_to('9{"id":9,"v":"forged"}', 'UTF8'));
+INSERT INTO b_table VALUES (2, 'after them');
+SELECT data FROM pg_logical_slot_get_changes('options_slot', NULL, NULL, 'format', 'text');
+\set VERBOSITY default
+
 SELECT pg_drop_replication_slot('options_slot');
 DROP TABLE a_table, b_table, other.a_table;
 DROP SCHEMA other;

@@ -348,7 +348,7 @@ decoded_table(KappaDecodingState *data, Relation relation)
 		included = true;
 
 	entry->included = included;
-	entry->registry = data->published_only &&
+	entry->registry =
 		RelationGetNamespace(relation) == get_namespace_oid(KAPPA_SCHEMA_NAME, true) &&
 		strcmp(RelationGetRelationName(relation), "published_tables") == 0;
 	if (included)
@@ -754,21 +754,20 @@ decoder_message(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 		return;
 
 	/*
-	 * In published-only mode a snapshot row counts only in a transaction
-	 * that wrote the table's kappa.published_tables row before it, as
-	 * kappa.publish_table() does (that row may not be visible to the
-	 * historic snapshot yet, so the change decoded earlier is what tells).
-	 * Anyone may call pg_logical_emit_message(): a message of our prefix
-	 * from any other transaction would be a forged event for any topic, or,
-	 * malformed, an error that stops decoding for good.
+	 * A snapshot row counts only in a transaction that wrote the table's
+	 * kappa.published_tables row before it, as kappa.publish_table() does
+	 * (that row may not be visible to the historic snapshot yet, so the
+	 * change decoded earlier is what tells), in every mode: anyone may call
+	 * pg_logical_emit_message(), and a message of our prefix from any other
+	 * transaction would be a forged event for any table, or, malformed, an
+	 * error that stops the slot for good (it meets the same record again).
 	 */
 	if (message_size >= sizeof(hdr))
 		memcpy(&hdr, message, sizeof(hdr));
-	if (data->published_only &&
-		(message_size < sizeof(hdr) || hdr.version != KAPPA_SNAPSHOT_VERSION ||
-		 message_size < (Size) sizeof(hdr) + hdr.keylen + hdr.topiclen ||
-		 (Size) hdr.keylen + hdr.topiclen > message_size ||
-		 !being_published(data, hdr.relid, message + sizeof(hdr) + hdr.keylen, hdr.topiclen)))
+	if (message_size < sizeof(hdr) || hdr.version != KAPPA_SNAPSHOT_VERSION ||
+		message_size < (Size) sizeof(hdr) + hdr.keylen + hdr.topiclen ||
+		(Size) hdr.keylen + hdr.topiclen > message_size ||
+		!being_published(data, hdr.relid, message + sizeof(hdr) + hdr.keylen, hdr.topiclen))
 	{
 		if (data->forged_warned)
 			return;				/* once per transaction */
@@ -780,11 +779,7 @@ decoder_message(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 						   txn->xid, KAPPA_SNAPSHOT_PREFIX)));
 		return;
 	}
-	if (message_size < sizeof(hdr))
-		elog(ERROR, "pg_kappa snapshot message too short");
 	fixed = sizeof(hdr) + hdr.keylen + hdr.topiclen;
-	if (hdr.version != KAPPA_SNAPSHOT_VERSION || message_size < fixed)
-		elog(ERROR, "pg_kappa snapshot message of an unknown format");
 
 	relation = RelationIdGetRelation(hdr.relid);
 	if (!RelationIsValid(relation))
