@@ -25,6 +25,7 @@
 #include <errno.h>
 #include <limits.h>
 
+#include "common/int.h"
 #include "datatype/timestamp.h"
 #include "stream/event.h"
 #include "utils/datetime.h"
@@ -1175,7 +1176,10 @@ timestamp_parse(const JsonSpan *s, TimestampTz *result)
 		us = strtoll(buf, &endptr, 10);
 		if (errno != 0 || *endptr != '\0')
 			return false;
-		*result = us - (int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * USECS_PER_DAY;
+		/* (near INT64_MIN the subtraction would wrap to a valid time) */
+		if (pg_sub_s64_overflow(us, (int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * USECS_PER_DAY,
+								result))
+			return false;
 		return IS_VALID_TIMESTAMP(*result);
 	}
 	if (s->type != JSON_SPAN_STRING)
