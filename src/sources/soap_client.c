@@ -47,6 +47,23 @@ static struct curl_slist *soap_headers = NULL;
 static char *soap_request_data = NULL;
 static size_t soap_request_len = 0;
 
+/*
+ * Has the parsed URL this part (with nonempty, not an empty one)?
+ * (libcurl's copy is freed.)
+ */
+static bool
+url_has_part(CURLU *u, CURLUPart what, bool nonempty)
+{
+	char	   *part = NULL;
+	bool		has;
+
+	has = curl_url_get(u, what, &part, 0) == CURLUE_OK && part != NULL &&
+		(!nonempty || part[0] != '\0');
+	if (part)
+		curl_free(part);
+	return has;
+}
+
 /* ---------------------------------------------------------------------
  * kappa.soap_url: an absolute http or https URL without credentials
  * ---------------------------------------------------------------------
@@ -55,7 +72,6 @@ bool
 soap_url_is_valid(const char *url, const char **why)
 {
 	CURLU	   *u;
-	char	   *part = NULL;
 	bool		ok = true;
 
 	for (const char *p = url; *p; p++)
@@ -88,25 +104,23 @@ soap_url_is_valid(const char *url, const char **why)
 		*why = "libcurl cannot parse the URL.";
 		ok = false;
 	}
-	else if (curl_url_get(u, CURLUPART_USER, &part, 0) == CURLUE_OK)
+	else if (url_has_part(u, CURLUPART_USER, false) ||
+			 url_has_part(u, CURLUPART_PASSWORD, false))
 	{
 		/* it would be logged, shown in views and put in every message */
 		*why = "The URL must not contain a user name or password: set kappa.soap_username and put soap.password in kappa.secrets_file.";
 		ok = false;
 	}
-	else if (curl_url_get(u, CURLUPART_HOST, &part, 0) != CURLUE_OK ||
-			 part == NULL || part[0] == '\0')
+	else if (!url_has_part(u, CURLUPART_HOST, true))
 	{
 		*why = "The URL has no host.";
 		ok = false;
 	}
-	else if (curl_url_get(u, CURLUPART_FRAGMENT, &part, 0) == CURLUE_OK)
+	else if (url_has_part(u, CURLUPART_FRAGMENT, false))
 	{
 		*why = "The URL must not have a fragment (#...).";
 		ok = false;
 	}
-	if (part)
-		curl_free(part);
 	curl_url_cleanup(u);
 	return ok;
 }
