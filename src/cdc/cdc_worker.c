@@ -504,6 +504,14 @@ produce_message(KappaDecodingState *data, StringInfo value)
 
 	Assert(txn != NULL && !txn->closed);
 
+	/*
+	 * Decoding has no interrupt check of its own between changes: without
+	 * this, a transaction of millions of rows would hold off SIGTERM until
+	 * its commit record.  (Exiting here is safe: nothing of it is
+	 * confirmed, it is decoded again from the slot.)
+	 */
+	CHECK_FOR_INTERRUPTS();
+
 	/* decoding stops and starts again from the slot: no use sending more */
 	if (worker.delivery_failed)
 		return;
@@ -694,7 +702,9 @@ start_decoding(void)
 						 "replication slot \"%s\" is missing while tables are published; call kappa.publish_table() again for one of them (it makes the slot anew and sends the rows of every published table again)",
 						 kappa_cdc_slot_name);
 				record_error(msg);
-				ereport(WARNING, (errmsg("pg_kappa cdc publisher: %s", msg)));
+				ereport(WARNING,
+						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						 errmsg("pg_kappa cdc publisher: %s", msg)));
 				slot_missing_reported = true;
 			}
 		}

@@ -2024,7 +2024,8 @@ warn_overridden_options(void)
 			strcmp(opt->key, "auto.offset.reset") == 0 ||
 			strcmp(opt->key, "isolation.level") == 0)
 			ereport(WARNING,
-					(errmsg("pg_kappa stream worker %d: property \"%s\" in kappa.kafka_options is ignored",
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("pg_kappa stream worker %d: property \"%s\" in kappa.kafka_options is ignored",
 							sw.index, opt->key),
 					 errdetail("The stream workers use group.id = kappa.stream_group (\"%s\"), auto.offset.reset = error and isolation.level = read_committed.",
 							   sw.group),
