@@ -538,6 +538,7 @@ kafka_conf_for(rd_kafka_type_t type, const char *role)
 {
 	rd_kafka_conf_t *conf = rd_kafka_conf_new();
 	List	   *opts;
+	List	   *secrets;
 	ListCell   *lc;
 	char	   *error = NULL;
 	char		client_id[128];
@@ -595,7 +596,8 @@ kafka_conf_for(rd_kafka_type_t type, const char *role)
 	}
 	foreach(lc, opts)
 		conf_set_option(conf, type, role, lfirst(lc), "kappa.kafka_options");
-	foreach(lc, kappa_read_secrets("kafka."))
+	secrets = kappa_read_secrets("kafka.");
+	foreach(lc, secrets)
 	{
 		KafkaOption *opt = lfirst(lc);
 
@@ -611,6 +613,40 @@ kafka_conf_for(rd_kafka_type_t type, const char *role)
 					 errhint("Remove the line \"kafka.%s\" from the secrets file.", opt->key)));
 		}
 		conf_set_option(conf, type, role, opt, "kappa.secrets_file");
+	}
+
+	/*
+	 * What exactly once rests on: a message is acknowledged once every
+	 * in-sync replica has it, and retries neither duplicate nor reorder it.
+	 * Not left to kappa.kafka_options (a value there is said to be ignored
+	 * rather than refused by the check hook, which at server start would
+	 * drop every other option, TLS and SASL included).
+	 */
+	if (type == RD_KAFKA_PRODUCER)
+	{
+		List	   *given = list_concat_copy(opts, secrets);
+
+		foreach(lc, given)
+		{
+			KafkaOption *opt = lfirst(lc);
+			bool		unsafe;
+
+			if (strcmp(opt->key, "enable.idempotence") == 0)
+				unsafe = strcmp(opt->value, "true") != 0;
+			else if (strcmp(opt->key, "acks") == 0 ||
+					 strcmp(opt->key, "request.required.acks") == 0)
+				unsafe = strcmp(opt->value, "all") != 0 && strcmp(opt->value, "-1") != 0;
+			else
+				continue;
+			if (unsafe)
+				ereport(WARNING,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("pg_kappa: \"%s=%s\" is ignored for the %s producer",
+								opt->key, opt->value, role),
+						 errdetail("pg_kappa's producers are idempotent and wait for acks=all: what the slot and the ledgers confirm must not be lost or reordered.")));
+		}
+		conf_set_or_error(conf, "enable.idempotence", "true", NULL);
+		conf_set_or_error(conf, "acks", "all", NULL);
 	}
 
 	rd_kafka_conf_set_log_cb(conf, kafka_log_cb);

@@ -13,6 +13,9 @@
 #    backends only).
 # 3. group.id, auto.offset.reset and isolation.level in kappa.kafka_options
 #    were silently overridden by the stream workers: now each says so.
+#    enable.idempotence=false and acks=1 there took from the producers what
+#    the slot's confirmation rests on (0.1.5): now they are overridden, and
+#    each producer says so.
 # With both in place, sales inserted into a published table must reach the
 # ranking, with exactly the totals computed here.
 use strict;
@@ -29,7 +32,7 @@ my $node = kappa_node('interference', $broker, conf => q{
 kappa.idle_timeout = '1h'
 kappa.default_grace = '3650d'
 kappa.stream_batch_ms = 20
-kappa.kafka_options = 'isolation.level=read_uncommitted; linger.ms=5'
+kappa.kafka_options = 'isolation.level=read_uncommitted; linger.ms=5; enable.idempotence=false; acks=1'
 });
 $node->safe_psql('shop', sales_table_sql());
 $node->safe_psql('postgres', 'CREATE ROLE mallory LOGIN');
@@ -96,6 +99,15 @@ is($node->safe_psql('shop', q{SELECT count(*) FROM kappa.cdc_status WHERE last_e
 like(slurp_file($node->logfile),
 	qr/WARNING:  pg_kappa stream worker 0: property "isolation.level" in kappa.kafka_options is ignored/,
 	'the stream worker says it ignores isolation.level');
+
+my $log = slurp_file($node->logfile);
+for my $role ('cdc', 'stream')
+{
+	like($log, qr/WARNING:  pg_kappa: "enable.idempotence=false" is ignored for the $role producer/,
+		"the $role producer stays idempotent");
+	like($log, qr/WARNING:  pg_kappa: "acks=1" is ignored for the $role producer\n.*DETAIL:  pg_kappa's producers are idempotent and wait for acks=all/,
+		"the $role producer waits for acks=all, and says why");
+}
 
 $mallory->quit;
 done_testing();
