@@ -425,16 +425,43 @@ open_subdir(int dirfd, const char *sub)
 	return fd;
 }
 
-/* A name in subfd not taken yet: name, name.1, name.2, ... */
+/*
+ * A name in subfd not taken yet: name, name.1, name.2, ..., of at most
+ * NAME_MAX - reserve bytes (failed/ keeps room for ".reason"): a longer
+ * name is cut before its suffix, at a UTF-8 character's start.  (Too long,
+ * the name would have failed the move at every restart of the worker, and
+ * held up every file after it.)
+ */
 static char *
-choose_destination(int subfd, const char *name)
+choose_destination(int subfd, const char *name, int reserve)
 {
 	struct stat st;
-	char	   *candidate = pstrdup(name);
 
-	for (int i = 1; fstatat(subfd, candidate, &st, AT_SYMLINK_NOFOLLOW) == 0; i++)
-		candidate = psprintf("%s.%d", name, i);
-	return candidate;
+	for (int i = 0;; i++)
+	{
+		char		suffix[16] = "";
+		int			keep = strlen(name);
+		char	   *candidate;
+
+		if (i > 0)
+			snprintf(suffix, sizeof(suffix), ".%d", i);
+		if (keep + (int) strlen(suffix) > NAME_MAX - reserve)
+		{
+			keep = NAME_MAX - reserve - (int) strlen(suffix);
+			while (keep > 0 && (name[keep] & 0xC0) == 0x80)
+				keep--;
+		}
+		candidate = psprintf("%.*s%s", keep, name, suffix);
+		if (fstatat(subfd, candidate, &st, AT_SYMLINK_NOFOLLOW) != 0)
+		{
+			if (errno == ENOENT)
+				return candidate;
+			ereport(ERROR,
+					(errcode_for_file_access(),
+					 errmsg("could not stat file \"%s\": %m", candidate)));
+		}
+		pfree(candidate);
+	}
 }
 
 /*
@@ -1006,7 +1033,7 @@ ledger_begin(CsvFile *f, int64 size)
 		processed_id = spi_int64(0, 1);
 	if (processed_id != 0)
 	{
-		char	   *dest = MemoryContextStrdup(cxt, choose_destination(f->processed_fd, f->name));
+		char	   *dest = MemoryContextStrdup(cxt, choose_destination(f->processed_fd, f->name, 0));
 		Oid			dtypes[5] = {TEXTOID, TEXTOID, INT8OID, INT8OID, TEXTOID};
 		Datum		dvalues[5];
 
@@ -1065,7 +1092,7 @@ ledger_begin(CsvFile *f, int64 size)
 static void
 fail_file(CsvFile *f, const char *reason)
 {
-	char	   *dest = choose_destination(f->failed_fd, f->name);
+	char	   *dest = choose_destination(f->failed_fd, f->name, (int) strlen(".reason"));
 	Oid			types[3] = {INT8OID, TEXTOID, TEXTOID};
 	Datum		values[3];
 	char		message[512];
@@ -1096,7 +1123,7 @@ fail_file(CsvFile *f, const char *reason)
 static void
 finish_file(CsvFile *f)
 {
-	char	   *dest = choose_destination(f->processed_fd, f->name);
+	char	   *dest = choose_destination(f->processed_fd, f->name, 0);
 	Oid			types[4] = {INT8OID, INT8OID, INT8OID, TEXTOID};
 	Datum		values[4];
 	StringInfoData raw;

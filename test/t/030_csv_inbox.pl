@@ -262,6 +262,27 @@ ok(-f "$inbox/processed/$good.1", 'same name again: moved beside the first, not 
 is(scalar(grep { $_->{sha256} eq $good_sha } @{ csv_events() }), 4, 'same content again: still exactly 4 events');
 is(stat_sources(), '6|25008|9', 'duplicates: counted as files, no rows');
 
+# A name of 255 bytes, the most a file system takes, dropped twice: the
+# second copy's destination "<name>.1" is too long, and the worker used to
+# fail that move at every restart, holding up every file after it.  It is
+# now cut before the suffix.
+my $long = 'sales_' . ('x' x 245) . '.csv';
+my $long_bytes = "sale_id,store_id,seller_id,seller_name,city,country,amount,currency,sold_at\n"
+	. "5501,MAD-01,S-17,Ana,Madrid,ES,1.00,EUR,2026-11-21T10:20:00Z\n";
+for my $n (1, 2)
+{
+	open my $lf, '>:raw', "$inbox/.long.tmp" or die $!;
+	print $lf $long_bytes;
+	close $lf;
+	rename("$inbox/.long.tmp", "$inbox/$long") or die $!;
+	wait_taken($long, $n);
+}
+my $long_1 = substr($long, 0, 253) . '.1';
+is($node->safe_psql('shop', "SELECT state || ' ' || moved_to FROM kappa.csv_files WHERE name = '$long' ORDER BY id"),
+	"processed processed/$long\nduplicate processed/$long_1", 'a 255-byte name twice: the second copy cut to fit');
+ok(-f "$inbox/processed/$long" && -f "$inbox/processed/$long_1", 'both copies are in processed/');
+is(stat_sources(), '8|25009|9', 'counted once, as two files');
+
 # ---- 6. files that cannot be read go to failed/ with a reason ------------
 my $latin1 = 'sales_20261121104000_latin1.csv';
 drop_file($latin1, "sale_id,store_id,seller_id,seller_name,city,country,amount,currency,sold_at\n"
