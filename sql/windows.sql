@@ -50,6 +50,18 @@ SELECT count(*) AS checked,
        count(*) FILTER (WHERE (w.window_start AT TIME ZONE 'America/Havana')::date <> (ts AT TIME ZONE 'America/Havana')::date) AS other_day
   FROM generate_series('2025-01-01 00:00+00'::timestamptz, '2027-01-01 00:00+00', '13 minutes') ts,
        kappa.window_bounds(ts, '1 day', true, NULL, 'America/Havana') w;
+-- Clocks that went back to the day before (St. John's, 2010-11-07: 00:01
+-- daylight time became 23:01 of the 6th): the 7th starts at its first
+-- midnight (02:30 UTC), and the hour that reads the 6th again after it is in
+-- the 7th (before 0.1.5, 02:33 UTC got the 6th, which had ended).
+SELECT ts, w.*
+  FROM unnest(ARRAY['2010-11-07 02:29+00', '2010-11-07 02:30+00', '2010-11-07 02:33+00',
+                    '2010-11-07 03:31+00']::timestamptz[]) ts,
+       kappa.window_bounds(ts, '1 day', true, NULL, 'America/St_Johns') w;
+SELECT count(*) AS checked,
+       count(*) FILTER (WHERE NOT (w.window_start <= ts AND ts < w.window_end)) AS outside
+  FROM generate_series('2009-01-01 00:00+00'::timestamptz, '2011-12-31 00:00+00', '11 minutes') ts,
+       kappa.window_bounds(ts, '1 day', true, NULL, 'America/St_Johns') w;
 -- Clocks that jumped across midnight (Toronto, 1919-03-31: 23:30 became
 -- 00:30): the day starts at the jump.
 SELECT * FROM kappa.window_bounds('1919-03-31 04:30+00', '1 day', true, NULL, 'America/Toronto');

@@ -294,24 +294,47 @@ window_for(const KappaWindowSpec *spec, TimestampTz t,
 		if (timestamp2tm(t, &tzoff, &tm, &fsec, NULL, spec->tz) != 0)
 			return false;
 
+		/*
+		 * The window of t's local date; where a local midnight happens twice
+		 * (clocks going back less than an hour after it, as in St. John's
+		 * until 2011) t's local date can lie in the window before or after,
+		 * so the window is moved until it holds t: windows must cover time
+		 * without gaps or overlaps, whatever the dates say.
+		 */
 		if (spec->months > 0)
 		{
 			int			month = tm.tm_year * 12 + (tm.tm_mon - 1);
 			int64		k = floor_div(month - spec->origin_month, spec->months);
-			int			first = spec->origin_month + (int) (k * spec->months);
 
-			found = local_midnight(spec, first_of_month(first), start) &&
-				local_midnight(spec, first_of_month(first + spec->months), end);
+			for (int tries = 0;; tries++)
+			{
+				int			first = spec->origin_month + (int) (k * spec->months);
+
+				found = local_midnight(spec, first_of_month(first), start) &&
+					local_midnight(spec, first_of_month(first + spec->months), end);
+				if (!found || tries == 2 || (*start <= t && t < *end))
+					break;
+				k += t >= *end ? 1 : -1;
+			}
 		}
 		else
 		{
 			int			jd = date2j(tm.tm_year, tm.tm_mon, tm.tm_mday);
 			int64		k = floor_div(jd - spec->origin_jd, spec->days);
-			int			first = spec->origin_jd + (int) (k * spec->days);
 
-			found = local_midnight(spec, first, start) &&
-				local_midnight(spec, first + spec->days, end);
+			for (int tries = 0;; tries++)
+			{
+				int			first = spec->origin_jd + (int) (k * spec->days);
+
+				found = local_midnight(spec, first, start) &&
+					local_midnight(spec, first + spec->days, end);
+				if (!found || tries == 2 || (*start <= t && t < *end))
+					break;
+				k += t >= *end ? 1 : -1;
+			}
 		}
+		if (found && !(*start <= t && t < *end))
+			return false;
 		if (found && *start <= t && t < *end && steady_offset(spec, *start, *end))
 		{
 			cache->last_start = *start;
