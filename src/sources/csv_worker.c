@@ -84,6 +84,16 @@ static char *kappa_csv_inbox = NULL;
 static char *kappa_csv_pattern = NULL;
 static int	kappa_csv_poll_interval = 1000;
 static int	kappa_csv_stable_ms = 2000;
+static int	kappa_csv_date_order = 0;
+
+/* kappa.csv_date_order: DateStyle's second part, for timestamptz_in */
+static const struct config_enum_entry csv_date_orders[] = {
+	{"ymd", 0, false},
+	{"dmy", 1, false},
+	{"mdy", 2, false},
+	{NULL, 0, false}
+};
+static const char *const csv_date_styles[] = {"ISO, YMD", "ISO, DMY", "ISO, MDY"};
 
 /* A file that made the worker fail this many times goes to failed/. */
 #define CSV_MAX_ATTEMPTS	5
@@ -192,6 +202,18 @@ csv_define_gucs(void)
 							PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
+	/*
+	 * The stores' convention, not the server's DateStyle: a file must read
+	 * the same on any server, and again after a crash.
+	 */
+	DefineCustomEnumVariable("kappa.csv_date_order",
+							 "How the CSV inbox reads dates written with numbers only, such as 03/04/2026 or 26-11-21.",
+							 "ymd, dmy or mdy, as the second part of DateStyle; dates written year first (2026-11-21) read the same under each.",
+							 &kappa_csv_date_order,
+							 0, csv_date_orders,
+							 PGC_SIGHUP, 0,
+							 NULL, NULL, NULL);
+
 	DefineCustomIntVariable("kappa.csv_stable_ms",
 							"Time a file's size and modification time must stay unchanged before it is taken.",
 							"0 takes files at first sight: only for writers that rename complete files into the inbox.",
@@ -247,6 +269,7 @@ typedef struct CsvFile
 	char		sha256[PG_SHA256_DIGEST_STRING_LENGTH];
 	int64		ledger_id;
 	int			attempts;
+	int			date_order;		/* kappa.csv_date_order at the start */
 	int64		rows_sent;
 	int64		rows_rejected;
 	BufFile    *dead_letters;	/* line, raw record, reason of refused rows */
@@ -1544,6 +1567,10 @@ send_file(CsvFile *f)
 	MemoryContext old = MemoryContextSwitchTo(f->cxt);
 	char	   *reason = NULL;
 
+	/* every send of a file reads it under the date order set at its start */
+	if (strcmp(GetConfigOption("DateStyle", false, false), csv_date_styles[f->date_order]) != 0)
+		SetConfigOption("DateStyle", csv_date_styles[f->date_order], PGC_SUSET, PGC_S_OVERRIDE);
+
 	if (send_rows(f, &f->delivery, &reason) == CSV_UNREADABLE)
 	{
 		fail_file(f, reason);
@@ -1570,6 +1597,7 @@ start_file(const char *name, MemoryContext cxt)
 	bool		read = false;
 
 	f = MemoryContextAllocZero(cxt, sizeof(CsvFile));
+	f->date_order = kappa_csv_date_order;
 	f->cxt = AllocSetContextCreate(cxt, "pg_kappa csv file", ALLOCSET_DEFAULT_SIZES);
 	old = MemoryContextSwitchTo(f->cxt);
 	f->name = pstrdup(name);

@@ -255,6 +255,43 @@ SKIP:
 	is($said, 1, 'the worker said once that it reads every sold_at with timestamptz_in');
 }
 
+# ---- dates written with numbers only: kappa.csv_date_order ----------------
+# Read as the stores write them, not as the server's DateStyle says (a file
+# must read the same anywhere): for each order, what a SQL session with
+# DateStyle 'ISO, <order>' says.  Before 0.1.5 they were always read as YMD.
+{
+	my @dates = ('03/04/2026 10:00:00+00', '21/11/2026 10:00+00', '11/21/2026 10:00+00',
+		'26-11-21 10:00+00', '11/10/12 10:00+00', '2026/11/21 10:00+00', '2026-11-21 10:00+00');
+	my $base = 300_000;
+	my %seen;
+	for my $order (qw(ymd dmy mdy))
+	{
+		$node->safe_psql('postgres', "ALTER SYSTEM SET kappa.csv_date_order = $order");
+		$node->reload;
+		my (%dspelling, @drows);
+		for my $t (@dates)
+		{
+			$dspelling{ ++$base } = [ 'sold_at', $t ];
+			push @drows, qq{$base,ST-1,S-1,Ana,Madrid,ES,1.00,EUR,"$t"\n};
+		}
+		my $dfile = "sales_values_$order.csv";
+		# (the reload reaches the worker before the file is stable)
+		process_file($dfile, \@drows, "the worker to process the file of $order dates");
+		my %dexpected = sql_expected(\%dspelling, "SET timezone = 'UTC'; SET DateStyle = 'ISO, " . uc($order) . "';");
+		my %dgot = worker_values(\%dspelling, $dfile, $base - @dates);
+		for my $sale (sort { $a <=> $b } keys %dspelling)
+		{
+			is($dgot{$sale}, $dexpected{$sale}, "sold_at '$dspelling{$sale}[1]' read as $order, as in SQL");
+		}
+		$seen{$order} = $dgot{ $base - @dates + 5 };    # 11/10/12
+	}
+	is(join(' ', map { $seen{$_} } qw(ymd dmy mdy)),
+		'2011-10-12T10:00:00.000000Z 2012-10-11T10:00:00.000000Z 2012-11-10T10:00:00.000000Z',
+		'11/10/12 is a different day in each order');
+	$node->safe_psql('postgres', 'ALTER SYSTEM RESET kappa.csv_date_order');
+	$node->reload;
+}
+
 # ---- a row too large for Kafka ---------------------------------------------
 # Its change event is over message.max.bytes (librdkafka's default,
 # 1 000 000 bytes): librdkafka refuses it at once.  It becomes a dead letter
