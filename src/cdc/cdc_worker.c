@@ -566,6 +566,14 @@ produce_message(KappaDecodingState *data, StringInfo value)
 		CHECK_FOR_INTERRUPTS();
 		if (!PostmasterIsAlive())
 			proc_exit(1);
+
+		/*
+		 * A delivery failed meanwhile: the publisher rewinds to the slot.
+		 * Adding more would only give librdkafka later messages to send
+		 * after the failed ones, out of commit order.
+		 */
+		if (worker.delivery_failed)
+			return;
 	}
 	if (waiting)
 		set_state("streaming");
