@@ -73,5 +73,23 @@ SELECT count(*) AS messages,
        array_agg((data::jsonb #>> '{source,seq}')::int ORDER BY n) AS seqs
   FROM pg_logical_slot_get_changes('changes_slot', NULL, NULL) WITH ORDINALITY AS c(lsn, xid, data, n);
 
+-- An update that leaves a TOASTed key alone: the new row holds a pointer
+-- to the key's TOAST value, which decoding cannot read, and PostgreSQL logs
+-- the old key in line.  The update is one "u" with the whole key, not a
+-- delete and a create with the key missing (before 0.1.5).
+CREATE TABLE long_keys (id text PRIMARY KEY, v text);
+ALTER TABLE long_keys ALTER COLUMN id SET STORAGE EXTERNAL;
+INSERT INTO long_keys VALUES (repeat('k', 2500), 'first');
+SELECT 'consumed' FROM pg_logical_slot_get_changes('changes_slot', NULL, NULL) LIMIT 1;
+UPDATE long_keys SET v = 'second';
+SELECT data::jsonb ->> 'op' AS op,
+       data::jsonb #>> '{after,id}' = repeat('k', 2500) AS whole_key,
+       data::jsonb #>> '{after,v}' AS v
+  FROM pg_logical_slot_get_changes('changes_slot', NULL, NULL);
+UPDATE long_keys SET v = 'third';
+SELECT substr(data, 1, 40) AS head,
+       position(' key ' || repeat('k', 2500) || ':' IN data) > 0 AS message_key
+  FROM pg_logical_slot_get_changes('changes_slot', NULL, NULL, 'format', 'text');
+
 SELECT pg_drop_replication_slot('changes_slot');
-DROP TABLE sales, pairs, nokey;
+DROP TABLE sales, pairs, nokey, long_keys;

@@ -692,6 +692,8 @@ decoder_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 			 * Debezium, a delete of the old key and a create of the new one,
 			 * so that every key's history stays in its own partition.
 			 */
+			if (oldtuple && newtuple)
+				newtuple = envelope_inline_unchanged_key(entry->encoder, desc, oldtuple, newtuple);
 			if (oldtuple && newtuple &&
 				envelope_keys_differ(entry->encoder, desc, oldtuple, newtuple))
 			{

@@ -703,6 +703,48 @@ envelope_append_key(StringInfo out, KappaTableEncoder *te, TupleDesc desc,
 	return true;
 }
 
+/*
+ * An update that left a TOASTed key column alone carries it in the new row
+ * as a pointer to its TOAST value, which decoding does not read (the row
+ * would show the unavailable marker, and the key would seem changed);
+ * PostgreSQL then logs the old key with the value in line.  The new row,
+ * with those key values put back in line from the old one.
+ */
+HeapTuple
+envelope_inline_unchanged_key(KappaTableEncoder *te, TupleDesc desc,
+							  HeapTuple oldtuple, HeapTuple newtuple)
+{
+	Datum	   *values = NULL;
+	bool	   *nulls = NULL;
+
+	for (int k = 0; k < te->nkeys; k++)
+	{
+		KappaColumn *col = &te->columns[te->keys[k]];
+		Form_pg_attribute att = TupleDescAttr(desc, col->attindex);
+		bool		newnull,
+					oldnull;
+		Datum		newval,
+					oldval;
+
+		if (att->attlen != -1)
+			continue;
+		newval = heap_getattr(newtuple, col->attindex + 1, desc, &newnull);
+		if (newnull || !VARATT_IS_EXTERNAL_ONDISK(DatumGetPointer(newval)))
+			continue;
+		oldval = heap_getattr(oldtuple, col->attindex + 1, desc, &oldnull);
+		if (oldnull || VARATT_IS_EXTERNAL_ONDISK(DatumGetPointer(oldval)))
+			continue;
+		if (values == NULL)
+		{
+			values = palloc(sizeof(Datum) * desc->natts);
+			nulls = palloc(sizeof(bool) * desc->natts);
+			heap_deform_tuple(newtuple, desc, values, nulls);
+		}
+		values[col->attindex] = oldval;
+	}
+	return values ? heap_form_tuple(desc, values, nulls) : newtuple;
+}
+
 /* Did an update change the key?  (Binary comparison: the key text follows.) */
 bool
 envelope_keys_differ(KappaTableEncoder *te, TupleDesc desc,
