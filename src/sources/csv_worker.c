@@ -1595,6 +1595,7 @@ start_file(const char *name, MemoryContext cxt)
 	char	   *reason;
 	ListCell   *lc;
 	bool		read = false;
+	CsvCandidate *candidate;
 
 	f = MemoryContextAllocZero(cxt, sizeof(CsvFile));
 	f->date_order = kappa_csv_date_order;
@@ -1622,6 +1623,19 @@ start_file(const char *name, MemoryContext cxt)
 	/* what was opened is what the scan saw: a plain file, here */
 	if (fstat(f->fd, &f->st) != 0 || !S_ISREG(f->st.st_mode) || f->st.st_nlink != 1)
 		goto done;
+
+	/*
+	 * And as the scan that found it stable saw it: the list of ready files
+	 * can be minutes old (the files before it waiting for Kafka), and a file
+	 * written again in place since is not stable.
+	 */
+	candidate = hash_search(worker.candidates, name, HASH_FIND, NULL);
+	if (candidate == NULL || candidate->size != f->st.st_size ||
+		candidate->mtime_ns != stat_mtime_ns(&f->st))
+	{
+		forget_candidate(name);
+		goto done;
+	}
 	f->processed_fd = open_subdir(f->dirfd, "processed");
 	f->failed_fd = open_subdir(f->dirfd, "failed");
 

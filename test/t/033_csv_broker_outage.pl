@@ -13,6 +13,7 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use PgKappa::Test;
+use Time::HiRes qw(usleep);
 
 my $broker = start_dev_broker(topics => [ 'sales-events:4', 'payment-confirmations:1',
 	'top-sales-by-city:1', 'top-salesman-by-country:1' ]);
@@ -202,5 +203,48 @@ chmod 0600, $secrets or die $!;
 wait_until(sub { -e "$inbox/processed/sales_swap.csv.2" }, 'the file processed once the secrets file is private');
 is($node->safe_psql('shop', q{SELECT attempts FROM kappa.csv_files WHERE moved_to = 'processed/sales_swap.csv.2'}),
 	'1', 'in one attempt');
+
+# ---- a ready file written again in place while Kafka holds up the worker ----
+# Four files wait for Kafka, and the worker, which keeps four in flight,
+# waits for them before it starts the fifth, found stable before the outage
+# went on.  Meanwhile the store truncates the fifth and writes it again, row
+# by row.  The worker must see that it is no longer the file it found
+# stable, and read it only once it is stable again: whole.  (Before, it read
+# what the file held when its turn came, and recorded it as processed.)
+$node->append_conf('postgresql.conf', "kappa.csv_stable_ms = 2000");
+$node->reload;
+$broker->control('down all');
+my @waiting = map { "sales_wait_$_.csv" } 1 .. 4;
+my $late = 'sales_wait_5.csv';
+my $id = 50000;
+for my $name (@waiting, $late)
+{
+	open my $out, '>:raw', "$inbox/.$name.tmp" or die $!;
+	print $out $header . join('', map { ++$id . ",ST-1,S-1,Ana,Soria,ES,1.00,EUR,2026-11-20T10:00:00Z\n" } 1 .. 2);
+	close $out;
+	rename("$inbox/.$name.tmp", "$inbox/$name") or die $!;
+}
+wait_until(sub { $node->safe_psql('shop', q{SELECT count(*) FROM kappa.csv_files WHERE name LIKE 'sales_wait_%' AND state = 'processing'}) eq '4' },
+	'the worker to send the first four files');
+wait_until(sub { $node->safe_psql('shop', q{SELECT state FROM kappa.stat_sources WHERE source = 'csv'}) =~ /again in/ },
+	'their deliveries to fail');
+is($node->safe_psql('shop', qq{SELECT count(*) FROM kappa.csv_files WHERE name = '$late'}), '0', 'the fifth is not started');
+# the store writes the fifth again, in place: 40 rows, one every 100 ms
+open my $rewrite, '>:raw', "$inbox/$late" or die $!;
+$rewrite->autoflush(1);
+print $rewrite $header;
+$broker->control('up all');
+my $rewritten = 0;
+for my $i (1 .. 40)
+{
+	print $rewrite ++$id . ",ST-1,S-1,Ana,Teruel,ES,1.00,EUR,2026-11-20T10:00:00Z\n";
+	$rewritten++;
+	usleep(100_000);
+}
+close $rewrite;
+wait_until(sub { $node->safe_psql('shop', q{SELECT count(*) FROM kappa.csv_files WHERE name LIKE 'sales_wait_%' AND state = 'processed'}) eq '5' },
+	'all five files processed');
+is($node->safe_psql('shop', qq{SELECT rows_ingested || ' ' || attempts FROM kappa.csv_files WHERE name = '$late'}),
+	"$rewritten 1", 'the fifth read whole, once it was stable again');
 
 done_testing();
