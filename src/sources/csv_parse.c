@@ -374,6 +374,32 @@ csv_skip_line(CsvReader *r)
 }
 
 /*
+ * A record longer than CSV_MAX_RECORD_BYTES, from r->pos: its first line is
+ * refused (an unclosed quote, most likely), and reading resumes after it.
+ */
+static void
+refuse_long_record(CsvReader *r, CsvRecord *rec)
+{
+	const char *start = r->buf + r->pos;
+	const char *nl = memchr(start, '\n', r->end - r->pos);
+	size_t		len = nl ? (size_t) (nl - start) : r->end - r->pos;
+
+	if (len > 0 && start[len - 1] == '\r')
+		len--;
+	rec->line = r->line;
+	rec->raw = start;
+	rec->rawlen = len;
+	rec->nfields = 0;
+	rec->fields = r->fields;
+	rec->lengths = r->lengths;
+	rec->quoted = r->quoted;
+	rec->error = "record longer than 1 MB (an unclosed quote?): its first line is refused and reading resumes on the next line";
+
+	/* the raw bytes must survive the skip: skip only on the next call */
+	r->skipping = true;
+}
+
+/*
  * The next record of the file; false at its end.  The record's pointers
  * stay valid until the next call.
  */
@@ -383,6 +409,8 @@ csv_read_record(CsvReader *r, CsvRecord *rec)
 	for (;;)
 	{
 		CsvScanResult result;
+		size_t		start;
+		int64		line;
 
 		if (r->skipping && !csv_skip_line(r))
 			return false;
@@ -399,35 +427,31 @@ csv_read_record(CsvReader *r, CsvRecord *rec)
 		if (r->pos == r->end && !csv_refill(r))
 			return false;
 
+		start = r->pos;
+		line = r->line;
 		result = csv_scan(r, rec);
 		if (result == SCAN_RECORD)
+		{
+			if (r->pos - start <= CSV_MAX_RECORD_BYTES)
+				return true;
+
+			/*
+			 * Complete in the buffer but over the limit: refused as one
+			 * that runs past the buffer is, so that whether a record of 1
+			 * to 2 MB is read does not depend on where it starts.
+			 */
+			r->pos = start;
+			r->line = line;
+			refuse_long_record(r, rec);
 			return true;
+		}
 		if (result == SCAN_BLANK)
 			continue;
 
 		/* the record goes on past the buffer */
 		if (r->end - r->pos >= CSV_MAX_RECORD_BYTES)
 		{
-			const char *start = r->buf + r->pos;
-			const char *nl = memchr(start, '\n', r->end - r->pos);
-			size_t		len = nl ? (size_t) (nl - start) : r->end - r->pos;
-
-			if (len > 0 && start[len - 1] == '\r')
-				len--;
-			rec->line = r->line;
-			rec->raw = start;
-			rec->rawlen = len;
-			rec->nfields = 0;
-			rec->fields = r->fields;
-			rec->lengths = r->lengths;
-			rec->quoted = r->quoted;
-			rec->error = "record longer than 1 MB (an unclosed quote?): its first line is refused and reading resumes on the next line";
-
-			/*
-			 * The raw bytes must survive the skip: skip only on the next
-			 * call.
-			 */
-			r->skipping = true;
+			refuse_long_record(r, rec);
 			return true;
 		}
 		(void) csv_refill(r);

@@ -216,6 +216,21 @@ is(scalar(grep { $_->{line} != $_->{key} - 39999 } @long_events), 0, 'long quote
 is($node->safe_psql('shop', "SELECT rows_ingested, rows_rejected FROM kappa.csv_files WHERE name = '$long'"),
 	'25000|1', 'long quote file: ledger counts');
 
+# A record of 1.5 MB whose quotes close, right after the header: refused
+# for its size too.  Before, a record of 1 to 2 MB was read or refused
+# depending on where in the file it started.
+my $wide = 'sales_20261121103600_wide.csv';
+my $wide_first = '40101,ST,S,"' . ('w' x 1_500_000) . '",City,ES,1.00,EUR,2026-11-21T10:36:00Z';
+drop_file($wide, "sale_id,store_id,seller_id,seller_name,city,country,amount,currency,sold_at\n$wide_first\n"
+	. "40102,ST-1,S-1,Seller,City,ES,1.00,EUR,2026-11-21T10:36:00Z\n");
+wait_taken($wide);
+is($node->safe_psql('shop',
+	"SELECT line || '|' || octet_length(raw) || '|' || error FROM kappa.dead_letters WHERE file = '$wide'"),
+	'2|' . length($wide_first) . '|record longer than 1 MB (an unclosed quote?): its first line is refused and reading resumes on the next line',
+	'wide record: refused for its size, wherever it starts');
+is($node->safe_psql('shop', "SELECT rows_ingested, rows_rejected FROM kappa.csv_files WHERE name = '$wide'"),
+	'1|1', 'wide record: the row after it is sent');
+
 # ---- 4. byte for byte what the CDC publisher writes for the same rows ----
 $node->safe_psql('shop', sales_table_sql());
 $node->safe_psql('shop', "SELECT kappa.publish_table('sales', 'cdc-check')");
@@ -260,7 +275,7 @@ is($node->safe_psql('shop',
 	'same content again: recorded as duplicates of the first');
 ok(-f "$inbox/processed/$good.1", 'same name again: moved beside the first, not over it');
 is(scalar(grep { $_->{sha256} eq $good_sha } @{ csv_events() }), 4, 'same content again: still exactly 4 events');
-is(stat_sources(), '6|25008|9', 'duplicates: counted as files, no rows');
+is(stat_sources(), '7|25009|10', 'duplicates: counted as files, no rows');
 
 # A name of 255 bytes, the most a file system takes, dropped twice: the
 # second copy's destination "<name>.1" is too long, and the worker used to
@@ -281,7 +296,7 @@ my $long_1 = substr($long, 0, 253) . '.1';
 is($node->safe_psql('shop', "SELECT state || ' ' || moved_to FROM kappa.csv_files WHERE name = '$long' ORDER BY id"),
 	"processed processed/$long\nduplicate processed/$long_1", 'a 255-byte name twice: the second copy cut to fit');
 ok(-f "$inbox/processed/$long" && -f "$inbox/processed/$long_1", 'both copies are in processed/');
-is(stat_sources(), '8|25009|9', 'counted once, as two files');
+is(stat_sources(), '9|25010|10', 'counted once, as two files');
 
 # ---- 6. files that cannot be read go to failed/ with a reason ------------
 my $latin1 = 'sales_20261121104000_latin1.csv';
