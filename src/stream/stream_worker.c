@@ -1314,14 +1314,24 @@ apply_batch_once(void)
 			p->ps = NULL;
 			continue;
 		}
-		p->ps->touched = true;
-		p->ps->next = msg->offset + 1;
-		p->ps->last_record_at = now;
-
 		tr = topic_rankings(topic);
 		sink_topic = tr->any_sink;
 		events_topic = tr->any_events;
 		confirmed_only = tr->confirmed_only;
+		if (!events_topic && !sink_topic && !is_payments_topic(topic))
+		{
+			/*
+			 * Nothing reads the topic any more (kappa.payments_topic or
+			 * kappa.sales_topic changed, or its rankings were dropped, since
+			 * it was fetched; the subscription follows): its offset stays,
+			 * so that whoever reads it again starts with this message.
+			 */
+			p->ps = NULL;
+			continue;
+		}
+		p->ps->touched = true;
+		p->ps->next = msg->offset + 1;
+		p->ps->last_record_at = now;
 
 		if (events_topic || is_payments_topic(topic))
 		{
