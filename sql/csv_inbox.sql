@@ -20,14 +20,17 @@ ALTER SYSTEM SET kappa.csv_pattern = '.sales_*.csv';
 ALTER SYSTEM SET kappa.csv_pattern = '';
 ALTER SYSTEM SET kappa.csv_poll_interval = 0;
 ALTER SYSTEM SET kappa.csv_stable_ms = -1;
+ALTER SYSTEM SET kappa.csv_date_order = 'ydm';
 -- good values are accepted (and reset again)
 ALTER SYSTEM SET kappa.csv_inbox = '/srv/shop/inbox';
 ALTER SYSTEM SET kappa.csv_inbox = '/srv/shop/..inbox..';
 ALTER SYSTEM SET kappa.csv_pattern = 'store-*-[0-9]*.csv';
 ALTER SYSTEM SET kappa.csv_stable_ms = '5s';
+ALTER SYSTEM SET kappa.csv_date_order = 'DMY';
 ALTER SYSTEM RESET kappa.csv_inbox;
 ALTER SYSTEM RESET kappa.csv_pattern;
 ALTER SYSTEM RESET kappa.csv_stable_ms;
+ALTER SYSTEM RESET kappa.csv_date_order;
 
 -- only superusers (and pg_read_all_settings) see the inbox path
 CREATE ROLE kappa_csv_user;

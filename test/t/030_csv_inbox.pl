@@ -281,21 +281,21 @@ is(stat_sources(), '7|25009|10', 'duplicates: counted as files, no rows');
 # second copy's destination "<name>.1" is too long, and the worker used to
 # fail that move at every restart, holding up every file after it.  It is
 # now cut before the suffix.
-my $long = 'sales_' . ('x' x 245) . '.csv';
-my $long_bytes = "sale_id,store_id,seller_id,seller_name,city,country,amount,currency,sold_at\n"
+my $maxname = 'sales_' . ('x' x 245) . '.csv';
+my $maxname_bytes = "sale_id,store_id,seller_id,seller_name,city,country,amount,currency,sold_at\n"
 	. "5501,MAD-01,S-17,Ana,Madrid,ES,1.00,EUR,2026-11-21T10:20:00Z\n";
 for my $n (1, 2)
 {
 	open my $lf, '>:raw', "$inbox/.long.tmp" or die $!;
-	print $lf $long_bytes;
+	print $lf $maxname_bytes;
 	close $lf;
-	rename("$inbox/.long.tmp", "$inbox/$long") or die $!;
-	wait_taken($long, $n);
+	rename("$inbox/.long.tmp", "$inbox/$maxname") or die $!;
+	wait_taken($maxname, $n);
 }
-my $long_1 = substr($long, 0, 253) . '.1';
-is($node->safe_psql('shop', "SELECT state || ' ' || moved_to FROM kappa.csv_files WHERE name = '$long' ORDER BY id"),
-	"processed processed/$long\nduplicate processed/$long_1", 'a 255-byte name twice: the second copy cut to fit');
-ok(-f "$inbox/processed/$long" && -f "$inbox/processed/$long_1", 'both copies are in processed/');
+my $maxname_1 = substr($maxname, 0, 253) . '.1';
+is($node->safe_psql('shop', "SELECT state || ' ' || moved_to FROM kappa.csv_files WHERE name = '$maxname' ORDER BY id"),
+	"processed processed/$maxname\nduplicate processed/$maxname_1", 'a 255-byte name twice: the second copy cut to fit');
+ok(-f "$inbox/processed/$maxname" && -f "$inbox/processed/$maxname_1", 'both copies are in processed/');
 is(stat_sources(), '9|25010|10', 'counted once, as two files');
 
 # ---- 6. files that cannot be read go to failed/ with a reason ------------
