@@ -131,6 +131,7 @@ typedef struct PartitionState
 	bool		caught_up;
 	int64		high_watermark;
 	bool		touched;		/* in the batch being applied */
+	int64		unread_from;	/* >= 0: left from here, nothing reads it */
 	bool		idle_dirty;		/* caught_up/high watermark changed */
 	int64		lost_offset;	/* >= 0: the broker no longer has it */
 	bool		payments;		/* of kappa.payments_topic */
@@ -423,6 +424,7 @@ assign_partitions(rd_kafka_topic_partition_list_t *parts)
 		}
 		ps->high_watermark = -1;
 		ps->lost_offset = -1;
+		ps->unread_from = -1;
 		sw.partitions = lappend(sw.partitions, ps);
 		MemoryContextSwitchTo(old);
 
@@ -1258,6 +1260,47 @@ store_ranking_counters(void)
 /*
  * Apply the messages held in sw.batch in one transaction, then let them go.
  */
+/*
+ * Messages left unapplied because nothing reads their topic any more (see
+ * the first pass of apply_batch_once): the fetch position goes back to the
+ * first of them, so that if the topic is read again before the
+ * subscription drops it (a setting set back at once), they are fetched
+ * again, and the subscription is looked at again at once.
+ */
+static void
+rewind_unread(void)
+{
+	rd_kafka_topic_partition_list_t *list = NULL;
+	ListCell   *lc;
+
+	foreach(lc, sw.partitions)
+	{
+		PartitionState *ps = lfirst(lc);
+
+		if (ps->unread_from < 0)
+			continue;
+		if (list == NULL)
+			list = rd_kafka_topic_partition_list_new(1);
+		rd_kafka_topic_partition_list_add(list, ps->topic, ps->partition)->offset = ps->unread_from;
+		ps->unread_from = -1;
+	}
+	if (list == NULL)
+		return;
+	{
+		rd_kafka_error_t *error = rd_kafka_seek_partitions(sw.consumer->rk, list, 5000);
+
+		if (error)
+		{
+			ereport(DEBUG1,
+					(errmsg_internal("pg_kappa stream worker %d: could not seek back to unread messages: %s",
+									 sw.index, rd_kafka_error_string(error))));
+			rd_kafka_error_destroy(error);
+		}
+	}
+	rd_kafka_topic_partition_list_destroy(list);
+	sw.rankings_loaded_at = 0;
+}
+
 static void
 apply_batch_once(void)
 {
@@ -1326,6 +1369,8 @@ apply_batch_once(void)
 			 * it was fetched; the subscription follows): its offset stays,
 			 * so that whoever reads it again starts with this message.
 			 */
+			if (p->ps->unread_from < 0)
+				p->ps->unread_from = msg->offset;
 			p->ps = NULL;
 			continue;
 		}
@@ -1461,6 +1506,7 @@ apply_batch_once(void)
 			ps->committed = ps->next;
 		ps->touched = ps->idle_dirty = false;
 	}
+	rewind_unread();
 	for (int i = 0; i < count; i++)
 		rd_kafka_message_destroy(sw.batch[i]);
 	sw.batch_count = 0;
