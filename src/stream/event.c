@@ -863,8 +863,8 @@ change_parse(const char *msg, size_t len, KappaChange *change, const char **erro
  * written as plain decimals.  Up to 36 significant digits and 36 after the
  * point.
  */
-bool
-decimal_parse(const JsonSpan *s, KappaDecimal *d)
+static bool
+decimal_read(const JsonSpan *s, KappaDecimal *d, bool *too_large)
 {
 	const char *p = s->p;
 	const char *end = s->p + s->len;
@@ -873,6 +873,7 @@ decimal_parse(const JsonSpan *s, KappaDecimal *d)
 	int			digits = 0;
 	int128		m = 0;
 
+	*too_large = false;
 	if (s->type == JSON_SPAN_STRING)
 	{
 		p++;
@@ -896,19 +897,29 @@ decimal_parse(const JsonSpan *s, KappaDecimal *d)
 		}
 		if (!isdigit((unsigned char) *p))
 			return false;
+		if (*too_large)
+			continue;			/* only the spelling is read on */
 		if (digits > 0 || *p != '0')
 			digits++;
-		if (digits > 36)
-			return false;
 		m = m * 10 + (*p - '0');
 		/* leading zeros after the point count here */
-		if (dot && ++d->scale > 36)
-			return false;
+		if (dot)
+			d->scale++;
+		if (digits > 36 || d->scale > 36)
+			*too_large = true;
 	}
-	if (dot && d->scale == 0)
+	if (dot && p[-1] == '.')
 		return false;
 	d->mantissa = neg ? -m : m;
 	return true;
+}
+
+bool
+decimal_parse(const JsonSpan *s, KappaDecimal *d)
+{
+	bool		too_large;
+
+	return decimal_read(s, d, &too_large) && !too_large;
 }
 
 /*
@@ -918,30 +929,10 @@ decimal_parse(const JsonSpan *s, KappaDecimal *d)
 bool
 decimal_spelling(const JsonSpan *s)
 {
-	const char *p = s->p;
-	const char *end = s->p + s->len;
-	bool		dot = false;
-	bool		digit = false;
+	KappaDecimal d;
+	bool		too_large;
 
-	if (s->type == JSON_SPAN_STRING)
-	{
-		p++;
-		end--;
-	}
-	else if (s->type != JSON_SPAN_NUMBER)
-		return false;
-	if (p < end && (*p == '-' || *p == '+'))
-		p++;
-	for (; p < end; p++)
-	{
-		if (*p == '.' && !dot)
-			dot = true;
-		else if (isdigit((unsigned char) *p))
-			digit = true;
-		else
-			return false;
-	}
-	return digit && (!dot || end[-1] != '.');
+	return decimal_read(s, &d, &too_large);
 }
 
 /* 10^0 .. 10^38, made at the first use */

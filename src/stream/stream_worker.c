@@ -1271,6 +1271,7 @@ static void
 rewind_unread(void)
 {
 	rd_kafka_topic_partition_list_t *list = NULL;
+	rd_kafka_error_t *error;
 	ListCell   *lc;
 
 	foreach(lc, sw.partitions)
@@ -1286,16 +1287,13 @@ rewind_unread(void)
 	}
 	if (list == NULL)
 		return;
+	error = rd_kafka_seek_partitions(sw.consumer->rk, list, 5000);
+	if (error)
 	{
-		rd_kafka_error_t *error = rd_kafka_seek_partitions(sw.consumer->rk, list, 5000);
-
-		if (error)
-		{
-			ereport(DEBUG1,
-					(errmsg_internal("pg_kappa stream worker %d: could not seek back to unread messages: %s",
-									 sw.index, rd_kafka_error_string(error))));
-			rd_kafka_error_destroy(error);
-		}
+		ereport(DEBUG1,
+				(errmsg_internal("pg_kappa stream worker %d: could not seek back to unread messages: %s",
+								 sw.index, rd_kafka_error_string(error))));
+		rd_kafka_error_destroy(error);
 	}
 	rd_kafka_topic_partition_list_destroy(list);
 	sw.rankings_loaded_at = 0;
@@ -1343,6 +1341,7 @@ apply_batch_once(void)
 		const TopicRankings *tr;
 		KappaChange change;		/* an event applied at once */
 		bool		events_topic;
+		bool		payments_topic;
 		bool		sink_topic;
 		bool		confirmed_only;
 
@@ -1361,7 +1360,8 @@ apply_batch_once(void)
 		sink_topic = tr->any_sink;
 		events_topic = tr->any_events;
 		confirmed_only = tr->confirmed_only;
-		if (!events_topic && !sink_topic && !is_payments_topic(topic))
+		payments_topic = is_payments_topic(topic);
+		if (!events_topic && !sink_topic && !payments_topic)
 		{
 			/*
 			 * Nothing reads the topic any more (kappa.payments_topic or
@@ -1378,7 +1378,7 @@ apply_batch_once(void)
 		p->ps->next = msg->offset + 1;
 		p->ps->last_record_at = now;
 
-		if (events_topic || is_payments_topic(topic))
+		if (events_topic || payments_topic)
 		{
 			if (msg->payload == NULL || msg->len == 0)
 				error = "message has no value";
@@ -1407,7 +1407,7 @@ apply_batch_once(void)
 					payments_want(p->key);
 			}
 		}
-		else if (error == NULL && is_payments_topic(topic))
+		else if (error == NULL && payments_topic)
 		{
 			p->kind = 2;
 			payments_want(p->key);

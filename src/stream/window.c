@@ -251,6 +251,26 @@ steady_offset(const KappaWindowSpec *spec, TimestampTz start, TimestampTz end)
  * The window containing t.  False when t is infinite (or the window would
  * be out of the timestamp range).
  */
+/* The k-th calendar window from the origin (k < 0: before it). */
+static bool
+calendar_window(const KappaWindowSpec *spec, int64 k, TimestampTz *start, TimestampTz *end)
+{
+	if (spec->months > 0)
+	{
+		int			first = spec->origin_month + (int) (k * spec->months);
+
+		return local_midnight(spec, first_of_month(first), start) &&
+			local_midnight(spec, first_of_month(first + spec->months), end);
+	}
+	else
+	{
+		int			first = spec->origin_jd + (int) (k * spec->days);
+
+		return local_midnight(spec, first, start) &&
+			local_midnight(spec, first + spec->days, end);
+	}
+}
+
 bool
 window_for(const KappaWindowSpec *spec, TimestampTz t,
 		   TimestampTz *start, TimestampTz *end)
@@ -279,6 +299,7 @@ window_for(const KappaWindowSpec *spec, TimestampTz t,
 		int			tzoff;
 		KappaWindowSpec *cache = unconstify(KappaWindowSpec *, spec);
 		bool		found;
+		int64		k;
 
 		/*
 		 * A time inside the window found last is in that window (see
@@ -302,45 +323,24 @@ window_for(const KappaWindowSpec *spec, TimestampTz t,
 		 * without gaps or overlaps, whatever the dates say.
 		 */
 		if (spec->months > 0)
-		{
-			int			month = tm.tm_year * 12 + (tm.tm_mon - 1);
-			int64		k = floor_div(month - spec->origin_month, spec->months);
-
-			for (int tries = 0;; tries++)
-			{
-				int			first = spec->origin_month + (int) (k * spec->months);
-
-				found = local_midnight(spec, first_of_month(first), start) &&
-					local_midnight(spec, first_of_month(first + spec->months), end);
-				if (!found || tries == 2 || (*start <= t && t < *end))
-					break;
-				k += t >= *end ? 1 : -1;
-			}
-		}
+			k = floor_div(tm.tm_year * 12 + (tm.tm_mon - 1) - spec->origin_month, spec->months);
 		else
+			k = floor_div(date2j(tm.tm_year, tm.tm_mon, tm.tm_mday) - spec->origin_jd, spec->days);
+		for (int tries = 0;; tries++)
 		{
-			int			jd = date2j(tm.tm_year, tm.tm_mon, tm.tm_mday);
-			int64		k = floor_div(jd - spec->origin_jd, spec->days);
-
-			for (int tries = 0;; tries++)
-			{
-				int			first = spec->origin_jd + (int) (k * spec->days);
-
-				found = local_midnight(spec, first, start) &&
-					local_midnight(spec, first + spec->days, end);
-				if (!found || tries == 2 || (*start <= t && t < *end))
-					break;
-				k += t >= *end ? 1 : -1;
-			}
+			found = calendar_window(spec, k, start, end);
+			if (!found || tries == 2 || (*start <= t && t < *end))
+				break;
+			k += t >= *end ? 1 : -1;
 		}
-		if (found && !(*start <= t && t < *end))
+		if (!found || !(*start <= t && t < *end))
 			return false;
-		if (found && *start <= t && t < *end && steady_offset(spec, *start, *end))
+		if (steady_offset(spec, *start, *end))
 		{
 			cache->last_start = *start;
 			cache->last_end = *end;
 		}
-		return found;
+		return true;
 	}
 }
 
