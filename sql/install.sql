@@ -9,6 +9,12 @@ SET ROLE kappa_squatter;
 CREATE SCHEMA kappa;
 -- (closer to format('...', text) than pg_catalog's: the refusal must not call it)
 CREATE FUNCTION kappa.format(text, text) RETURNS text LANGUAGE sql AS $$SELECT 'mine'$$;
+-- (exact matches for "oid = regclass" and "oid <> regclass", which
+-- pg_catalog has only through a cast: the checks must not call them)
+CREATE FUNCTION kappa.planted(oid, regclass) RETURNS boolean LANGUAGE plpgsql
+    AS $$BEGIN RAISE EXCEPTION 'planted operator called by %', current_user; END$$;
+CREATE OPERATOR kappa.= (LEFTARG = oid, RIGHTARG = regclass, FUNCTION = kappa.planted);
+CREATE OPERATOR kappa.<> (LEFTARG = oid, RIGHTARG = regclass, FUNCTION = kappa.planted);
 RESET ROLE;
 \set VERBOSITY default
 CREATE EXTENSION pg_kappa;
@@ -24,6 +30,9 @@ CREATE EXTENSION pg_kappa;
 REVOKE CREATE ON SCHEMA kappa FROM PUBLIC;
 CREATE EXTENSION pg_kappa;
 DROP FUNCTION kappa.format(text, text);
+DROP OPERATOR kappa.= (oid, regclass);
+DROP OPERATOR kappa.<> (oid, regclass);
+DROP FUNCTION kappa.planted(oid, regclass);
 -- a superuser's alone and empty: installed
 SET client_min_messages = warning;
 CREATE EXTENSION pg_kappa;

@@ -1,31 +1,31 @@
 -- pg_kappa 0.1.4 -> 0.1.5
 \echo Use "ALTER EXTENSION pg_kappa UPDATE TO '0.1.5'" to load this file. \quit
 
--- 0.1.4 let one drop a published table's primary key; from 0.1.5 an event
--- trigger refuses that, and its messages need the key.  Such a table is
--- refused here, before anything changes.
+-- Refused here, before anything changes:
+--  - a schema "kappa" another role owns or may create objects in, which
+--    CREATE EXTENSION refuses since 0.1.5: this script and the workers run
+--    as a superuser on what the schema holds, so such a role could have
+--    planted functions, operators or triggers they would run; and so an
+--    object in the schema that is not the extension's (all checked
+--    first, and with oids compared with oids only: "oid = regclass" would
+--    take an exactly matching kappa.=(oid, regclass) over pg_catalog's,
+--    which needs a cast);
+--  - a published table without a primary key, or with a replica identity
+--    other than DEFAULT or FULL, or unlogged: 0.1.4 let DDL take these
+--    from a published table; from 0.1.5 event triggers refuse that DDL,
+--    and the table's messages need them.
 DO $$
 DECLARE
+    nsp oid;
     t regclass;
+    why text;
     who text;
 BEGIN
-    SELECT p.relid INTO t FROM kappa.published_tables p
-     WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_index i
-                        WHERE i.indrelid = p.relid AND i.indisprimary)
-     LIMIT 1;
-    IF t IS NOT NULL THEN
-        RAISE EXCEPTION 'table % is published to Kafka without a primary key', t
-            USING ERRCODE = 'object_not_in_prerequisite_state',
-                  DETAIL = 'Kafka messages are keyed by the primary key; pg_kappa 0.1.5 keeps published tables from losing theirs.',
-                  HINT = 'Add the primary key back (or unpublish the table with kappa.unpublish_table()), then update again.';
-    END IF;
-    -- what CREATE EXTENSION refuses since 0.1.5, refused here too: this
-    -- script and the workers run as a superuser on what the schema holds,
-    -- so a role that owns it or may create in it could have planted
-    -- functions or triggers they would run
+    SELECT e.extnamespace INTO nsp FROM pg_catalog.pg_extension e
+     WHERE e.extname = 'pg_kappa'::pg_catalog.name;
     SELECT r.rolname INTO who FROM pg_catalog.pg_namespace n
       JOIN pg_catalog.pg_roles r ON r.oid = n.nspowner
-     WHERE n.nspname = 'kappa'::pg_catalog.name AND NOT r.rolsuper;
+     WHERE n.oid = nsp AND NOT r.rolsuper;
     IF who IS NOT NULL THEN
         RAISE EXCEPTION 'schema "kappa" is not a superuser''s alone'
             USING ERRCODE = 'insufficient_privilege',
@@ -36,7 +36,7 @@ BEGIN
       FROM pg_catalog.pg_namespace n,
            pg_catalog.aclexplode(n.nspacl) a
       LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee
-     WHERE n.nspname = 'kappa'::pg_catalog.name
+     WHERE n.oid = nsp
        AND a.privilege_type = 'CREATE'::pg_catalog.text
        AND (r.rolsuper IS NULL OR NOT r.rolsuper)
      ORDER BY 1 LIMIT 1;
@@ -45,6 +45,45 @@ BEGIN
             USING ERRCODE = 'insufficient_privilege',
                   DETAIL = pg_catalog.format('Role %s may create objects in it; the pg_kappa workers and this update run as a superuser on the objects in it.', who),
                   HINT = 'Revoke CREATE on schema kappa from every role but superusers, check the objects in it, then update again.';
+    END IF;
+    -- (what such a role made there before stays; every object in the
+    -- schema is the extension's, as CREATE EXTENSION found it empty)
+    SELECT pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid) INTO who
+      FROM pg_catalog.pg_depend d
+     WHERE d.refclassid = 'pg_catalog.pg_namespace'::pg_catalog.regclass::pg_catalog.oid
+       AND d.refobjid = nsp
+       AND d.classid <> 'pg_catalog.pg_extension'::pg_catalog.regclass::pg_catalog.oid
+       AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend e
+                        WHERE e.classid = d.classid AND e.objid = d.objid
+                          AND e.deptype = 'e'::pg_catalog."char")
+     ORDER BY 1 LIMIT 1;
+    IF who IS NOT NULL THEN
+        RAISE EXCEPTION 'schema "kappa" holds objects that are not pg_kappa''s'
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = pg_catalog.format('%s is in schema kappa; the pg_kappa workers and this update run as a superuser on the objects in it.', who),
+                  HINT = 'Drop it or move it to another schema (ALTER ... SET SCHEMA), then update again.';
+    END IF;
+
+    SELECT p.relid,
+           CASE WHEN NOT EXISTS (SELECT FROM pg_catalog.pg_index i
+                                  WHERE i.indrelid = p.relid::pg_catalog.oid AND i.indisprimary)
+                THEN 'has no primary key'
+                WHEN c.relreplident <> ALL ('{d,f}'::pg_catalog."char"[])
+                THEN 'has a replica identity other than DEFAULT or FULL'
+                ELSE 'is unlogged' END
+      INTO t, why
+      FROM kappa.published_tables p
+      JOIN pg_catalog.pg_class c ON c.oid = p.relid::pg_catalog.oid
+     WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_index i
+                        WHERE i.indrelid = p.relid::pg_catalog.oid AND i.indisprimary)
+        OR c.relreplident <> ALL ('{d,f}'::pg_catalog."char"[])
+        OR c.relpersistence <> 'p'::pg_catalog."char"
+     ORDER BY p.relid::pg_catalog.oid LIMIT 1;
+    IF t IS NOT NULL THEN
+        RAISE EXCEPTION 'table % is published to Kafka and %', t, why
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'Kafka messages are keyed by the primary key, deletes and updates of the key must carry it, and changes must reach WAL; pg_kappa 0.1.5 keeps published tables from losing any of these.',
+                  HINT = 'Give the table back its primary key, replica identity DEFAULT or FULL and WAL (ALTER TABLE ... SET LOGGED), or unpublish it with kappa.unpublish_table(), then update again.';
     END IF;
 END
 $$;

@@ -181,12 +181,29 @@ UPDATE kappa.rankings SET time_zone = 'Nowhere/Atlantis' WHERE name = 'fixed_bad
 ALTER EXTENSION pg_kappa UPDATE;
 SELECT extversion FROM pg_extension WHERE extname = 'pg_kappa';
 ALTER TABLE keyless ADD PRIMARY KEY (id);
+-- so is one without replica identity DEFAULT or FULL, or unlogged
+ALTER TABLE keyless REPLICA IDENTITY NOTHING;
+ALTER EXTENSION pg_kappa UPDATE;
+ALTER TABLE keyless REPLICA IDENTITY DEFAULT, SET UNLOGGED;
+ALTER EXTENSION pg_kappa UPDATE;
+ALTER TABLE keyless SET LOGGED;
 -- a schema another role owns, or may create in, is refused too (0.1.4 took
 -- a schema kappa made beforehand), and taken once a superuser's alone
 CREATE ROLE kappa_upgrade_squatter;
 GRANT CREATE ON SCHEMA kappa TO kappa_upgrade_squatter;
+-- (exact matches for "oid = regclass" and "oid <> regclass", which
+-- pg_catalog has only through a cast: the checks must not call them)
+SET ROLE kappa_upgrade_squatter;
+CREATE FUNCTION kappa.planted(oid, regclass) RETURNS boolean LANGUAGE plpgsql
+    AS $$BEGIN RAISE EXCEPTION 'planted operator called by %', current_user; END$$;
+CREATE OPERATOR kappa.= (LEFTARG = oid, RIGHTARG = regclass, FUNCTION = kappa.planted);
+CREATE OPERATOR kappa.<> (LEFTARG = oid, RIGHTARG = regclass, FUNCTION = kappa.planted);
+RESET ROLE;
 ALTER EXTENSION pg_kappa UPDATE;
 REVOKE CREATE ON SCHEMA kappa FROM kappa_upgrade_squatter;
+-- what it planted is refused, not called
+ALTER EXTENSION pg_kappa UPDATE;
+DROP FUNCTION kappa.planted(oid, regclass) CASCADE;
 GRANT CREATE ON SCHEMA kappa TO PUBLIC;
 ALTER EXTENSION pg_kappa UPDATE;
 REVOKE CREATE ON SCHEMA kappa FROM PUBLIC;

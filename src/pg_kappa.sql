@@ -43,10 +43,13 @@ BEGIN
     -- (every object made in a schema depends on it: relations, functions,
     -- types, operators, collations, text search objects, ...; so does this
     -- extension, being created in it)
+    -- (oids compared with oids only: "oid = regclass" would take an
+    -- exactly matching kappa.=(oid, regclass) over pg_catalog's, which
+    -- needs a cast)
     IF EXISTS (SELECT FROM pg_catalog.pg_depend
-                WHERE refclassid = 'pg_catalog.pg_namespace'::pg_catalog.regclass
+                WHERE refclassid = 'pg_catalog.pg_namespace'::pg_catalog.regclass::pg_catalog.oid
                   AND refobjid = nsp
-                  AND classid <> 'pg_catalog.pg_extension'::pg_catalog.regclass) THEN
+                  AND classid <> 'pg_catalog.pg_extension'::pg_catalog.regclass::pg_catalog.oid) THEN
         RAISE EXCEPTION 'schema "kappa" is not empty'
             USING ERRCODE = 'insufficient_privilege',
                   DETAIL = 'pg_kappa makes the objects of schema kappa itself; the workers run as a superuser on them.',
