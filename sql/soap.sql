@@ -163,7 +163,7 @@ SELECT kind, key, pg_temp.stable(value) AS value, error
       || '<p:Confirmation><p:PaymentId>PAY-16</p:PaymentId><p:PaymentId>PAY-16b</p:PaymentId></p:Confirmation>'
       || pg_temp.confirmation(' PAY-17 ', ' 17 ', 'REFUNDED', ' +5 ', 'USD', ' 2026-11-21T23:30:00-02:30 ')
       || pg_temp.confirmation('PAY-18 "quoted" \ back', '18', 'CONFIRMED', '.5', 'EUR', '2026-11-21T24:00:00Z')
-      || pg_temp.confirmation('PAY-19', '19', 'CONFIRMED', '0.1', 'EUR', '2026-11-21T10:00:00.1234565Z')
+      || pg_temp.confirmation('PAY-19', '19', 'CONFIRMED', '0.1', 'EUR', '2026-11-21T23:59:59.9999999Z')
       || pg_temp.confirmation('PAY-20', '20', 'CONFIRMED', '-0.00', 'EUR', '2024-02-29T10:00:00')
       || pg_temp.confirmation('<![CDATA[PAY-21]]>', '21<!-- a comment -->', 'CONFIRMED', '1', 'EUR', '2026-11-21T10:00:00Z')
       || pg_temp.confirmation('PAY-&#x20AC;&amp;', '22', 'CONFIRMED', '1', 'EUR', '2026-11-21T10:00:00Z')

@@ -68,8 +68,12 @@ read_char(const char **p, char c)
 /*
  * xsd:dateTime, "YYYY-MM-DDThh:mm:ss[.s+][Z|(+|-)hh:mm]", to a timestamptz.
  * Years 0001 to 9999.  A time without a zone is taken as UTC (the service
- * is expected to send one; docs/soap-payments.md says so).  Fractions
- * beyond microseconds are rounded.  On failure, *why says what is wrong.
+ * is expected to send one; docs/soap-payments.md says so).  Digits beyond
+ * microseconds are dropped, not rounded: rounding up would put the
+ * inclusive watermark after the service's own time of the confirmation,
+ * and another confirmed in the same microsecond but seen by a later poll
+ * would be asked for with a Since after it.  On failure, *why says what is
+ * wrong.
  */
 bool
 soap_parse_datetime(const char *s, TimestampTz *result, const char **why)
@@ -107,8 +111,6 @@ soap_parse_datetime(const char *s, TimestampTz *result, const char **why)
 				usec += (*p - '0') * scale;
 				scale /= 10;
 			}
-			else if (ndigits == 6 && *p >= '5')
-				usec++;
 			ndigits++;
 			p++;
 		}
