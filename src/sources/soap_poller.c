@@ -182,9 +182,9 @@ typedef struct SoapPollState
 	int			page_number;	/* within this run of the poll, for the status */
 	List	   *tokens_asked;	/* every page token asked for in this run */
 	/*
-	 * The latest ConfirmedAt seen in this poll, no later than this server's
-	 * clock when the page was asked for (clock_cap), and the ids at that
-	 * time
+	 * The latest ConfirmedAt seen in this poll that is no later than this
+	 * server's clock when the page was asked for (clock_cap), and the ids
+	 * at that time
 	 */
 	TimestampTz clock_cap;
 	bool		has_max;
@@ -517,17 +517,15 @@ note_confirmed_at(SoapPollState *ps, TimestampTz t, const char *payment_id)
 	MemoryContext old;
 
 	/*
-	 * A time ahead of our clock (a service node whose clock is fast) would
-	 * move the watermark past confirmations still to be made: the
-	 * watermark stops at our clock, and such a confirmation is asked for
+	 * A time ahead of our clock (a service node whose clock is fast) does
+	 * not move the watermark: it would pass confirmations still to be made
+	 * or not yet visible, between the newest real one and that time (or
+	 * our clock, were it stopped there).  Such a confirmation is asked for
 	 * again, and sent again, until our clock reaches it (the stream worker
 	 * drops the repeats).
 	 */
 	if (t > ps->clock_cap)
-	{
-		t = ps->clock_cap;
-		payment_id = NULL;		/* not sent at exactly t */
-	}
+		return;
 	if (!ps->has_max || t > ps->max_at)
 	{
 		ps->has_max = true;
