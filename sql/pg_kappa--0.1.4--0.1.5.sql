@@ -306,6 +306,19 @@ BEGIN
         RAISE EXCEPTION 'a ranking groups by 1 to 8 fields'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    IF array_ndims(group_by) <> 1 OR array_position(group_by, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION 'group_by must be a one-dimensional array of field names without nulls'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF event_time_field IS NULL THEN
+        RAISE EXCEPTION 'event_time_field must not be null'
+            USING ERRCODE = 'null_value_not_allowed',
+                  DETAIL = 'Windows are of event time, read from this field of the event''s row.';
+    END IF;
+    IF confirmed_only IS NULL THEN
+        RAISE EXCEPTION 'confirmed_only must not be null'
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
     FOREACH field IN ARRAY group_by || ARRAY[item, item_label, measure_field, event_time_field] LOOP
         IF field IS NOT NULL AND field !~ '^[A-Za-z_][A-Za-z0-9_]{0,62}$' THEN
             RAISE EXCEPTION 'invalid field name "%"', field

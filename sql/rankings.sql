@@ -13,6 +13,11 @@ SELECT name, input, source_topic, group_by, item, item_label, measure, measure_f
 SELECT kappa.create_ranking('Bad Name', ARRAY['city'], '1 day');
 SELECT kappa.create_ranking('top_sales_by_city', ARRAY['city'], '1 day');
 SELECT kappa.create_ranking('no_groups', ARRAY[]::text[], '1 day');
+-- (0.1.5: these were taken, and every stream worker then failed loading them)
+SELECT kappa.create_ranking('null_group', ARRAY['city', NULL], '1 day');
+SELECT kappa.create_ranking('square_groups', ARRAY[['city', 'store_id']], '1 day');
+SELECT kappa.create_ranking('null_time', ARRAY['city'], '1 day', event_time_field => NULL);
+SELECT kappa.create_ranking('null_confirmed', ARRAY['city'], '1 day', confirmed_only => NULL);
 SELECT kappa.create_ranking('bad_field', ARRAY['city; drop table x'], '1 day');
 SELECT kappa.create_ranking('bad_measure', ARRAY['city'], '1 day', measure => 'avg');
 SELECT kappa.create_ranking('sum_without_field', ARRAY['city'], '1 day', measure_field => NULL);
