@@ -442,3 +442,14 @@ BEGIN
                                CASE WHEN r.calendar THEN r.time_zone END) b;
 END
 $$;
+
+-- pg_dump kept the rankings made with create_ranking() but not where their
+-- ids were: after a restore the next one took the id of a restored one and
+-- failed.  (The state of a restored ranking, not dumped, is rebuilt from
+-- its topic; since 0.1.5 the stream workers give it the row it needs.)
+SELECT pg_catalog.pg_extension_config_dump('kappa.rankings_id_seq', '');
+
+-- kappa.csv_files.duplicate_of referred to its own table: every pg_dump
+-- warned of circular foreign keys and of restores that might need
+-- --disable-triggers.  No longer a foreign key.
+ALTER TABLE kappa.csv_files DROP CONSTRAINT csv_files_duplicate_of_fkey;

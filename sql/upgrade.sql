@@ -54,8 +54,10 @@ LANGUAGE sql AS $$
       FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
      WHERE c.relnamespace = to_regnamespace('kappa') AND NOT t.tgisinternal
     UNION ALL
-    SELECT 'dumped', extconfig::regclass[]::text, array_to_string(extcondition, ' | ')
-      FROM pg_extension WHERE extname = 'pg_kappa'
+    -- (in any order: an update can only add at the end)
+    SELECT 'dumped', c.tbl::regclass::text, c.cond
+      FROM pg_extension e, unnest(e.extconfig, e.extcondition) AS c(tbl, cond)
+     WHERE e.extname = 'pg_kappa'
     UNION ALL
     SELECT 'comment', pg_describe_object(d.classoid, d.objoid, d.objsubid), d.description
       FROM pg_description d

@@ -16,7 +16,11 @@ CREATE TABLE kappa.csv_files (
     rows_ingested bigint NOT NULL DEFAULT 0,
     rows_rejected bigint NOT NULL DEFAULT 0,
     attempts integer NOT NULL DEFAULT 1,
-    duplicate_of bigint REFERENCES kappa.csv_files (id),
+    -- the id of the 'processed' row with the same content.  Not a foreign
+    -- key (0.1.5): pg_dump keeps this table's rows, and one referring to
+    -- its own table made every pg_dump warn of circular foreign keys and
+    -- of restores that might need --disable-triggers
+    duplicate_of bigint,
     first_seen timestamptz NOT NULL DEFAULT now(),
     started_at timestamptz NOT NULL DEFAULT now(),
     finished_at timestamptz,

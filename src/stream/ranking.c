@@ -53,6 +53,18 @@ rankings_load(MemoryContext cxt)
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+
+	/*
+	 * A ranking restored from a dump comes without its state, which is not
+	 * dumped (it is rebuilt from the topic, as the windows are): give it
+	 * the row create_ranking() would have made, or its counters and where
+	 * its windows are final would be updated nowhere.
+	 */
+	if (SPI_execute("INSERT INTO kappa.ranking_state (ranking) "
+					"SELECT r.name FROM kappa.rankings r "
+					" WHERE NOT EXISTS (SELECT FROM kappa.ranking_state s WHERE s.ranking = r.name) "
+					"ON CONFLICT DO NOTHING", false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not add the state of restored rankings");
 	if (SPI_execute("SELECT r.id, r.name, r.input, "
 					"       coalesce(r.source_topic, current_setting('kappa.sales_topic')), "
 					"       r.group_by, r.item, r.item_label, r.measure, r.measure_field, "
@@ -61,7 +73,7 @@ rankings_load(MemoryContext cxt)
 					"       r.confirmed_only, kappa.ranking_results_topic(r.name), s.finalized_through, "
 					"       r.row_memory "
 					"  FROM kappa.rankings r LEFT JOIN kappa.ranking_state s ON s.ranking = r.name "
-					" ORDER BY r.id", true, 0) != SPI_OK_SELECT)
+					" ORDER BY r.id", false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read kappa.rankings");
 
 	old = MemoryContextSwitchTo(cxt);

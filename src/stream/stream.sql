@@ -660,6 +660,9 @@ SELECT kappa.create_ranking('top_salesman_by_country', ARRAY['country'], interva
                             calendar => false);
 
 SELECT pg_catalog.pg_extension_config_dump('kappa.rankings', $$WHERE name NOT IN ('top_sales_by_city', 'top_salesman_by_country')$$);
+-- (and where its ids are: restored rankings keep theirs, and the next one
+-- made after a restore must not take one of them; 0.1.5)
+SELECT pg_catalog.pg_extension_config_dump('kappa.rankings_id_seq', '');
 
 -- -------------------------------------------------------------------------
 -- Privileges
