@@ -131,6 +131,13 @@ sink_apply(const KappaRanking *r, const char *raw, size_t len, const char **erro
 	}
 	row->group_key = group.data;
 	row->item = "";
+	if (r->item_field == NULL && f[3].type != JSON_SPAN_MISSING && f[3].type != JSON_SPAN_NULL)
+	{
+		/* results per item, summed as one per group, would keep one item's */
+		MemoryContextSwitchTo(old);
+		*error = "the message has an \"item\" but the ranking has no item field";
+		return false;
+	}
 	if (r->item_field)
 	{
 		JsonSpan	v[2];
@@ -174,7 +181,8 @@ sink_apply(const KappaRanking *r, const char *raw, size_t len, const char **erro
 	decimal_append(&buf, &total);
 	row->total = buf.data;
 	row->count = pnstrdup(f[5].p, f[5].len);
-	row->final = !(f[6].type == JSON_SPAN_BOOL && f[6].p[0] == 'f');
+	/* a producer that does not say its value is final has not said so */
+	row->final = f[6].type == JSON_SPAN_BOOL && f[6].p[0] == 't';
 	sink_rows = lappend(sink_rows, row);
 	MemoryContextSwitchTo(old);
 	return true;

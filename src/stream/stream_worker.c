@@ -1299,6 +1299,9 @@ rewind_unread(void)
 	sw.rankings_loaded_at = 0;
 }
 
+/* the reason a message of bytes not of the database's encoding is refused */
+static char *utf8_error = NULL;
+
 static void
 apply_batch_once(void)
 {
@@ -1330,6 +1333,11 @@ apply_batch_once(void)
 	rows_reset(sw.batch_cxt);
 	payments_reset(sw.batch_cxt);
 	sink_reset(sw.batch_cxt);
+
+	if (utf8_error == NULL)
+		utf8_error = MemoryContextStrdup(TopMemoryContext,
+										 psprintf("message value is not valid %s (the database's encoding)",
+												  GetDatabaseEncodingName()));
 
 	/* first pass: parse, and name the rows and payments to load */
 	for (int i = 0; i < count; i++)
@@ -1387,6 +1395,15 @@ apply_batch_once(void)
 			else if ((p->key = message_key(msg)) == NULL)
 				error = "message has no usable key (the row's primary key, as text)";
 		}
+
+		/*
+		 * Its strings become text in the database as they are: bytes that
+		 * are not of its encoding (messages are UTF-8) would be stored, and
+		 * fail every client that reads them back, and every dump.
+		 */
+		if (error == NULL && msg->payload != NULL && msg->len > 0 &&
+			(msg->len > INT_MAX || !pg_verifymbstr(msg->payload, (int) msg->len, true)))
+			error = utf8_error;
 		if (error == NULL && events_topic)
 		{
 			if (tr->without_memory)
@@ -1454,12 +1471,13 @@ apply_batch_once(void)
 				{
 					KappaRanking *r = lfirst(lc);
 
+					/*
+					 * (a message one sink ranking of the topic refuses may
+					 * suit another: each takes it or says why not)
+					 */
 					if (r->results_input && strcmp(r->source_topic, rd_kafka_topic_name(msg->rkt)) == 0 &&
 						!sink_apply(r, msg->payload, msg->len, &error))
-					{
 						dead_letter(msg, psprintf("ranking \"%s\": %s", r->name, error));
-						break;
-					}
 				}
 				break;
 			default:

@@ -58,6 +58,10 @@ my @poison = (
 	# later event of the partition late)
 	[ 'microseconds near the least bigint', sale(12, sold_at => '-9223372036854775000'),
 	  'ranking "top_sales_by_city": the event time is not an ISO-8601 time with a zone' ],
+	# (bytes that are not UTF-8 were stored as the city's text: every
+	# client reading them back failed, and so did pg_dump; 0.1.5)
+	[ 'a city that is not UTF-8', sale(13, city => qq("Ma\xffdrid")),
+	  'message value is not valid UTF8 (the database\'s encoding)' ],
 );
 wait_until(sub { $node->safe_psql('shop', q{SELECT count(*) FROM kappa.stream_offsets}) eq '3' },
 	'the worker assigned its partitions');
@@ -103,15 +107,23 @@ is($node->safe_psql('shop', q{SELECT count(*) || ' ' || min("offset") || '-' || 
 # the worker, every backend with it, and again after each restart (0.1.5).
 my $tiny = '"0.' . ('0' x 200) . '1"';
 kcat_produce($broker, 'payment-confirmations', [
-	[ 'S-1', qq({"op":"c","before":null,"after":{"payment_id":"PAY-1","sale_id":"S-1","status":"CONFIRMED","amount":$tiny,"currency":"EUR","confirmed_at":"2026-11-20T10:00:00Z"},"source":{"connector":"test"},"ts_ms":1}) ] ]);
+	[ 'S-1', qq({"op":"c","before":null,"after":{"payment_id":"PAY-1","sale_id":"S-1","status":"CONFIRMED","amount":$tiny,"currency":"EUR","confirmed_at":"2026-11-20T10:00:00Z"},"source":{"connector":"test"},"ts_ms":1}) ],
+	[ 'S-2', qq({"op":"c","before":null,"after":{"payment_id":"PAY-\xc3\x28","sale_id":"S-2","status":"CONFIRMED","amount":"1.00","currency":"EUR","confirmed_at":"2026-11-20T10:00:00Z"},"source":{"connector":"test"},"ts_ms":1}) ] ]);
 kcat_produce($broker, 'partial-city-totals', [
-	[ 'p4', '{"ranking":"top_sales_by_city","window_start":"2026-11-21T00:00:00.000000Z","window_end":"2026-11-22T00:00:00.000000Z","group":{"city":"Madrid"},"total_sales":' . $tiny . ',"sale_count":2,"final":false,"producer":"C"}' ] ]);
+	[ 'p4', '{"ranking":"top_sales_by_city","window_start":"2026-11-21T00:00:00.000000Z","window_end":"2026-11-22T00:00:00.000000Z","group":{"city":"Madrid"},"total_sales":' . $tiny . ',"sale_count":2,"final":false,"producer":"C"}' ],
+	[ 'p5', qq({"ranking":"top_sales_by_city","window_start":"2026-11-21T00:00:00.000000Z","window_end":"2026-11-22T00:00:00.000000Z","group":{"city":"Madrid"},"total_sales":"1.00","sale_count":2,"final":false,"producer":"\xed\xa0\x80"}) ] ]);
 wait_until(sub { $node->safe_psql('shop', q{SELECT count(*) FROM kappa.dead_letters WHERE topic IN ('payment-confirmations', 'partial-city-totals') AND "offset" IN (0, 13) AND error LIKE '%decimal%'}) eq '2' },
 	'the two decimals of scale 201 refused');
 is($node->safe_psql('shop', q{SELECT string_agg(topic || '[' || "offset" || ']: ' || error, E'\n' ORDER BY topic) FROM kappa.dead_letters WHERE topic IN ('payment-confirmations', 'partial-city-totals') AND error LIKE '%decimal%'}),
 	"partial-city-totals[13]: ranking \"city_from_partials\": total_sales is missing or not a decimal number\n"
 	  . "payment-confirmations[0]: the payment amount is not a decimal number",
 	'an amount and a total with 200 zeros after the point: dead letters');
+wait_until(sub { $node->safe_psql('shop', q{SELECT count(*) FROM kappa.dead_letters WHERE (topic, "offset") IN (('payment-confirmations', 1), ('partial-city-totals', 14))}) eq '2' },
+	'the payment and the window result that are not UTF-8 read');
+is($node->safe_psql('shop', q{SELECT string_agg(topic || '[' || "offset" || ']: ' || error, E'\n' ORDER BY topic) FROM kappa.dead_letters WHERE (topic, "offset") IN (('payment-confirmations', 1), ('partial-city-totals', 14))}),
+	"partial-city-totals[14]: message value is not valid UTF8 (the database's encoding)\n"
+	  . "payment-confirmations[1]: message value is not valid UTF8 (the database's encoding)",
+	'a payment id and a producer that are not UTF-8 (a broken sequence, an encoded surrogate): dead letters');
 is($node->safe_psql('shop', q{SELECT count(*) FROM kappa.payments}), '0', 'no payment recorded');
 is($node->safe_psql('shop', 'SELECT pid FROM kappa.stream_worker_status()'), $pid, 'the same worker all along');
 
