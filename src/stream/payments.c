@@ -164,6 +164,31 @@ member_text(const JsonSpan *s)
 	return json_span_text(s);
 }
 
+/* of one confirmation time: a refund follows a confirmation, which ends a decline */
+static int
+status_rank(const char *status)
+{
+	return status[0] == 'R' ? 2 : status[0] == 'C' ? 1 : 0;
+}
+
+/*
+ * Does confirmation h replace the sale's state s?  The latest confirmation
+ * time wins; of one time, the status ranked higher, then the greater
+ * payment id.  The state is then one of the confirmations seen, whatever
+ * the order they came in, and one seen again changes nothing.
+ */
+static bool
+supersedes(const HistoryRow *h, const PaymentState *s)
+{
+	int			c;
+
+	if (h->confirmed_at != s->confirmed_at)
+		return h->confirmed_at > s->confirmed_at;
+	if ((c = status_rank(h->status) - status_rank(s->status)) != 0)
+		return c > 0;
+	return strcmp(h->payment_id, s->payment_id) > 0;
+}
+
 /*
  * Apply one payment-confirmations message, whose message key is key.
  * *state is the sale's payment state (wanted and loaded beforehand through
@@ -242,21 +267,16 @@ payments_record(const char *raw, size_t len, const char *source_topic, const cha
 	*state = s;
 	history = lappend(history, h);
 
-	/* the latest confirmation time wins; equal times: the later message */
-	if (!s->known || h->confirmed_at >= s->confirmed_at)
+	if (!s->known || supersedes(h, s))
 	{
-		if (!s->known || strcmp(s->status, h->status) != 0 ||
-			strcmp(s->payment_id, h->payment_id) != 0 || h->confirmed_at != s->confirmed_at)
-		{
-			*changed = !s->known || strcmp(s->status, h->status) != 0;
-			s->known = true;
-			s->dirty = true;
-			s->payment_id = h->payment_id;
-			s->status = h->status;
-			s->amount = h->amount;
-			s->currency = h->currency;
-			s->confirmed_at = h->confirmed_at;
-		}
+		*changed = !s->known || strcmp(s->status, h->status) != 0;
+		s->known = true;
+		s->dirty = true;
+		s->payment_id = h->payment_id;
+		s->status = h->status;
+		s->amount = h->amount;
+		s->currency = h->currency;
+		s->confirmed_at = h->confirmed_at;
 	}
 	return true;
 }

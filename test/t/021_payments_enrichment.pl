@@ -171,5 +171,29 @@ is($node->safe_psql('shop', q{SELECT count(*) FROM kappa.stream_rows WHERE key =
 is($node->safe_psql('shop', q{SELECT count(*) FROM kappa.ranking_results WHERE group_values = '{Toledo}'}), '0',
 	'nor counted anywhere');
 
+# Statuses of one time: REFUNDED over CONFIRMED over DECLINED (then the
+# greater payment id), whatever the order they arrive in.  Before 0.1.5 the
+# later message won, so a confirmation sent again after its refund (as
+# overlapping polls of the SOAP service do) counted the refunded sale again.
+# All on partition 0, then a sentinel: once it is stored, all were applied.
+kcat_produce($broker, 'sales-events', [ sale(1030, 'Zaragoza', '3.00'), sale(1031, 'Zaragoza', '4.00') ]);
+applied(q{SELECT count(*) FROM kappa.stream_rows WHERE key IN ('1030', '1031')}, '2', 'the two sales consumed');
+$in = join('', map { "$_->[0]\x1f$_->[1]\n" }
+	payment('PAY-30', 1030, 'CONFIRMED', '3.00', '2026-11-21T15:00:00Z'),
+	payment('PAY-30', 1030, 'REFUNDED', '-3.00', '2026-11-21T15:00:00Z'),
+	payment('PAY-30', 1030, 'CONFIRMED', '3.00', '2026-11-21T15:00:00Z'),
+	payment('PAY-31', 1031, 'DECLINED', '4.00', '2026-11-21T15:00:00Z'),
+	payment('PAY-31', 1031, 'CONFIRMED', '4.00', '2026-11-21T15:00:00Z'),
+	payment('PAY-31', 1031, 'DECLINED', '4.00', '2026-11-21T15:00:00Z'),
+	payment('PAY-39', 1039, 'CONFIRMED', '1.00', '2026-11-21T15:00:00Z'));
+IPC::Run::run([ 'kcat', '-P', '-b', $broker->{bootstrap}, '-t', 'payment-confirmations', '-p', '0', '-K', "\x1f" ],
+	'<', \$in, '>', \$out, '2>', \$err) or die "kcat -P failed: $err";
+applied(q{SELECT count(*) FROM kappa.payments WHERE sale_id = '1039'}, '1', 'the sentinel stored');
+is($node->safe_psql('shop', q{SELECT string_agg(sale_id || '=' || status, ',' ORDER BY sale_id) FROM kappa.payments WHERE sale_id IN ('1030', '1031')}),
+	'1030=REFUNDED,1031=CONFIRMED', 'of one time, the refund and the confirmation win, however often the others come');
+is($node->safe_psql('shop', q{SELECT total || '/' || sale_count FROM kappa.ranking_results
+ WHERE ranking = 'confirmed_sales_by_city' AND group_values = '{Zaragoza}'}),
+	'4.00/1', 'the confirmed-only ranking counts the confirmed sale, not the refunded one');
+
 $node->stop;
 done_testing();
