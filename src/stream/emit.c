@@ -256,6 +256,7 @@ emit_final_results(KafkaClient *producer, int max_windows)
 	int			marked;
 	TimestampTz deadline;
 	MemoryContext cxt;
+	MemoryContext row_cxt;
 
 	if (emit_cxt == NULL)
 		emit_cxt = AllocSetContextCreate(TopMemoryContext, "pg_kappa emitted windows",
@@ -336,6 +337,9 @@ emit_final_results(KafkaClient *producer, int max_windows)
 
 	initStringInfo(&key);
 	initStringInfo(&value);
+	/* what each result row's message is made from (in SPI's memory, as key) */
+	row_cxt = AllocSetContextCreate(CurrentMemoryContext, "pg_kappa emit row",
+									ALLOCSET_SMALL_SIZES);
 	{
 		SPITupleTable *wins = SPI_tuptable;
 
@@ -371,6 +375,7 @@ emit_final_results(KafkaClient *producer, int max_windows)
 			{
 				HeapTuple	t = SPI_tuptable->vals[i];
 				TupleDesc	d = SPI_tuptable->tupdesc;
+				MemoryContext caller = MemoryContextSwitchTo(row_cxt);
 				Datum		gv = SPI_getbinval(t, d, 1, &isnull);
 				char	   *item = SPI_getvalue(t, d, 2);
 				char	   *label = SPI_getvalue(t, d, 3);
@@ -427,7 +432,11 @@ emit_final_results(KafkaClient *producer, int max_windows)
 					if (ew->delivery.failed++ == 0)
 						ew->delivery.error = RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE;
 				}
+				MemoryContextSwitchTo(caller);
+				MemoryContextReset(row_cxt);
 			}
+			/* one window's rows in memory at a time, not all the call's */
+			SPI_freetuptable(SPI_tuptable);
 		}
 	}
 
