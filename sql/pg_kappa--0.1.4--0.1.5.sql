@@ -453,3 +453,24 @@ SELECT pg_catalog.pg_extension_config_dump('kappa.rankings_id_seq', '');
 -- warned of circular foreign keys and of restores that might need
 -- --disable-triggers.  No longer a foreign key.
 ALTER TABLE kappa.csv_files DROP CONSTRAINT csv_files_duplicate_of_fkey;
+
+-- kappa.sales_enriched.sale was the whole row as it came, every column of
+-- the published table: kappa_reader read columns of the source table it
+-- was never granted.  It holds the reference sale's columns now; the whole
+-- row stays in kappa.stream_rows.
+CREATE OR REPLACE VIEW kappa.sales_enriched AS
+SELECT s.key AS sale_id, s.topic,
+       (SELECT pg_catalog.jsonb_object_agg(c.key, c.value)
+          FROM pg_catalog.jsonb_each(s.row_data::jsonb) c
+         WHERE c.key = ANY ('{sale_id,store_id,seller_id,seller_name,city,country,amount,currency,sold_at}'::text[])) AS sale,
+       coalesce(p.status, 'PENDING') AS payment_status, p.payment_id, p.confirmed_at
+  FROM kappa.stream_rows s
+  LEFT JOIN kappa.payments p ON p.sale_id = s.key
+ WHERE NOT s.deleted;
+
+-- kappa.dead_letters.raw is the record as it came (a whole row of a
+-- published table, a CSV line, a SOAP confirmation): pg_monitor read it.
+-- pg_monitor, and now kappa_admin, read every column but raw.
+REVOKE SELECT ON kappa.dead_letters FROM pg_monitor;
+GRANT SELECT (id, source, topic, partition, "offset", file, line, error, received_at)
+    ON kappa.dead_letters TO pg_monitor, kappa_admin;

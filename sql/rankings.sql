@@ -133,6 +133,28 @@ SELECT kappa.drop_ranking('by_admin');
 SET ROLE kappa_test_nobody;
 SELECT * FROM kappa.top_sales_by_city('2026-11-21 12:00+00', 1);
 RESET ROLE;
+-- a reader sees the reference columns of a remembered sale, not the other
+-- columns of the table it was published from (0.1.5: the whole row)
+INSERT INTO kappa.stream_rows (topic, key, row_data, counted) VALUES
+    ('sales-events', 'e1', '{"sale_id":"e1","city":"Madrid","amount":"1.00","customer_email":"ana@example.com","card_last4":"4242"}', '{}');
+SET ROLE kappa_test_reader;
+SELECT sale_id, sale, payment_status FROM kappa.sales_enriched;
+RESET ROLE;
+DELETE FROM kappa.stream_rows;
+-- pg_monitor and admins see what was refused and why, not the record (0.1.5:
+-- pg_monitor read raw, admins nothing)
+INSERT INTO kappa.dead_letters (source, topic, partition, "offset", raw, error)
+    VALUES ('stream', 'sales-events', 0, 7, '{"card_number":"4111111111111111"}', 'unknown op');
+CREATE ROLE kappa_test_monitor IN ROLE pg_monitor;
+SET ROLE kappa_test_monitor;
+SELECT source, topic, "offset", error FROM kappa.dead_letters;
+SELECT raw FROM kappa.dead_letters;
+SET ROLE kappa_test_admin;
+SELECT source, topic, "offset", error FROM kappa.dead_letters;
+SELECT * FROM kappa.dead_letters;
+RESET ROLE;
+DROP ROLE kappa_test_monitor;
+DELETE FROM kappa.dead_letters;
 DROP ROLE kappa_test_reader, kappa_test_admin, kappa_test_nobody;
 
 DELETE FROM kappa.ranking_windows;

@@ -29,6 +29,7 @@ LANGUAGE sql AS $$
            || coalesce(' DEFAULT ' || pg_get_expr(ad.adbin, ad.adrelid), '')
            || coalesce(' ' || nullif(a.attidentity::text, ''), '') || coalesce(' ' || nullif(a.attgenerated::text, ''), '')
            || coalesce(' COLLATE ' || nullif(a.attcollation, 0)::regcollation::text, '')
+           || coalesce(' ' || a.attacl::text, '')
       FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
       LEFT JOIN pg_attrdef ad ON ad.adrelid = c.oid AND ad.adnum = a.attnum
      WHERE c.relnamespace = to_regnamespace('kappa')

@@ -81,5 +81,8 @@ COMMENT ON TABLE kappa.dead_letters IS
 SELECT pg_catalog.pg_extension_config_dump('kappa.dead_letters', '');
 SELECT pg_catalog.pg_extension_config_dump('kappa.dead_letters_id_seq', '');
 REVOKE ALL ON kappa.dead_letters FROM PUBLIC;
-GRANT SELECT ON kappa.dead_letters TO pg_monitor;
+-- raw is the record as it came (a whole row of a published table, a CSV
+-- line, a SOAP confirmation): for superusers, and whom they grant it to
+GRANT SELECT (id, source, topic, partition, "offset", file, line, error, received_at)
+    ON kappa.dead_letters TO pg_monitor;
 

@@ -590,8 +590,15 @@ SELECT r.window_start, r.window_end, r.group_values[1] AS country,
  WHERE r.ranking = 'top_salesman_by_country';
 
 -- Sales with their payment status.
+-- "sale" holds the reference sale's columns only (0.1.5): the row as it
+-- came (all the published table's columns) stays in kappa.stream_rows, so
+-- that kappa_reader does not read columns of the source table it was never
+-- granted.
 CREATE VIEW kappa.sales_enriched AS
-SELECT s.key AS sale_id, s.topic, s.row_data::jsonb AS sale,
+SELECT s.key AS sale_id, s.topic,
+       (SELECT pg_catalog.jsonb_object_agg(c.key, c.value)
+          FROM pg_catalog.jsonb_each(s.row_data::jsonb) c
+         WHERE c.key = ANY ('{sale_id,store_id,seller_id,seller_name,city,country,amount,currency,sold_at}'::text[])) AS sale,
        coalesce(p.status, 'PENDING') AS payment_status, p.payment_id, p.confirmed_at
   FROM kappa.stream_rows s
   LEFT JOIN kappa.payments p ON p.sale_id = s.key
@@ -672,6 +679,9 @@ GRANT SELECT ON kappa.rankings, kappa.ranking_definitions, kappa.ranking_windows
                 kappa.top_sales_by_city, kappa.top_salesman_by_country,
                 kappa.payments, kappa.payment_history, kappa.sales_enriched
     TO kappa_reader;
+-- (what was refused and why, without the record itself: see kappa.dead_letters)
+GRANT SELECT (id, source, topic, partition, "offset", file, line, error, received_at)
+    ON kappa.dead_letters TO kappa_admin;
 REVOKE ALL ON FUNCTION kappa.stream_worker_status() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION kappa.stream_worker_status() TO pg_monitor, kappa_reader;
 GRANT SELECT ON kappa.stat_consumers, kappa.stat_rankings, kappa.stream_offsets TO pg_monitor, kappa_reader;
