@@ -24,6 +24,8 @@ what it answers:
   /loop             a next page token that never changes
   /cycle            page tokens that go round: first page -> a, a -> b, b -> a
                     (a confirmation on the first page and on page a)
+  /repeat           the same confirmation on every page, each with a new
+                    next page token (t1, t2, ...): paging that never advances
   /future           a confirmation dated 2099, one of 2026-11-21T12:00:00Z and
                     one two hours ahead of this server's start (a service
                     node whose clock is fast), filtered by Since
@@ -340,6 +342,11 @@ class Handler(BaseHTTPRequestHandler):
                                      "2026-11-21T12:00:01Z")
             return self.send_body(200, envelope(
                 first + "<p:NextPageToken>%s</p:NextPageToken>\n" % following))
+        if scenario == "repeat":
+            following = "t%d" % (int(token[1:]) + 1 if token and token[1:].isdigit() else 1)
+            return self.send_body(200, envelope(
+                confirmation("PAY-R1", "5001", "CONFIRMED", "1.00", "EUR", "2026-11-21T12:00:00Z")
+                + "<p:NextPageToken>%s</p:NextPageToken>\n" % following))
         if scenario == "future":
             items = [
                 ("2026-11-21T12:00:00Z", confirmation("PAY-F1", "4001", "CONFIRMED", "1.00", "EUR",

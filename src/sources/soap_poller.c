@@ -30,6 +30,7 @@
 
 #include "access/xact.h"
 #include "catalog/pg_type.h"
+#include "common/hashfn.h"
 #include "cdc/envelope.h"
 #include "executor/spi.h"
 #include "kafka/kafka.h"
@@ -63,6 +64,7 @@ int			kappa_soap_max_backoff = 300;
 #define SOAP_MAX_PAGES_PER_POLL 10000	/* a service whose tokens never end */
 #define SOAP_FUTURE_TOLERANCE_S (24 * 3600) /* ConfirmedAt ahead of our clock */
 #define SOAP_MAX_REFUSED_REMEMBERED 10000
+#define SOAP_MAX_SEEN_REMEMBERED 1000000 /* confirmations of one run of pages */
 #define SOAP_FIRST_BACKOFF_MS	1000
 #define SOAP_SERVE_EVERY		1000	/* messages between delivery-report polls */
 
@@ -217,6 +219,17 @@ typedef struct SoapWorker
 	char	   *carry_endpoint;
 	TimestampTz carry_since;
 	List	   *carry_tokens;
+
+	/*
+	 * The confirmations sent since the watermark in this run of pages (a
+	 * hash of each one's content), kept the same way across the attempts
+	 * that go on from a stored token: a page with nothing new on it is a
+	 * service whose tokens change but do not advance.  In seen_cxt.
+	 */
+	MemoryContext seen_cxt;
+	char	   *seen_endpoint;
+	TimestampTz seen_since;
+	HTAB	   *seen;
 
 	/*
 	 * Confirmations refused for a ConfirmedAt in the future, already made
@@ -602,6 +615,74 @@ read_page(const SoapResponse *resp, const char *url)
 	return page;
 }
 
+/* A confirmation's content, as the service sent it, in 64 bits. */
+static uint64
+confirmation_hash(const SoapConfirmation *c)
+{
+	const char *fields[6] = {c->payment_id, c->sale_id, c->status, c->amount, c->currency,
+	c->confirmed_at};
+	uint64		h = 0;
+
+	for (int i = 0; i < 6; i++)
+		h = hash_bytes_extended((const unsigned char *) (fields[i] ? fields[i] : "\x1e"),
+								fields[i] ? strlen(fields[i]) : 1, h + i);
+	return h;
+}
+
+static void
+seen_forget(void)
+{
+	MemoryContextReset(soap.seen_cxt);
+	soap.seen_endpoint = NULL;
+	soap.seen = NULL;
+}
+
+/* Is every confirmation of the page one sent before in this run? */
+static bool
+page_all_seen(SoapPollState *ps, SoapPage *page)
+{
+	if (page->nconfirmations == 0 || soap.seen == NULL ||
+		strcmp(soap.seen_endpoint, ps->endpoint) != 0 || soap.seen_since != ps->since)
+		return false;
+	for (int i = 0; i < page->nconfirmations; i++)
+	{
+		uint64		h = confirmation_hash(&page->confirmations[i]);
+
+		if (hash_search(soap.seen, &h, HASH_FIND, NULL) == NULL)
+			return false;
+	}
+	return true;
+}
+
+/* The page is stored as sent: remember its confirmations. */
+static void
+seen_remember(SoapPollState *ps, SoapPage *page)
+{
+	if (soap.seen != NULL &&
+		(strcmp(soap.seen_endpoint, ps->endpoint) != 0 || soap.seen_since != ps->since))
+		seen_forget();
+	if (soap.seen == NULL)
+	{
+		HASHCTL		ctl = {0};
+
+		ctl.keysize = sizeof(uint64);
+		ctl.entrysize = sizeof(uint64);
+		ctl.hcxt = soap.seen_cxt;
+		soap.seen = hash_create("pg_kappa soap confirmations seen", 1024, &ctl,
+								HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+		soap.seen_endpoint = MemoryContextStrdup(soap.seen_cxt, ps->endpoint);
+		soap.seen_since = ps->since;
+	}
+	for (int i = 0; i < page->nconfirmations; i++)
+	{
+		uint64		h = confirmation_hash(&page->confirmations[i]);
+
+		if (hash_get_num_entries(soap.seen) >= SOAP_MAX_SEEN_REMEMBERED)
+			break;
+		(void) hash_search(soap.seen, &h, HASH_ENTER, NULL);
+	}
+}
+
 /*
  * Fetch, produce and record one page.  Returns the next page's token, or
  * NULL after the last page.
@@ -672,13 +753,28 @@ poll_page(SoapPollState *ps)
 					 errhint("Check that the service ends its pages; the poll goes on from the stored page token after a backoff.")));
 	}
 
+	page_label = ps->page_token ? psprintf("page \"%s\"", ps->page_token) : "first page";
+
+	/*
+	 * Tokens that change but do not advance (t1, t2, ... for one page)
+	 * would send the page again until the page limit, and again after each
+	 * backoff.  (A poll from the watermark may get again what an earlier
+	 * one sent, at exactly the watermark: that is an earlier run.)
+	 */
+	if (ps->page_token != NULL && page_all_seen(ps, page))
+		ereport(ERROR,
+				(errcode(ERRCODE_PROTOCOL_VIOLATION),
+				 errmsg("the SOAP service returned a page whose confirmations it had all returned earlier in this poll"),
+				 errdetail("The %d confirmations of %s were on earlier pages; its next page tokens would be asked for forever.",
+						   page->nconfirmations, page_label),
+				 errhint("Check the service's paging; the poll goes on from the stored page token after a backoff.")));
+
 	/* the previous page's stragglers, if an error cut it short */
 	ensure_producer();
 	if (soap_delivery.pending > 0)
 		kafka_wait_delivered(soap.producer, &soap_delivery, -1);
 	memset(&soap_delivery, 0, sizeof(soap_delivery));
 
-	page_label = ps->page_token ? psprintf("page \"%s\"", ps->page_token) : "first page";
 	source_json = soap_source_json(ps->endpoint, ps->page_token);
 	ts_ms = envelope_unix_ms(GetCurrentTimestamp());
 	payments = page->nconfirmations > 0 ?
@@ -777,6 +873,8 @@ poll_page(SoapPollState *ps)
 
 	save_progress(ps, page->next_page_token, dead_letters);
 	source_stats_success(soap.stats, 1, produced, list_length(dead_letters));
+	if (page->next_page_token)
+		seen_remember(ps, page);
 
 	/* their dead letters are stored: not again */
 	foreach(lc, refused_now)
@@ -900,11 +998,17 @@ poll_endpoint(void)
 		}
 		else
 			carry_forget();
+		if (soap.seen != NULL &&
+			(strcmp(soap.seen_endpoint, ps->endpoint) != 0 || soap.seen_since != ps->since))
+			seen_forget();
 		if (!list_member_token(ps->tokens_asked, ps->page_token))
 			ps->tokens_asked = lappend(ps->tokens_asked, pstrdup(ps->page_token));
 	}
 	else
+	{
 		carry_forget();			/* a poll from the watermark */
+		seen_forget();
+	}
 
 	for (;;)
 	{
@@ -915,6 +1019,7 @@ poll_endpoint(void)
 		if (next == NULL)
 		{
 			carry_forget();		/* the poll is complete */
+			seen_forget();
 			break;
 		}
 		ps->page_token = pstrdup(next);
@@ -1053,6 +1158,8 @@ kappa_soap_worker_main(Datum main_arg)
 	soap.stats = source_stats_attach("soap");
 	soap.carry_cxt = AllocSetContextCreate(TopMemoryContext, "pg_kappa soap carried tokens",
 										   ALLOCSET_SMALL_SIZES);
+	soap.seen_cxt = AllocSetContextCreate(TopMemoryContext, "pg_kappa soap confirmations seen",
+										  ALLOCSET_DEFAULT_SIZES);
 	soap.poll_cxt = AllocSetContextCreate(TopMemoryContext, "pg_kappa soap poll",
 										  ALLOCSET_DEFAULT_SIZES);
 	soap.page_cxt = AllocSetContextCreate(TopMemoryContext, "pg_kappa soap page",

@@ -116,6 +116,21 @@ is(join(',', sort map { $_->{key} } grep { index($_->{value}, $cycle_url) >= 0 }
 	@{ consume_all($broker, 'payment-confirmations') }), '3001,3002',
 	'each confirmation of the cycle\'s pages sent once');
 
+# Tokens that are new each time for a page that is not (t1, t2, ... each
+# with the one confirmation of the first page): the poll stops at the
+# second page, and the attempts after the backoff, going on from the stored
+# token, know the confirmations sent before and stop without sending it
+# again (0.1.5; before, each attempt sent it 10 000 times, the page limit).
+is(error_of('repeat'),
+	'the SOAP service returned a page whose confirmations it had all returned earlier in this poll',
+	'a page of nothing new stops the poll');
+my $repeat_requests = scalar(@{ $soap->requests('/repeat') });
+wait_until(sub { scalar(@{ $soap->requests('/repeat') }) >= $repeat_requests + 3 }, 'more attempts of /repeat');
+my $repeat_url = $soap->url('repeat');
+is(join(',', map { $_->{key} } grep { index($_->{value}, $repeat_url) >= 0 }
+	@{ consume_all($broker, 'payment-confirmations') }), '5001',
+	'its confirmation sent once');
+
 # ---- a ConfirmedAt far in the future does not move the watermark -------------
 my $future = $soap->url('future');
 $log_offset = -s $node->logfile;
