@@ -29,6 +29,7 @@ extern int	kappa_soap_timeout;		/* ms */
 extern int	kappa_soap_page_size;
 extern int	kappa_soap_max_response_size;	/* kB */
 extern char *kappa_soap_ca_file;
+extern bool kappa_soap_allow_plain_http;
 extern int	kappa_soap_max_backoff; /* s */
 
 /* ---------------------------------------------------------------------
@@ -57,6 +58,7 @@ typedef struct SoapResponse
 } SoapResponse;
 
 extern bool soap_url_is_valid(const char *url, const char **why);
+extern char *soap_url_plain_remote_host(const char *url);
 extern void soap_format_datetime(StringInfo out, TimestampTz ts);
 extern void soap_build_request(StringInfo out, const SoapRequest *req);
 extern void soap_call(const SoapRequest *req, SoapResponse *resp);

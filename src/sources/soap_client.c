@@ -125,6 +125,33 @@ soap_url_is_valid(const char *url, const char **why)
 	return ok;
 }
 
+/*
+ * The host of an http:// URL that is not this machine (palloc'd), or NULL:
+ * an https:// URL, or one to localhost or a loopback address, whose
+ * traffic does not leave the machine.
+ */
+char *
+soap_url_plain_remote_host(const char *url)
+{
+	CURLU	   *u;
+	char	   *host = NULL;
+	char	   *result = NULL;
+
+	if (pg_strncasecmp(url, "http://", 7) != 0 || (u = curl_url()) == NULL)
+		return NULL;
+	if (curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
+		curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK && host != NULL)
+	{
+		if (pg_strcasecmp(host, "localhost") != 0 &&
+			strncmp(host, "127.", 4) != 0 &&
+			strcmp(host, "[::1]") != 0)
+			result = pstrdup(host);
+		curl_free(host);
+	}
+	curl_url_cleanup(u);
+	return result;
+}
+
 /* ---------------------------------------------------------------------
  * The request
  * ---------------------------------------------------------------------

@@ -58,6 +58,7 @@ int			kappa_soap_timeout = 30000;
 int			kappa_soap_page_size = 500;
 int			kappa_soap_max_response_size = 16384;
 char	   *kappa_soap_ca_file = NULL;
+bool		kappa_soap_allow_plain_http = false;
 int			kappa_soap_max_backoff = 300;
 
 #define SOAP_MAX_TOKEN_LEN		4096
@@ -158,6 +159,15 @@ soap_define_gucs(void)
 							   PGC_SIGHUP,
 							   GUC_SUPERUSER_ONLY,
 							   NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("kappa.soap_allow_plain_http",
+							 "Sends the WS-Security password over http:// to another machine.",
+							 "Off: with kappa.soap_username set, an http:// kappa.soap_url must name this machine (localhost, a loopback address); use https:// otherwise.",
+							 &kappa_soap_allow_plain_http,
+							 false,
+							 PGC_SIGHUP,
+							 GUC_SUPERUSER_ONLY,
+							 NULL, NULL, NULL);
 
 	DefineCustomIntVariable("kappa.soap_max_backoff",
 							"Longest wait before polling again after a failed SOAP poll.",
@@ -718,6 +728,18 @@ poll_page(SoapPollState *ps)
 	req.timeout_ms = kappa_soap_timeout;
 	req.max_response_bytes = (int64) kappa_soap_max_response_size * 1024;
 	req.ca_file = kappa_soap_ca_file;
+	if (req.username && req.username[0] != '\0' && !kappa_soap_allow_plain_http)
+	{
+		char	   *host = soap_url_plain_remote_host(req.url);
+
+		if (host != NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("refusing to send the SOAP password over plain http"),
+					 errdetail("kappa.soap_url is an http:// URL to host \"%s\", not this machine: the WS-Security password would cross the network unencrypted.",
+							   host),
+					 errhint("Use an https:// URL, or set kappa.soap_allow_plain_http = on if the network between is trusted.")));
+	}
 	ps->clock_cap = GetCurrentTimestamp();
 	soap_call(&req, &resp);
 	CHECK_FOR_INTERRUPTS();

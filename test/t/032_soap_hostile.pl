@@ -159,6 +159,21 @@ ok((grep { $_->{key} eq '4003' } @sent) >= 2,
 is($node->safe_psql('shop', "SELECT (since = '2026-11-21 12:00:00+00') || ' ' || since_payment_ids::text FROM kappa.soap_state WHERE endpoint = '$future'"),
 	'true {PAY-F1}', 'and the watermark stays there');
 
+# ---- the password does not cross the network over plain http ---------------
+# (192.0.2.1 is a documentation address: nothing answers there.  The test
+# server's own URLs are on 127.0.0.1, whose traffic stays on this machine.)
+my $remote = 'http://192.0.2.1:9/pay';
+my $seen_before = soap_switch($node, $remote);
+wait_until(sub { soap_status($node)->{errors} > $seen_before->{errors} }, 'an error from a plain http URL to another machine');
+is(soap_status($node)->{last_error}, 'refusing to send the SOAP password over plain http',
+	'a plain http URL to another machine is refused while a user name is set');
+$seen_before = soap_status($node);
+set_soap_conf($node, soap_allow_plain_http => 'on');
+wait_until(sub { soap_status($node)->{errors} > $seen_before->{errors} }, 'a poll of it once allowed');
+isnt(soap_status($node)->{last_error}, 'refusing to send the SOAP password over plain http',
+	'kappa.soap_allow_plain_http = on lets it be tried');
+set_soap_conf($node, soap_allow_plain_http => undef);
+
 # ---- TLS ---------------------------------------------------------------------
 my $https = $soap->url('fixtures', tls => 1);
 my $before = soap_switch($node, $https);
