@@ -20,7 +20,8 @@ what it answers:
   /xxe-http         an external entity on http://127.0.0.1:<watch port>/
   /xxe-param        a parameter entity on the watch port
   /xxe-dtd          an external DTD on the watch port
-  /bad              one good confirmation and two bad ones
+  /bad              one good confirmation and three bad ones (the last
+                    without a PaymentId, at the newest time)
   /loop             a next page token that never changes
   /cycle            page tokens that go round: first page -> a, a -> b, b -> a
                     (a confirmation on the first page and on page a)
@@ -327,6 +328,10 @@ class Handler(BaseHTTPRequestHandler):
                 ("2026-11-21T12:00:02Z",
                  '<p:Confirmation><p:PaymentId>PAY-B3</p:PaymentId><p:Status>CONFIRMED</p:Status>'
                  '<p:Amount currency="EUR">1.00</p:Amount>'
+                 '<p:ConfirmedAt>2026-11-21T12:00:02Z</p:ConfirmedAt></p:Confirmation>\n'),
+                ("2026-11-21T12:00:02Z",
+                 '<p:Confirmation><p:SaleId>2004</p:SaleId><p:Status>CONFIRMED</p:Status>'
+                 '<p:Amount currency="EUR">2.00</p:Amount>'
                  '<p:ConfirmedAt>2026-11-21T12:00:02Z</p:ConfirmedAt></p:Confirmation>\n'),
             ]
             return self.send_body(200, envelope(

@@ -242,12 +242,14 @@ typedef struct SoapWorker
 	HTAB	   *seen;
 
 	/*
-	 * Confirmations refused for a ConfirmedAt in the future, already made
-	 * dead letters ("endpoint|payment id|time", the latest last): the
-	 * watermark stays below them, so each poll gets them again.  Kept for
-	 * the process's life, at most SOAP_MAX_REFUSED_REMEMBERED.
+	 * Confirmations already made dead letters ("endpoint|hash of the
+	 * content", the latest last): one dated in the future stays above the
+	 * watermark, and one without a PaymentId at the watermark, which is
+	 * inclusive, cannot be told from the others sent at it, so each poll
+	 * gets them again.  Kept for the process's life, at most
+	 * SOAP_MAX_REFUSED_REMEMBERED.
 	 */
-	List	   *refused_future;
+	List	   *refused;
 } SoapWorker;
 
 static SoapWorker soap;
@@ -713,7 +715,7 @@ poll_page(SoapPollState *ps)
 	const char *page_label;
 	ListCell   *lc;
 	TimestampTz too_late;
-	List	   *refused_now = NIL;	/* future ones refused on this page */
+	List	   *refused_now = NIL;	/* dead letters made on this page */
 
 	ps->page_number++;
 	source_stats_set_state(soap.stats, "polling: page %d", ps->page_number);
@@ -819,24 +821,6 @@ poll_page(SoapPollState *ps)
 		 */
 		if (p->has_time && p->confirmed_at > too_late)
 		{
-			char	   *key = psprintf("%s|%s|" INT64_FORMAT, ps->endpoint, c->payment_id,
-									   (int64) p->confirmed_at);
-			bool		seen = false;
-
-			foreach(lc, soap.refused_future)
-			{
-				if (strcmp((char *) lfirst(lc), key) == 0)
-				{
-					seen = true;
-					break;
-				}
-			}
-			if (seen)
-			{
-				skipped++;		/* its dead letter was written by an earlier poll */
-				continue;
-			}
-			refused_now = lappend(refused_now, key);
 			if (p->error == NULL)
 				p->error = psprintf("ConfirmedAt %s is more than %d hours ahead of this server's clock",
 									timestamptz_to_str(p->confirmed_at),
@@ -853,8 +837,26 @@ poll_page(SoapPollState *ps)
 		}
 		if (p->error)
 		{
-			KappaDeadLetter *dl = palloc0(sizeof(KappaDeadLetter));
+			KappaDeadLetter *dl;
 			size_t		len;
+			char	   *key = psprintf("%s|" UINT64_FORMAT, ps->endpoint, confirmation_hash(c));
+			bool		seen = false;
+
+			foreach(lc, soap.refused)
+			{
+				if (strcmp((char *) lfirst(lc), key) == 0)
+				{
+					seen = true;
+					break;
+				}
+			}
+			if (seen)
+			{
+				skipped++;		/* its dead letter was written by an earlier poll */
+				continue;
+			}
+			refused_now = lappend(refused_now, key);
+			dl = palloc0(sizeof(KappaDeadLetter));
 
 			dl->source = "soap";
 			dl->partition = -1;
@@ -903,11 +905,11 @@ poll_page(SoapPollState *ps)
 	{
 		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
 
-		soap.refused_future = lappend(soap.refused_future, pstrdup((char *) lfirst(lc)));
-		if (list_length(soap.refused_future) > SOAP_MAX_REFUSED_REMEMBERED)
+		soap.refused = lappend(soap.refused, pstrdup((char *) lfirst(lc)));
+		if (list_length(soap.refused) > SOAP_MAX_REFUSED_REMEMBERED)
 		{
-			pfree(linitial(soap.refused_future));
-			soap.refused_future = list_delete_first(soap.refused_future);
+			pfree(linitial(soap.refused));
+			soap.refused = list_delete_first(soap.refused);
 		}
 		MemoryContextSwitchTo(old);
 	}
