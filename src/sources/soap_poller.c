@@ -1104,6 +1104,8 @@ run_poll(void)
 
 	MemoryContextSwitchTo(caller);
 	wipe_password();
+	/* (a page an error cut short is not kept through the backoff) */
+	MemoryContextReset(soap.page_cxt);
 	MemoryContextReset(soap.poll_cxt);
 	return ok;
 }
