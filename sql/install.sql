@@ -33,6 +33,12 @@ DROP FUNCTION kappa.format(text, text);
 DROP OPERATOR kappa.= (oid, regclass);
 DROP OPERATOR kappa.<> (oid, regclass);
 DROP FUNCTION kappa.planted(oid, regclass);
+-- empty, but the installer's default privileges would give another role
+-- rights on the tables made there (TRIGGER: triggers the workers would
+-- fire as superuser): refused
+ALTER DEFAULT PRIVILEGES GRANT ALL ON TABLES TO kappa_squatter;
+CREATE EXTENSION pg_kappa;
+ALTER DEFAULT PRIVILEGES REVOKE ALL ON TABLES FROM kappa_squatter;
 -- a superuser's alone and empty: installed
 SET client_min_messages = warning;
 CREATE EXTENSION pg_kappa;

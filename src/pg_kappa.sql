@@ -17,6 +17,26 @@ DECLARE
 BEGIN
     SELECT n.oid INTO nsp FROM pg_catalog.pg_namespace n
      WHERE n.nspname = 'kappa'::pg_catalog.name;
+    -- Default privileges of the installing role would give its grantees
+    -- rights on the tables made here: TRIGGER, say, whose triggers the
+    -- workers would fire as superuser.
+    SELECT pg_catalog.concat(CASE WHEN a.grantee = 0::pg_catalog.oid THEN 'PUBLIC'::pg_catalog.name ELSE r.rolname END,
+                             ' (', a.privilege_type, ')')
+      INTO who
+      FROM pg_catalog.pg_default_acl d,
+           pg_catalog.aclexplode(d.defaclacl) a
+      LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee
+     WHERE d.defaclrole = (SELECT u.oid FROM pg_catalog.pg_roles u WHERE u.rolname = CURRENT_USER)
+       AND (d.defaclnamespace = 0::pg_catalog.oid OR d.defaclnamespace = nsp)
+       AND a.grantee <> d.defaclrole
+       AND (r.rolsuper IS NULL OR NOT r.rolsuper)
+     ORDER BY 1 LIMIT 1;
+    IF who IS NOT NULL THEN
+        RAISE EXCEPTION 'default privileges would grant other roles rights on pg_kappa''s objects'
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = pg_catalog.concat('The installing role''s default privileges grant ', who, ' on the objects it makes; the pg_kappa workers run as a superuser on them.'),
+                  HINT = 'Revoke those default privileges (ALTER DEFAULT PRIVILEGES ... REVOKE), create the extension, then set them again.';
+    END IF;
     IF nsp IS NULL THEN
         RETURN;
     END IF;
