@@ -454,10 +454,14 @@ kappa_publish_table(PG_FUNCTION_ARGS)
 		elog(ERROR, "SPI_connect failed");
 	become_catalog_owner(&owner_state);
 
-	/* already published? */
+	/*
+	 * already published?  (Read with a snapshot taken now, after the lock:
+	 * a call that published the table while this one waited is seen, in
+	 * READ COMMITTED.  ON CONFLICT is not for a user catalog table.)
+	 */
 	args[0] = ObjectIdGetDatum(relid);
 	if (SPI_execute_with_args("SELECT topic FROM kappa.published_tables WHERE relid = $1",
-							  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
+							  1, argtypes, args, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read kappa.published_tables");
 	if (SPI_processed > 0)
 	{

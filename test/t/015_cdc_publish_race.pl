@@ -66,4 +66,24 @@ wait_until(sub { $node->safe_psql('shop', q{SELECT count(*) FROM pg_replication_
 is(join(',', sort map { $_->{key} } grep { $_->{value} =~ /"op":"c"/ } @{ kcat_consume($broker, 'sales-events') }),
 	'1000,1001,1002', 'the transaction open during the unpublish is published whole, the one after not');
 
+# Two first calls of kappa.publish_table() for one table at once: the
+# second waits for the first and finds the table published (0.1.5; before,
+# it read the catalog with a snapshot from before its wait and failed on
+# the primary key, a raw "duplicate key value").
+my $first = $node->background_psql('shop', on_error_stop => 1);
+$first->query_safe(q{SET client_min_messages = warning; BEGIN; SELECT kappa.publish_table('sales');});
+my ($pout, $perr) = ('', '');
+my $second = IPC::Run::start([ 'psql', '-X', '-v', 'ON_ERROR_STOP=1', '-d', $node->connstr('shop'), '-c',
+	q{SELECT kappa.publish_table('sales')} ], '>', \$pout, '2>', \$perr);
+# (the publisher waits for the same lock, to look at the slot)
+wait_until(sub { $node->safe_psql('shop', q{
+SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+ WHERE NOT l.granted AND a.backend_type = 'client backend' AND a.query LIKE '%publish_table%'}) eq '1' },
+	'the second call to wait for the first');
+$first->query_safe('COMMIT');
+$first->quit;
+ok($second->finish, 'the second call returns') or diag($perr);
+like($perr, qr/NOTICE:  table "sales" is already published/, 'saying the table is published');
+is($node->safe_psql('shop', q{SELECT count(*) FROM kappa.published_tables}), '1', 'once');
+
 done_testing();
