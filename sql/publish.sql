@@ -40,6 +40,9 @@ SELECT kappa.publish_table('kappa.published_tables');
 SELECT kappa.publish_table('pg_class');
 SELECT kappa.publish_table('sales', 'no spaces allowed');
 SELECT kappa.publish_table(NULL);
+-- an oid of no table (0.1.5: a "(null)" table name, or an internal error)
+SELECT kappa.publish_table(1::regclass);
+SELECT kappa.unpublish_table(1::regclass);
 
 -- who may publish: the table's owner, with REPLICATION
 CREATE ROLE kappa_owner;

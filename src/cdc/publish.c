@@ -181,6 +181,11 @@ touch_published_row(Oid relid)
 static void
 check_publish_privileges(Oid relid, const char *verb)
 {
+	/* (an oid given as a number, or of a table dropped since) */
+	if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(relid)))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("table with OID %u does not exist", relid)));
 	if (!superuser() && !has_rolreplication(GetUserId()))
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
