@@ -455,23 +455,37 @@ soap_parse_response(const char *data, size_t len, bool is_utf8)
 	return page;
 }
 
-/* The Confirmation element as XML text, for kappa.dead_letters. */
+/*
+ * The Confirmation element as XML text, for kappa.dead_letters: a document
+ * of its own, with the namespaces it uses that were declared further up
+ * (a copy into a new document declares them on its root), so that the
+ * dead letter can be read, or sent again, by itself.
+ */
 char *
 soap_confirmation_xml(SoapPage *page, int i, size_t *len)
 {
 	xmlBufferPtr buf = xmlBufferCreate();
+	xmlDocPtr	alone = xmlNewDoc((const xmlChar *) "1.0");
+	xmlNodePtr	copy = alone ? xmlDocCopyNode((xmlNodePtr) page->confirmations[i].node, alone, 1) : NULL;
 	char	   *result;
 
-	if (buf == NULL)
+	if (buf == NULL || copy == NULL)
+	{
+		if (buf)
+			xmlBufferFree(buf);
+		if (alone)
+			xmlFreeDoc(alone);
 		ereport(ERROR,
 				(errcode(ERRCODE_OUT_OF_MEMORY),
 				 errmsg("out of memory")));
-	xmlNodeDump(buf, (xmlDocPtr) page->doc,
-				(xmlNodePtr) page->confirmations[i].node, 0, 0);
+	}
+	xmlDocSetRootElement(alone, copy);
+	xmlNodeDump(buf, alone, copy, 0, 0);
 	*len = xmlBufferLength(buf);
 	result = palloc(*len + 1);
 	memcpy(result, xmlBufferContent(buf), *len);
 	result[*len] = '\0';
 	xmlBufferFree(buf);
+	xmlFreeDoc(alone);
 	return result;
 }

@@ -199,13 +199,13 @@ SELECT string_agg(concat_ws(' | ', source, topic, partition, "offset", file, lin
                             convert_from(raw, 'UTF8'), error), E'\n' ORDER BY id)
   FROM kappa.dead_letters}),
 	"soap | $bad | 5 | "
-	  . '<p:Confirmation><p:PaymentId>PAY-B2</p:PaymentId><p:SaleId>2002</p:SaleId><p:Status>CONFIRMED</p:Status><p:Amount currency="EUR">ten</p:Amount><p:ConfirmedAt>2026-11-21T12:00:01Z</p:ConfirmedAt></p:Confirmation>'
+	  . '<p:Confirmation xmlns:p="urn:electrored:payments:v1"><p:PaymentId>PAY-B2</p:PaymentId><p:SaleId>2002</p:SaleId><p:Status>CONFIRMED</p:Status><p:Amount currency="EUR">ten</p:Amount><p:ConfirmedAt>2026-11-21T12:00:01Z</p:ConfirmedAt></p:Confirmation>'
 	  . ' | invalid Amount "ten": not an xsd:decimal (first page)' . "\n"
 	  . "soap | $bad | 6 | "
-	  . '<p:Confirmation><p:PaymentId>PAY-B3</p:PaymentId><p:Status>CONFIRMED</p:Status><p:Amount currency="EUR">1.00</p:Amount><p:ConfirmedAt>2026-11-21T12:00:02Z</p:ConfirmedAt></p:Confirmation>'
+	  . '<p:Confirmation xmlns:p="urn:electrored:payments:v1"><p:PaymentId>PAY-B3</p:PaymentId><p:Status>CONFIRMED</p:Status><p:Amount currency="EUR">1.00</p:Amount><p:ConfirmedAt>2026-11-21T12:00:02Z</p:ConfirmedAt></p:Confirmation>'
 	  . ' | Confirmation has no SaleId (first page)' . "\n"
 	  . "soap | $bad | 7 | "
-	  . '<p:Confirmation><p:SaleId>2004</p:SaleId><p:Status>CONFIRMED</p:Status><p:Amount currency="EUR">2.00</p:Amount><p:ConfirmedAt>2026-11-21T12:00:02Z</p:ConfirmedAt></p:Confirmation>'
+	  . '<p:Confirmation xmlns:p="urn:electrored:payments:v1"><p:SaleId>2004</p:SaleId><p:Status>CONFIRMED</p:Status><p:Amount currency="EUR">2.00</p:Amount><p:ConfirmedAt>2026-11-21T12:00:02Z</p:ConfirmedAt></p:Confirmation>'
 	  . ' | Confirmation has no PaymentId (first page)',
 	'the three bad confirmations are dead letters: endpoint, line, raw XML, reason');
 my $after = soap_status($node);
