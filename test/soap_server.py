@@ -82,7 +82,10 @@ def fixture(name):
 
 
 def parse_time(s):
-    return datetime.datetime.fromisoformat(s.replace("Z", "+00:00"))
+    t = datetime.datetime.fromisoformat(s.replace("Z", "+00:00"))
+    # a time without a zone is UTC, as the poller takes it (and a naive
+    # time cannot be compared with Since)
+    return t if t.tzinfo else t.replace(tzinfo=datetime.timezone.utc)
 
 
 def envelope(inner):
@@ -390,13 +393,30 @@ def watch(srv):
         conn.close()
 
 
+class TLSServer(ThreadingHTTPServer):
+    """TLS on each accepted connection, in its own thread: a client that
+    connects and never finishes the handshake holds up only that thread
+    (wrapping the listening socket does the handshake inside accept())."""
+
+    ctx = None
+
+    def finish_request(self, request, client_address):
+        request.settimeout(30)
+        try:
+            request = self.ctx.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError):
+            return
+        super().finish_request(request, client_address)
+
+
 def http_server(port, tls):
-    httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    httpd.daemon_threads = True
     if tls:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(args.tls_cert, args.tls_key)
-        httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+        httpd = TLSServer(("127.0.0.1", port), Handler)
+        httpd.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        httpd.ctx.load_cert_chain(args.tls_cert, args.tls_key)
+    else:
+        httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    httpd.daemon_threads = True
     return httpd
 
 
