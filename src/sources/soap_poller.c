@@ -649,12 +649,19 @@ seen_forget(void)
 	soap.seen = NULL;
 }
 
+/* Are the confirmations remembered those of this run (endpoint, watermark)? */
+static bool
+seen_is_for(SoapPollState *ps)
+{
+	return soap.seen != NULL && strcmp(soap.seen_endpoint, ps->endpoint) == 0 &&
+		soap.seen_since == ps->since;
+}
+
 /* Is every confirmation of the page one sent before in this run? */
 static bool
 page_all_seen(SoapPollState *ps, SoapPage *page)
 {
-	if (page->nconfirmations == 0 || soap.seen == NULL ||
-		strcmp(soap.seen_endpoint, ps->endpoint) != 0 || soap.seen_since != ps->since)
+	if (page->nconfirmations == 0 || !seen_is_for(ps))
 		return false;
 	for (int i = 0; i < page->nconfirmations; i++)
 	{
@@ -670,8 +677,7 @@ page_all_seen(SoapPollState *ps, SoapPage *page)
 static void
 seen_remember(SoapPollState *ps, SoapPage *page)
 {
-	if (soap.seen != NULL &&
-		(strcmp(soap.seen_endpoint, ps->endpoint) != 0 || soap.seen_since != ps->since))
+	if (!seen_is_for(ps))
 		seen_forget();
 	if (soap.seen == NULL)
 	{
@@ -1022,8 +1028,7 @@ poll_endpoint(void)
 		}
 		else
 			carry_forget();
-		if (soap.seen != NULL &&
-			(strcmp(soap.seen_endpoint, ps->endpoint) != 0 || soap.seen_since != ps->since))
+		if (!seen_is_for(ps))
 			seen_forget();
 		if (!list_member_token(ps->tokens_asked, ps->page_token))
 			ps->tokens_asked = lappend(ps->tokens_asked, pstrdup(ps->page_token));
