@@ -223,7 +223,7 @@ typedef struct SoapWorker
 	 * The page tokens a poll cut short by an error had asked for, carried
 	 * into the attempts that go on from its stored token (same endpoint
 	 * and watermark) until a poll completes: a cycle of tokens is then
-	 * found before any of its pages is sent again.  In carry_cxt.
+	 * found before any of its pages is sent again.  In carry_cxt, with:
 	 */
 	MemoryContext carry_cxt;
 	char	   *carry_endpoint;
@@ -231,15 +231,11 @@ typedef struct SoapWorker
 	List	   *carry_tokens;
 
 	/*
-	 * The confirmations sent since the watermark in this run of pages (a
-	 * hash of each one's content), kept the same way across the attempts
-	 * that go on from a stored token: a page with nothing new on it is a
-	 * service whose tokens change but do not advance.  In seen_cxt.
+	 * the confirmations sent since the watermark in this run of pages (a
+	 * hash of each one's content): a page with nothing new on it is a
+	 * service whose tokens change but do not advance.
 	 */
-	MemoryContext seen_cxt;
-	char	   *seen_endpoint;
-	TimestampTz seen_since;
-	HTAB	   *seen;
+	HTAB	   *carry_seen;
 
 	/*
 	 * Confirmations already made dead letters ("endpoint|hash of the
@@ -642,32 +638,71 @@ confirmation_hash(const SoapConfirmation *c)
 }
 
 static void
-seen_forget(void)
+carry_forget(void)
 {
-	MemoryContextReset(soap.seen_cxt);
-	soap.seen_endpoint = NULL;
-	soap.seen = NULL;
+	MemoryContextReset(soap.carry_cxt);
+	soap.carry_endpoint = NULL;
+	soap.carry_tokens = NIL;
+	soap.carry_seen = NULL;
 }
 
-/* Are the confirmations remembered those of this run (endpoint, watermark)? */
+/* Is what is carried this run's (endpoint and watermark)? */
 static bool
-seen_is_for(SoapPollState *ps)
+carry_is_for(SoapPollState *ps)
 {
-	return soap.seen != NULL && strcmp(soap.seen_endpoint, ps->endpoint) == 0 &&
-		soap.seen_since == ps->since;
+	return soap.carry_endpoint != NULL && strcmp(soap.carry_endpoint, ps->endpoint) == 0 &&
+		soap.carry_since == ps->since;
+}
+
+/* Make what is carried this run's: kept if it is, else begun with its tokens so far. */
+static void
+carry_claim(SoapPollState *ps)
+{
+	MemoryContext old;
+	ListCell   *lc;
+
+	if (carry_is_for(ps))
+		return;
+	carry_forget();
+	old = MemoryContextSwitchTo(soap.carry_cxt);
+	soap.carry_endpoint = pstrdup(ps->endpoint);
+	soap.carry_since = ps->since;
+	foreach(lc, ps->tokens_asked)
+		soap.carry_tokens = lappend(soap.carry_tokens, pstrdup(lfirst(lc)));
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * A page is stored as done and its next token is to be asked for: an error
+ * from here on carries it with the tokens before it.  At most
+ * SOAP_MAX_PAGES_PER_POLL are carried (a cycle longer than that is found by
+ * the page limit; a poll that never ends does not grow the list).
+ */
+static void
+carry_remember(SoapPollState *ps)
+{
+	MemoryContext old;
+
+	carry_claim(ps);
+	if (list_length(soap.carry_tokens) >= SOAP_MAX_PAGES_PER_POLL ||
+		list_member_token(soap.carry_tokens, ps->page_token))
+		return;
+	old = MemoryContextSwitchTo(soap.carry_cxt);
+	soap.carry_tokens = lappend(soap.carry_tokens, pstrdup(ps->page_token));
+	MemoryContextSwitchTo(old);
 }
 
 /* Is every confirmation of the page one sent before in this run? */
 static bool
 page_all_seen(SoapPollState *ps, SoapPage *page)
 {
-	if (page->nconfirmations == 0 || !seen_is_for(ps))
+	if (page->nconfirmations == 0 || !carry_is_for(ps) || soap.carry_seen == NULL)
 		return false;
 	for (int i = 0; i < page->nconfirmations; i++)
 	{
 		uint64		h = confirmation_hash(&page->confirmations[i]);
 
-		if (hash_search(soap.seen, &h, HASH_FIND, NULL) == NULL)
+		if (hash_search(soap.carry_seen, &h, HASH_FIND, NULL) == NULL)
 			return false;
 	}
 	return true;
@@ -677,27 +712,24 @@ page_all_seen(SoapPollState *ps, SoapPage *page)
 static void
 seen_remember(SoapPollState *ps, SoapPage *page)
 {
-	if (!seen_is_for(ps))
-		seen_forget();
-	if (soap.seen == NULL)
+	carry_claim(ps);
+	if (soap.carry_seen == NULL)
 	{
 		HASHCTL		ctl = {0};
 
 		ctl.keysize = sizeof(uint64);
 		ctl.entrysize = sizeof(uint64);
-		ctl.hcxt = soap.seen_cxt;
-		soap.seen = hash_create("pg_kappa soap confirmations seen", 1024, &ctl,
-								HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-		soap.seen_endpoint = MemoryContextStrdup(soap.seen_cxt, ps->endpoint);
-		soap.seen_since = ps->since;
+		ctl.hcxt = soap.carry_cxt;
+		soap.carry_seen = hash_create("pg_kappa soap confirmations seen", 1024, &ctl,
+									  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	}
 	for (int i = 0; i < page->nconfirmations; i++)
 	{
 		uint64		h = confirmation_hash(&page->confirmations[i]);
 
-		if (hash_get_num_entries(soap.seen) >= SOAP_MAX_SEEN_REMEMBERED)
+		if (hash_get_num_entries(soap.carry_seen) >= SOAP_MAX_SEEN_REMEMBERED)
 			break;
-		(void) hash_search(soap.seen, &h, HASH_ENTER, NULL);
+		(void) hash_search(soap.carry_seen, &h, HASH_ENTER, NULL);
 	}
 }
 
@@ -963,46 +995,6 @@ wipe_password(void)
 
 static void reload_configuration(void);
 
-static void
-carry_forget(void)
-{
-	MemoryContextReset(soap.carry_cxt);
-	soap.carry_endpoint = NULL;
-	soap.carry_tokens = NIL;
-}
-
-/*
- * A page is stored as done and its next token is to be asked for: an error
- * from here on carries it with the tokens before it.  At most
- * SOAP_MAX_PAGES_PER_POLL are carried (a cycle longer than that is found by
- * the page limit; a poll that never ends does not grow the list).
- */
-static void
-carry_remember(SoapPollState *ps)
-{
-	MemoryContext old;
-
-	if (soap.carry_endpoint == NULL || strcmp(soap.carry_endpoint, ps->endpoint) != 0 ||
-		soap.carry_since != ps->since)
-	{
-		ListCell   *lc;
-
-		carry_forget();
-		old = MemoryContextSwitchTo(soap.carry_cxt);
-		soap.carry_endpoint = pstrdup(ps->endpoint);
-		soap.carry_since = ps->since;
-		foreach(lc, ps->tokens_asked)
-			soap.carry_tokens = lappend(soap.carry_tokens, pstrdup(lfirst(lc)));
-		MemoryContextSwitchTo(old);
-		return;
-	}
-	if (list_length(soap.carry_tokens) >= SOAP_MAX_PAGES_PER_POLL)
-		return;
-	old = MemoryContextSwitchTo(soap.carry_cxt);
-	soap.carry_tokens = lappend(soap.carry_tokens, pstrdup(ps->page_token));
-	MemoryContextSwitchTo(old);
-}
-
 /* One poll: every page from the watermark (or the stored page token) on. */
 static void
 poll_endpoint(void)
@@ -1018,8 +1010,7 @@ poll_endpoint(void)
 	if (ps->page_token)
 	{
 		/* going on from a poll cut short: what it asked for counts */
-		if (soap.carry_endpoint && strcmp(soap.carry_endpoint, ps->endpoint) == 0 &&
-			soap.carry_since == ps->since)
+		if (carry_is_for(ps))
 		{
 			ListCell   *lc;
 
@@ -1028,16 +1019,11 @@ poll_endpoint(void)
 		}
 		else
 			carry_forget();
-		if (!seen_is_for(ps))
-			seen_forget();
 		if (!list_member_token(ps->tokens_asked, ps->page_token))
 			ps->tokens_asked = lappend(ps->tokens_asked, pstrdup(ps->page_token));
 	}
 	else
-	{
 		carry_forget();			/* a poll from the watermark */
-		seen_forget();
-	}
 
 	for (;;)
 	{
@@ -1048,7 +1034,6 @@ poll_endpoint(void)
 		if (next == NULL)
 		{
 			carry_forget();		/* the poll is complete */
-			seen_forget();
 			break;
 		}
 		ps->page_token = pstrdup(next);
@@ -1187,10 +1172,8 @@ kappa_soap_worker_main(Datum main_arg)
 
 	memset(&soap, 0, sizeof(soap));
 	soap.stats = source_stats_attach("soap");
-	soap.carry_cxt = AllocSetContextCreate(TopMemoryContext, "pg_kappa soap carried tokens",
+	soap.carry_cxt = AllocSetContextCreate(TopMemoryContext, "pg_kappa soap carried run",
 										   ALLOCSET_SMALL_SIZES);
-	soap.seen_cxt = AllocSetContextCreate(TopMemoryContext, "pg_kappa soap confirmations seen",
-										  ALLOCSET_DEFAULT_SIZES);
 	soap.poll_cxt = AllocSetContextCreate(TopMemoryContext, "pg_kappa soap poll",
 										  ALLOCSET_DEFAULT_SIZES);
 	soap.page_cxt = AllocSetContextCreate(TopMemoryContext, "pg_kappa soap page",
