@@ -50,30 +50,19 @@ rankings_load(MemoryContext cxt)
 {
 	List	   *result = NIL;
 	MemoryContext old;
+	bool		stateless = false;	/* a ranking without its state row */
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-
-	/*
-	 * A ranking restored from a dump comes without its state, which is not
-	 * dumped (it is rebuilt from the topic, as the windows are): give it
-	 * the row create_ranking() would have made, or its counters and where
-	 * its windows are final would be updated nowhere.
-	 */
-	if (SPI_execute("INSERT INTO kappa.ranking_state (ranking) "
-					"SELECT r.name FROM kappa.rankings r "
-					" WHERE NOT EXISTS (SELECT FROM kappa.ranking_state s WHERE s.ranking = r.name) "
-					"ON CONFLICT DO NOTHING", false, 0) != SPI_OK_INSERT)
-		elog(ERROR, "could not add the state of restored rankings");
 	if (SPI_execute("SELECT r.id, r.name, r.input, "
 					"       coalesce(r.source_topic, current_setting('kappa.sales_topic')), "
 					"       r.group_by, r.item, r.item_label, r.measure, r.measure_field, "
 					"       r.event_time_field, r.window_size, r.calendar, r.window_origin, r.time_zone, "
 					"       extract(epoch FROM coalesce(r.grace, current_setting('kappa.default_grace')::interval)), "
 					"       r.confirmed_only, kappa.ranking_results_topic(r.name), s.finalized_through, "
-					"       r.row_memory "
+					"       r.row_memory, s.ranking IS NULL "
 					"  FROM kappa.rankings r LEFT JOIN kappa.ranking_state s ON s.ranking = r.name "
-					" ORDER BY r.id", false, 0) != SPI_OK_SELECT)
+					" ORDER BY r.id", true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read kappa.rankings");
 
 	old = MemoryContextSwitchTo(cxt);
@@ -150,9 +139,23 @@ rankings_load(MemoryContext cxt)
 		d = SPI_getbinval(tuple, desc, 18, &isnull);
 		r->finalized_through = isnull ? DT_NOBEGIN : DatumGetTimestampTz(d);
 		r->row_memory = DatumGetBool(SPI_getbinval(tuple, desc, 19, &isnull));
+		stateless |= DatumGetBool(SPI_getbinval(tuple, desc, 20, &isnull));
 		result = lappend(result, r);
 	}
 	MemoryContextSwitchTo(old);
+
+	/*
+	 * A ranking restored from a dump comes without its state, which is not
+	 * dumped (it is rebuilt from the topic, as the windows are): give it
+	 * the row create_ranking() would have made, or its counters and where
+	 * its windows are final would be updated nowhere.
+	 */
+	if (stateless &&
+		SPI_execute("INSERT INTO kappa.ranking_state (ranking) "
+					"SELECT r.name FROM kappa.rankings r "
+					" WHERE NOT EXISTS (SELECT FROM kappa.ranking_state s WHERE s.ranking = r.name) "
+					"ON CONFLICT DO NOTHING", false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not add the state of restored rankings");
 	SPI_finish();
 	return result;
 }
