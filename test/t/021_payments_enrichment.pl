@@ -143,12 +143,9 @@ $node->safe_psql('shop', q{SELECT kappa.create_ranking('confirmed_tight', ARRAY[
                                                       grace => interval '10 minutes')});
 kcat_produce($broker, 'sales-events', [ [ 1010, sale(1010, 'Cadiz', '5.00')->[1] =~ s/2026-11-21T10:00:00Z/2026-11-21T23:58:00Z/r ] ]);
 applied(q{SELECT count(*) FROM kappa.stream_rows WHERE key = '1010'}, '1', 'the late-evening sale consumed');
-my $in = join('', map { "$_->[0]\x1f$_->[1]\n" }
+kcat_produce($broker, 'payment-confirmations', [
 	payment('PAY-11', 1011, 'CONFIRMED', '1.00', '2026-11-22T00:12:00Z'),
-	payment('PAY-10', 1010, 'CONFIRMED', '5.00', '2026-11-21T23:59:00Z'));
-my ($out, $err) = ('', '');
-IPC::Run::run([ 'kcat', '-P', '-b', $broker->{bootstrap}, '-t', 'payment-confirmations', '-p', '0', '-K', "\x1f" ],
-	'<', \$in, '>', \$out, '2>', \$err) or die "kcat -P failed: $err";
+	payment('PAY-10', 1010, 'CONFIRMED', '5.00', '2026-11-21T23:59:00Z') ], partition => 0);
 applied(q{SELECT status FROM kappa.payments WHERE sale_id = '1010'}, 'CONFIRMED', 'its confirmation stored');
 is($node->safe_psql('shop', q{SELECT string_agg(group_values[1] || '=' || total, ',') FROM kappa.ranking_results WHERE ranking = 'confirmed_tight'}),
 	'Cadiz=5.00', 'the sale counts: its day is open');
@@ -178,16 +175,14 @@ is($node->safe_psql('shop', q{SELECT count(*) FROM kappa.ranking_results WHERE g
 # All on partition 0, then a sentinel: once it is stored, all were applied.
 kcat_produce($broker, 'sales-events', [ sale(1030, 'Zaragoza', '3.00'), sale(1031, 'Zaragoza', '4.00') ]);
 applied(q{SELECT count(*) FROM kappa.stream_rows WHERE key IN ('1030', '1031')}, '2', 'the two sales consumed');
-$in = join('', map { "$_->[0]\x1f$_->[1]\n" }
+kcat_produce($broker, 'payment-confirmations', [
 	payment('PAY-30', 1030, 'CONFIRMED', '3.00', '2026-11-21T15:00:00Z'),
 	payment('PAY-30', 1030, 'REFUNDED', '-3.00', '2026-11-21T15:00:00Z'),
 	payment('PAY-30', 1030, 'CONFIRMED', '3.00', '2026-11-21T15:00:00Z'),
 	payment('PAY-31', 1031, 'DECLINED', '4.00', '2026-11-21T15:00:00Z'),
 	payment('PAY-31', 1031, 'CONFIRMED', '4.00', '2026-11-21T15:00:00Z'),
 	payment('PAY-31', 1031, 'DECLINED', '4.00', '2026-11-21T15:00:00Z'),
-	payment('PAY-39', 1039, 'CONFIRMED', '1.00', '2026-11-21T15:00:00Z'));
-IPC::Run::run([ 'kcat', '-P', '-b', $broker->{bootstrap}, '-t', 'payment-confirmations', '-p', '0', '-K', "\x1f" ],
-	'<', \$in, '>', \$out, '2>', \$err) or die "kcat -P failed: $err";
+	payment('PAY-39', 1039, 'CONFIRMED', '1.00', '2026-11-21T15:00:00Z') ], partition => 0);
 applied(q{SELECT count(*) FROM kappa.payments WHERE sale_id = '1039'}, '1', 'the sentinel stored');
 is($node->safe_psql('shop', q{SELECT string_agg(sale_id || '=' || status, ',' ORDER BY sale_id) FROM kappa.payments WHERE sale_id IN ('1030', '1031')}),
 	'1030=REFUNDED,1031=CONFIRMED', 'of one time, the refund and the confirmation win, however often the others come');

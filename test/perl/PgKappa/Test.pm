@@ -215,10 +215,12 @@ sub kcat_consume
 # Produce key/value pairs with kcat: kcat_produce($broker, $topic, [[k, v], ...]).
 sub kcat_produce
 {
-	my ($broker, $topic, $pairs) = @_;
+	my ($broker, $topic, $pairs, %opts) = @_;
 	my $in = join('', map { "$_->[0]\x1f$_->[1]\n" } @$pairs);
 	my ($out, $err) = ('', '');
-	IPC::Run::run([ 'kcat', '-P', '-b', $broker->{bootstrap}, '-t', $topic, '-K', "\x1f" ],
+	# (partition => N: all to that partition, whatever their keys)
+	IPC::Run::run([ 'kcat', '-P', '-b', $broker->{bootstrap}, '-t', $topic, '-K', "\x1f",
+			(defined $opts{partition} ? ('-p', $opts{partition}) : ()) ],
 		'<', \$in, '>', \$out, '2>', \$err)
 	  or die "kcat -P failed: $err";
 	return;
