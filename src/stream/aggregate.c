@@ -27,9 +27,12 @@
 typedef struct AggKey
 {
 	int32		ranking_id;
+	uint32		key_hash;		/* Contribution.key_hash */
 	TimestampTz window_start;
-	const char *group_key;
+	const char *group_key;		/* in one allocation with item */
 	const char *item;
+	int			group_len;
+	int			item_len;
 } AggKey;
 
 typedef struct AggEntry
@@ -59,15 +62,15 @@ stream_lock_shared_writes(void)
 }
 static MemoryContext agg_cxt = NULL;
 
+/* (the strings' hash comes with the contribution: one pass over them) */
 static uint32
 agg_hash(const void *key, Size keysize)
 {
 	const AggKey *k = key;
-	uint32		h = hash_bytes_uint32((uint32) k->ranking_id);
+	uint64		w = (uint64) k->window_start;
 
-	h = hash_combine(h, hash_bytes((const unsigned char *) &k->window_start, sizeof(TimestampTz)));
-	h = hash_combine(h, string_hash(k->group_key, 0));
-	return hash_combine(h, string_hash(k->item, 0));
+	return hash_combine(hash_combine(k->key_hash, (uint32) k->ranking_id),
+						murmurhash32((uint32) w ^ (uint32) (w >> 32)));
 }
 
 static int
@@ -76,9 +79,11 @@ agg_match(const void *a, const void *b, Size keysize)
 	const AggKey *x = a;
 	const AggKey *y = b;
 
-	if (x->ranking_id != y->ranking_id || x->window_start != y->window_start)
+	if (x->ranking_id != y->ranking_id || x->window_start != y->window_start ||
+		x->group_len != y->group_len || x->item_len != y->item_len)
 		return 1;
-	return strcmp(x->group_key, y->group_key) != 0 || strcmp(x->item, y->item) != 0;
+	return memcmp(x->group_key, y->group_key, x->group_len) != 0 ||
+		memcmp(x->item, y->item, x->item_len) != 0;
 }
 
 void
@@ -112,14 +117,21 @@ aggregate_add(const KappaRanking *r, const Contribution *c, int sign)
 	bool		found;
 
 	key.ranking_id = r->id;
+	key.key_hash = c->key_hash;
 	key.window_start = c->window_start;
 	key.group_key = c->group_key;
 	key.item = c->item;
+	key.group_len = c->group_len;
+	key.item_len = c->item_len;
 	e = hash_search(agg_table, &key, HASH_ENTER, &found);
 	if (!found)
 	{
-		e->key.group_key = MemoryContextStrdup(agg_cxt, c->group_key);
-		e->key.item = MemoryContextStrdup(agg_cxt, c->item);
+		char	   *k = MemoryContextAlloc(agg_cxt, c->group_len + c->item_len + 2);
+
+		memcpy(k, c->group_key, c->group_len + 1);
+		memcpy(k + c->group_len + 1, c->item, c->item_len + 1);
+		e->key.group_key = k;
+		e->key.item = k + c->group_len + 1;
 		e->window_end = c->window_end;
 		e->label = NULL;
 		e->total.mantissa = 0;
@@ -198,8 +210,8 @@ aggregate_flush(List *rankings)
 		if (e->count == 0 && e->total.mantissa == 0)
 			continue;
 		cols[0][i] = CStringGetTextDatum(ranking_name(rankings, e->key.ranking_id));
-		cols[1][i] = DirectFunctionCall1(textin, DirectFunctionCall1(timestamptz_out, TimestampTzGetDatum(e->key.window_start)));
-		cols[2][i] = DirectFunctionCall1(textin, DirectFunctionCall1(timestamptz_out, TimestampTzGetDatum(e->window_end)));
+		cols[1][i] = TimestampTzGetDatum(e->key.window_start);
+		cols[2][i] = TimestampTzGetDatum(e->window_end);
 		cols[3][i] = CStringGetTextDatum(e->key.group_key);
 		cols[4][i] = CStringGetTextDatum(e->key.item);
 		if (e->label)
@@ -223,13 +235,24 @@ aggregate_flush(List *rankings)
 	if (n == 0)
 		return;
 	for (int c = 0; c < 8; c++)
-		args[c] = text_array(cols[c], c == 5 ? label_nulls : NULL, n);
+	{
+		if (c == 1 || c == 2)
+		{
+			/* times as they are: no text form to print and parse again */
+			args[c] = PointerGetDatum(construct_array(cols[c], n, TIMESTAMPTZOID,
+													  sizeof(TimestampTz), FLOAT8PASSBYVAL,
+													  TYPALIGN_DOUBLE));
+			types[c] = TIMESTAMPTZARRAYOID;
+		}
+		else
+			args[c] = text_array(cols[c], c == 5 ? label_nulls : NULL, n);
+	}
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	if (SPI_execute_with_args(
 							  "INSERT INTO kappa.ranking_windows (ranking, window_start, window_end) "
-							  "SELECT DISTINCT r, ws::timestamptz, we::timestamptz "
+							  "SELECT DISTINCT r, ws, we "
 							  "  FROM unnest($1, $2, $3) AS d(r, ws, we) ORDER BY 1, 2 "
 							  "ON CONFLICT DO NOTHING",
 							  3, types, args, NULL, false, 0) != SPI_OK_INSERT)
@@ -237,7 +260,7 @@ aggregate_flush(List *rankings)
 	if (SPI_execute_with_args(
 							  "INSERT INTO kappa.ranking_results AS res "
 							  "       (ranking, window_start, window_end, group_values, item, item_label, total, sale_count) "
-							  "SELECT r, ws::timestamptz, we::timestamptz, g::text[], i, l, t::numeric, c::bigint "
+							  "SELECT r, ws, we, g::text[], i, l, t::numeric, c::bigint "
 							  "  FROM unnest($1, $2, $3, $4, $5, $6, $7, $8) AS d(r, ws, we, g, i, l, t, c) "
 							  " ORDER BY 1, 2, 4, 5 "
 							  "ON CONFLICT (ranking, window_start, group_values, item) DO UPDATE "
@@ -251,7 +274,7 @@ aggregate_flush(List *rankings)
 		SPI_execute_with_args(
 							  "DELETE FROM kappa.ranking_results res "
 							  " USING unnest($1, $2, $4, $5) AS d(r, ws, g, i) "
-							  " WHERE res.ranking = d.r AND res.window_start = d.ws::timestamptz "
+							  " WHERE res.ranking = d.r AND res.window_start = d.ws "
 							  "   AND res.group_values = d.g::text[] AND res.item = d.i "
 							  "   AND res.sale_count = 0",
 							  8, types, args, NULL, false, 0) != SPI_OK_DELETE)

@@ -9,6 +9,7 @@
 #include "pg_kappa.h"
 
 #include "catalog/pg_type.h"
+#include "common/hashfn.h"
 #include "executor/spi.h"
 #include "stream/event.h"
 #include "stream/stream.h"
@@ -187,17 +188,133 @@ span_is_value(const JsonSpan *s)
 }
 
 /*
+ * Where an event's contributions keep their strings (group key, item,
+ * label): every event computes a few contributions, and the batch adds up
+ * the ones it keeps (aggregate_add copies what it stores), so a palloc'd
+ * copy of each, freed only with the batch, is work and memory for nothing.
+ * contribution_strings_reset() starts an event; what does not fit is
+ * palloc'd as before.
+ */
+#define CONTRIBUTION_STRINGS_SIZE 65536
+
+static char *cstrings = NULL;
+static Size cstrings_used = 0;
+
+void
+contribution_strings_reset(void)
+{
+	cstrings_used = 0;
+}
+
+static char *
+contribution_reserve(Size n)
+{
+	char	   *p;
+
+	if (cstrings == NULL)
+		cstrings = MemoryContextAlloc(TopMemoryContext, CONTRIBUTION_STRINGS_SIZE);
+	if (n > CONTRIBUTION_STRINGS_SIZE - cstrings_used)
+		return palloc(n);
+	p = cstrings + cstrings_used;
+	cstrings_used += n;
+	return p;
+}
+
+/* Give back the end of the last reservation that was not used. */
+static void
+contribution_unreserve(char *p, Size reserved, Size used)
+{
+	if (p >= cstrings && p < cstrings + CONTRIBUTION_STRINGS_SIZE &&
+		p + reserved == cstrings + cstrings_used)
+		cstrings_used -= reserved - used;
+}
+
+/*
+ * The text of a value span (string, number, boolean) as a C string, NULL
+ * where json_span_text gives NULL; unescaped strings are copied as they
+ * are.
+ */
+static char *
+contribution_text(const JsonSpan *s, int *len)
+{
+	char	   *v;
+
+	if (s->type == JSON_SPAN_STRING && memchr(s->p + 1, '\\', s->len - 2) == NULL)
+	{
+		v = contribution_reserve(s->len - 1);
+		memcpy(v, s->p + 1, s->len - 2);
+		v[s->len - 2] = '\0';
+		*len = s->len - 2;
+		return v;
+	}
+	if (s->type == JSON_SPAN_NUMBER || s->type == JSON_SPAN_BOOL)
+	{
+		v = contribution_reserve(s->len + 1);
+		memcpy(v, s->p, s->len);
+		v[s->len] = '\0';
+		*len = s->len;
+		return v;
+	}
+	v = json_span_text(s);
+	if (v)
+		*len = strlen(v);
+	return v;
+}
+
+/*
+ * Append value span s to the array literal at out as one quoted element;
+ * out has room for 2 * s->len + 3 more bytes, as many as the text of s can
+ * need escaped.  False where json_span_text gives NULL.
+ */
+static bool
+group_element_append(char **out, const JsonSpan *s)
+{
+	char	   *o = *out;
+
+	*o++ = '"';
+	if (s->type == JSON_SPAN_NUMBER || s->type == JSON_SPAN_BOOL ||
+		(s->type == JSON_SPAN_STRING && memchr(s->p + 1, '\\', s->len - 2) == NULL))
+	{
+		/* no quote or backslash in it: as it is */
+		int			skip = s->type == JSON_SPAN_STRING ? 1 : 0;
+
+		memcpy(o, s->p + skip, s->len - 2 * skip);
+		o += s->len - 2 * skip;
+	}
+	else
+	{
+		/* unescaped, then escaped for the array literal */
+		char	   *v = json_span_text(s);
+
+		if (v == NULL)
+			return false;
+		for (; *v; v++)
+		{
+			if (*v == '"' || *v == '\\')
+				*o++ = '\\';
+			*o++ = *v;
+		}
+	}
+	*o++ = '"';
+	*out = o;
+	return true;
+}
+
+/*
  * What row (a JSON object: the event's "after") contributes to ranking r.
  * False with *error when a field the ranking needs is missing or of the
- * wrong type; the caller dead-letters the event.  Allocates in the current
- * memory context.
+ * wrong type; the caller dead-letters the event.  The strings of *c last
+ * until contribution_strings_reset().
  */
 bool
 contribution_compute(const KappaRanking *r, const char *row, int rowlen,
 					 bool strict, Contribution *c, const char **error)
 {
 	JsonSpan	spans[16];
-	static StringInfoData group;
+	Size		room = 3;
+	char	   *group;
+	char	   *o;
+	uint32		h;
 
 	Assert(r->nfields <= 16);
 	json_row_members(row, rowlen, r->nfields, (const char *const *) r->fields,
@@ -216,58 +333,68 @@ contribution_compute(const KappaRanking *r, const char *row, int rowlen,
 		return false;
 	}
 
-	/* built in one buffer kept for the process, then copied to its size */
-	if (group.data == NULL)
-	{
-		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
-
-		initStringInfo(&group);
-		MemoryContextSwitchTo(old);
-	}
-	resetStringInfo(&group);
-	appendStringInfoChar(&group, '{');
+	/*
+	 * The group values as an array literal, every element quoted: escaping
+	 * at most doubles a value's text, which is never longer than its JSON.
+	 */
+	for (int g = 0; g < r->ngroups; g++)
+		room += 2 * (Size) spans[r->group_index[g]].len + 3;
+	o = group = contribution_reserve(room);
+	*o++ = '{';
 	for (int g = 0; g < r->ngroups; g++)
 	{
 		JsonSpan   *s = &spans[r->group_index[g]];
-		char	   *v;
 
-		if (!span_is_value(s) || (v = json_span_text(s)) == NULL)
+		if (g > 0)
+			*o++ = ',';
+		if (!span_is_value(s) || !group_element_append(&o, s))
 		{
 			*error = s->type == JSON_SPAN_MISSING ? "a group-by field is missing" :
 				"a group-by field is null or not a scalar";
 			return false;
 		}
-		if (g > 0)
-			appendStringInfoChar(&group, ',');
-		stream_array_literal_append(&group, v);
 	}
-	appendStringInfoChar(&group, '}');
-	if (strict && group.len > KAPPA_MAX_GROUP_BYTES)
+	*o++ = '}';
+	*o = '\0';
+	c->group_len = (int) (o - group);
+	contribution_unreserve(group, room, c->group_len + 1);
+	if (strict && c->group_len > KAPPA_MAX_GROUP_BYTES)
 	{
 		*error = "the group-by values are longer than " CppAsString2(KAPPA_MAX_GROUP_BYTES) " bytes together";
 		return false;
 	}
-	c->group_key = pnstrdup(group.data, group.len);
+	c->group_key = group;
 
 	c->item = "";
+	c->item_len = 0;
 	c->label = NULL;
 	if (r->item_index >= 0)
 	{
 		JsonSpan   *s = &spans[r->item_index];
 
-		if (!span_is_value(s) || (c->item = json_span_text(s)) == NULL)
+		if (!span_is_value(s) || (c->item = contribution_text(s, &c->item_len)) == NULL)
 		{
 			*error = "the item field is missing, null or not a scalar";
 			return false;
 		}
-		if (strict && strlen(c->item) > KAPPA_MAX_GROUP_BYTES)
+		if (strict && c->item_len > KAPPA_MAX_GROUP_BYTES)
 		{
 			*error = "the item is longer than " CppAsString2(KAPPA_MAX_GROUP_BYTES) " bytes";
 			return false;
 		}
 	}
 	if (r->label_index >= 0 && span_is_value(&spans[r->label_index]))
-		c->label = json_span_text(&spans[r->label_index]);
+	{
+		int			len;
+
+		c->label = contribution_text(&spans[r->label_index], &len);
+	}
+
+	/* what the batch's sums are found by (aggregate_add) */
+	h = hash_bytes((const unsigned char *) c->group_key, c->group_len);
+	if (c->item_len > 0)
+		h = hash_combine(h, hash_bytes((const unsigned char *) c->item, c->item_len));
+	c->key_hash = h;
 
 	if (r->measure_sum)
 	{
@@ -318,8 +445,9 @@ bool
 contribution_equal(const Contribution *a, const Contribution *b)
 {
 	return a->window_start == b->window_start &&
-		strcmp(a->group_key, b->group_key) == 0 &&
-		strcmp(a->item, b->item) == 0 &&
+		a->group_len == b->group_len && a->item_len == b->item_len &&
+		memcmp(a->group_key, b->group_key, a->group_len) == 0 &&
+		memcmp(a->item, b->item, a->item_len) == 0 &&
 		decimal_equal(&a->value, &b->value) &&
 		((a->label == NULL && b->label == NULL) ||
 		 (a->label && b->label && strcmp(a->label, b->label) == 0));

@@ -62,12 +62,16 @@ typedef struct Contribution
 	char	   *group_key;		/* the group values as an array literal */
 	char	   *item;			/* "" when the ranking has no item */
 	char	   *label;
+	int			group_len;		/* strlen(group_key) */
+	int			item_len;		/* strlen(item) */
+	uint32		key_hash;		/* of group_key and item */
 	KappaDecimal value;			/* the amount, or 1 for a count */
 } Contribution;
 
 extern List *rankings_load(MemoryContext cxt);
 extern bool contribution_compute(const KappaRanking *r, const char *row, int rowlen,
 								 bool strict, Contribution *c, const char **error);
+extern void contribution_strings_reset(void);
 extern bool contribution_equal(const Contribution *a, const Contribution *b);
 
 /* ---- aggregate.c: the batch's changes to ranking_results ---- */

@@ -541,6 +541,8 @@ note_late(const KappaRanking *r, PartitionState *ps, int64 offset, const char *k
 	le->offset = offset;
 	le->key = pstrdup(key);
 	le->c = *c;
+	/* (only its times are stored: its strings last until the next event) */
+	le->c.group_key = le->c.item = le->c.label = NULL;
 	le->stream_time = ps->stream_time;
 	le->reason = reason;
 	sw.late = lappend(sw.late, le);
@@ -719,6 +721,7 @@ contribution_scratch(int nrank, Contribution **olds, Contribution **news)
 		scratch = MemoryContextAlloc(TopMemoryContext, sizeof(Contribution) * 2 * scratch_n);
 	}
 	memset(scratch, 0, sizeof(Contribution) * 2 * nrank);
+	contribution_strings_reset();
 	*olds = scratch;
 	*news = scratch + nrank;
 }
@@ -981,6 +984,7 @@ apply_payment(rd_kafka_message_t *msg, const char *key, PartitionState *ps)
 	if (!changed)
 		return;
 
+	contribution_strings_reset();
 	foreach(lc, sw.rankings)
 	{
 		KappaRanking *r = lfirst(lc);
