@@ -122,6 +122,19 @@ skip_string(const char *p, const char *end)
 	}
 }
 
+/*
+ * Are n bytes at a and b the same?  For member names, a few bytes long:
+ * a call to memcmp costs more than comparing them here.
+ */
+static pg_attribute_always_inline bool
+name_equal(const char *a, const char *b, int n)
+{
+	for (int i = 0; i < n; i++)
+		if (a[i] != b[i])
+			return false;
+	return true;
+}
+
 static const char *
 skip_number(const char *p, const char *end)
 {
@@ -302,6 +315,35 @@ make_span(const char *p, const char *after)
 	return s;
 }
 
+/*
+ * Is [p, p+len) plain ASCII without NUL bytes?  Such bytes are valid in
+ * every server encoding, and most messages are nothing else: they need no
+ * pg_verifymbstr, which costs several times this.
+ */
+bool
+bytes_are_plain_ascii(const char *p, size_t len)
+{
+	const char *end = p + len;
+
+#ifdef __SSE2__
+	__m128i		bad = _mm_setzero_si128();
+
+	for (; end - p >= 16; p += 16)
+	{
+		__m128i		v = _mm_loadu_si128((const __m128i *) p);
+
+		/* a high bit (non-ASCII) or a zero byte */
+		bad = _mm_or_si128(bad, _mm_or_si128(v, _mm_cmpeq_epi8(v, _mm_setzero_si128())));
+	}
+	if (_mm_movemask_epi8(bad) != 0)
+		return false;
+#endif
+	for (; p < end; p++)
+		if (*p == '\0' || (unsigned char) *p >= 0x80)
+			return false;
+	return true;
+}
+
 /* Is [p, p+len) exactly one valid JSON value, an object? */
 bool
 json_is_object(const char *p, int len)
@@ -361,7 +403,7 @@ object_scan(const char *p, const char *end, int depth, const MemberRequest *req,
 		for (int i = 0; i < req->n; i++)
 		{
 			if (req->found[i].type == JSON_SPAN_MISSING && req->namelens[i] == keylen &&
-				memcmp(req->names[i], key, keylen) == 0)
+				name_equal(req->names[i], key, keylen))
 			{
 				match = i;
 				break;
@@ -501,7 +543,7 @@ member_named_before(int h, const char *name, int namelen)
 {
 	for (int m = 0; m < h; m++)
 		if (row_members[m].namelen == namelen &&
-			memcmp(row_members[m].name, name, namelen) == 0)
+			name_equal(row_members[m].name, name, namelen))
 			return true;
 	return false;
 }
@@ -596,7 +638,7 @@ json_row_members(const char *row, int len, int n, const char *const *names,
 
 		/* where it was in the last row: rows of a topic share their layout */
 		if (h >= 0 && h < row_nmembers && row_members[h].namelen == namelens[i] &&
-			memcmp(row_members[h].name, names[i], namelens[i]) == 0 &&
+			name_equal(row_members[h].name, names[i], namelens[i]) &&
 			(!row_names_may_repeat || !member_named_before(h, names[i], namelens[i])))
 		{
 			found[i] = row_members[h].value;
@@ -607,7 +649,7 @@ json_row_members(const char *row, int len, int n, const char *const *names,
 		for (int m = 0; m < row_nmembers; m++)
 		{
 			if (row_members[m].namelen == namelens[i] &&
-				memcmp(row_members[m].name, names[i], namelens[i]) == 0)
+				name_equal(row_members[m].name, names[i], namelens[i]))
 			{
 				found[i] = row_members[m].value;
 				if (hints)

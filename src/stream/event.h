@@ -32,6 +32,7 @@ typedef struct JsonSpan
 	JsonSpanType type;
 } JsonSpan;
 
+extern bool bytes_are_plain_ascii(const char *p, size_t len);
 extern bool json_is_object(const char *p, int len);
 extern void json_row_members(const char *row, int len, int n,
 							 const char *const *names, const int *namelens,

@@ -1051,8 +1051,9 @@ message_key(rd_kafka_message_t *msg)
 	const char *k = msg->key;
 	size_t		len = msg->key_len;
 
-	if (k == NULL || len == 0 || memchr(k, '\0', len) != NULL ||
-		!pg_verifymbstr(k, (int) len, true))
+	if (k == NULL || len == 0 || len > INT_MAX ||
+		(!bytes_are_plain_ascii(k, len) &&
+		 (memchr(k, '\0', len) != NULL || !pg_verifymbstr(k, (int) len, true))))
 		return NULL;
 	if (k[0] == '{' && json_is_object(k, (int) len))
 	{
@@ -1406,7 +1407,9 @@ apply_batch_once(void)
 		 * fail every client that reads them back, and every dump.
 		 */
 		if (error == NULL && msg->payload != NULL && msg->len > 0 &&
-			(msg->len > INT_MAX || !pg_verifymbstr(msg->payload, (int) msg->len, true)))
+			(msg->len > INT_MAX ||
+			 (!bytes_are_plain_ascii(msg->payload, msg->len) &&
+			  !pg_verifymbstr(msg->payload, (int) msg->len, true))))
 			error = utf8_error;
 		if (error == NULL && events_topic)
 		{
