@@ -37,12 +37,17 @@ ALTER SYSTEM SET kappa.kafka_options = 'message.max.bytes=100000000';
 -- secrets are refused: PostgreSQL logs parameter values; they go in kappa.secrets_file
 ALTER SYSTEM SET kappa.kafka_options = 'sasl.username=kappa; sasl.password=x';
 ALTER SYSTEM SET kappa.kafka_options = 'ssl.key.password=x';
+-- the secrets file is named by an absolute path, without control characters
+ALTER SYSTEM SET kappa.secrets_file = 'kappa.secrets';
+ALTER SYSTEM SET kappa.secrets_file = E'/etc/kappa\nLOG:  forged';
 -- good values are accepted (and reset again)
+ALTER SYSTEM SET kappa.secrets_file = '/etc/postgresql/15/main/kappa.secrets';
 ALTER SYSTEM SET kappa.brokers = 'SSL://kafka-1.example:9093, kafka-2.example:9093,kafka-3';
 ALTER SYSTEM SET kappa.kafka_options = 'security.protocol=sasl_ssl; sasl.mechanisms=SCRAM-SHA-512; sasl.username=semi\;colon';
 ALTER SYSTEM SET kappa.sales_topic = 'shop.sales-events_v2';
 ALTER SYSTEM RESET kappa.brokers;
 ALTER SYSTEM RESET kappa.kafka_options;
 ALTER SYSTEM RESET kappa.sales_topic;
+ALTER SYSTEM RESET kappa.secrets_file;
 
 DROP ROLE kappa_regress_user;

@@ -214,6 +214,36 @@ check_time_zone(char **newval, void **extra, GucSource source)
 	return true;
 }
 
+/*
+ * The secrets file: empty (none), or an absolute path.  A relative one
+ * would be read from whichever directory a process happens to be in, and
+ * the value is quoted in errors' DETAIL, where control characters would
+ * forge log lines.  Whether the file exists and is private is checked when
+ * it is read, where the error can say so.
+ */
+static bool
+check_secrets_file(char **newval, void **extra, GucSource source)
+{
+	const char *p = *newval;
+
+	if (p[0] == '\0')
+		return true;
+	if (!is_absolute_path(p))
+	{
+		GUC_check_errdetail("kappa.secrets_file must be an absolute path.");
+		return false;
+	}
+	for (; *p; p++)
+	{
+		if ((unsigned char) *p < 0x20 || *p == 0x7f)
+		{
+			GUC_check_errdetail("kappa.secrets_file must not contain control characters.");
+			return false;
+		}
+	}
+	return true;
+}
+
 static bool
 check_database(char **newval, void **extra, GucSource source)
 {
@@ -269,7 +299,7 @@ kappa_define_gucs(void)
 							   "",
 							   PGC_SIGHUP,
 							   GUC_SUPERUSER_ONLY,
-							   NULL, NULL, NULL);
+							   check_secrets_file, NULL, NULL);
 
 	DefineCustomStringVariable("kappa.sales_topic",
 							   "Topic of sale change events (CDC publisher, CSV inbox, other producers).",
