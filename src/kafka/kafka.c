@@ -850,7 +850,27 @@ kafka_produce_or_refuse(KafkaClient *client, const char *topic,
 						int64 timestamp_ms, KafkaDelivery *delivery,
 						bool refuse_too_large)
 {
+	return kafka_produce_within(client, topic, key, keylen, value, len,
+								timestamp_ms, delivery, refuse_too_large,
+								-1) == KAFKA_PRODUCE_QUEUED;
+}
+
+/*
+ * Like kafka_produce_or_refuse, but a local queue still full after
+ * queue_wait_ms (-1: however long it takes) returns KAFKA_PRODUCE_QUEUE_FULL
+ * with nothing produced, for a caller that would rather give up and come
+ * back than wait for a broker that may be away for long, for instance with
+ * a transaction open.
+ */
+KafkaProduceResult
+kafka_produce_within(KafkaClient *client, const char *topic,
+					 const char *key, size_t keylen,
+					 const char *value, size_t len,
+					 int64 timestamp_ms, KafkaDelivery *delivery,
+					 bool refuse_too_large, int queue_wait_ms)
+{
 	rd_kafka_topic_t *rkt = kafka_client_topic(client, topic);
+	TimestampTz give_up = 0;
 
 	for (;;)
 	{
@@ -868,12 +888,12 @@ kafka_produce_or_refuse(KafkaClient *client, const char *topic,
 		if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
 			break;
 		if (err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE && refuse_too_large)
-			return false;
+			return KAFKA_PRODUCE_TOO_LARGE;
 		if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL && refuse_too_large && delivery)
 		{
 			if (delivery->failed++ == 0)
 				delivery->error = err;
-			return true;
+			return KAFKA_PRODUCE_QUEUED;
 		}
 		if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
 			ereport(ERROR,
@@ -882,6 +902,15 @@ kafka_produce_or_refuse(KafkaClient *client, const char *topic,
 							topic, rd_kafka_err2str(err)),
 					 err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE ?
 					 errhint("Raise message.max.bytes in kappa.kafka_options (and the topic's max.message.bytes).") : 0));
+		if (queue_wait_ms >= 0)
+		{
+			TimestampTz now = GetCurrentTimestamp();
+
+			if (give_up == 0)
+				give_up = TimestampTzPlusMilliseconds(now, queue_wait_ms);
+			else if (now >= give_up)
+				return KAFKA_PRODUCE_QUEUE_FULL;
+		}
 		kafka_client_serve(client, 100);
 		CHECK_FOR_INTERRUPTS();
 		if (!PostmasterIsAlive())
@@ -889,7 +918,7 @@ kafka_produce_or_refuse(KafkaClient *client, const char *topic,
 	}
 	if (delivery)
 		delivery->pending++;
-	return true;
+	return KAFKA_PRODUCE_QUEUED;
 }
 
 /*

@@ -83,6 +83,17 @@ extern bool kafka_produce_or_refuse(KafkaClient *client, const char *topic,
 									const char *value, size_t len,
 									int64 timestamp_ms, KafkaDelivery *delivery,
 									bool refuse_too_large);
+typedef enum KafkaProduceResult
+{
+	KAFKA_PRODUCE_QUEUED,		/* queued (or counted as a failed delivery) */
+	KAFKA_PRODUCE_TOO_LARGE,	/* refused, larger than message.max.bytes */
+	KAFKA_PRODUCE_QUEUE_FULL	/* the local queue stayed full: not queued */
+} KafkaProduceResult;
+extern KafkaProduceResult kafka_produce_within(KafkaClient *client, const char *topic,
+											   const char *key, size_t keylen,
+											   const char *value, size_t len,
+											   int64 timestamp_ms, KafkaDelivery *delivery,
+											   bool refuse_too_large, int queue_wait_ms);
 extern int	kafka_max_message_bytes(KafkaClient *client);
 extern uint64 kafka_settings_fingerprint(void);
 extern bool kafka_client_settings_changed(KafkaClient *client);

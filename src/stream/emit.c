@@ -108,11 +108,13 @@ typedef struct EmitWindow
 	TimestampTz window_start;
 	KafkaDelivery delivery;
 	bool		refused;		/* refused when produced (too large) */
+	bool		incomplete;		/* not all its rows queued: produce again */
 	TimestampTz retry_at;
 } EmitWindow;
 
 #define EMIT_WAIT_MS	30000	/* for acknowledgements, per call */
 #define EMIT_RETRY_MS	60000	/* before a refused window is tried again */
+#define EMIT_QUEUE_WAIT_MS 1000 /* for room in a full producer queue */
 
 static MemoryContext emit_cxt = NULL;
 static List *emit_inflight = NIL;	/* produced, reports still pending */
@@ -207,6 +209,8 @@ settle(List **list)
 
 		if (ew->delivery.pending > 0)
 			pending = keep(pending, ew);
+		else if (ew->incomplete)
+			free_window(ew);	/* still unproduced: the next call takes it */
 		else if (ew->delivery.failed == 0 && !ew->refused)
 		{
 			mark_produced(ew);
@@ -254,6 +258,7 @@ emit_final_results(KafkaClient *producer, int max_windows)
 	StringInfoData value;
 	List	   *produced = NIL;
 	int			marked;
+	bool		queue_full = false;
 	TimestampTz deadline;
 	MemoryContext cxt;
 	MemoryContext row_cxt;
@@ -343,7 +348,7 @@ emit_final_results(KafkaClient *producer, int max_windows)
 	{
 		SPITupleTable *wins = SPI_tuptable;
 
-		for (int w = 0; w < windows; w++)
+		for (int w = 0; w < windows && !queue_full; w++)
 		{
 			HeapTuple	wt = wins->vals[w];
 			TupleDesc	wd = wins->tupdesc;
@@ -424,24 +429,51 @@ emit_final_results(KafkaClient *producer, int max_windows)
 				envelope_append_json_string(&value, kappa_instance_name(), strlen(kappa_instance_name()));
 				appendStringInfoChar(&value, '}');
 
-				/* refused at once (too large): the window waits, the rest go */
-				if (!kafka_produce_or_refuse(producer, topic, key.data, key.len, value.data, value.len,
-											 0, &ew->delivery, true))
+				/*
+				 * Refused at once (too large): the window waits, the rest go.
+				 * The producer's queue full for a second (a broker away or
+				 * slow): stop here rather than wait with this transaction
+				 * open and the stream stopped; this window and the ones after
+				 * it stay unproduced and are taken again on the next call.
+				 */
+				switch (kafka_produce_within(producer, topic, key.data, key.len, value.data, value.len,
+											 0, &ew->delivery, true, EMIT_QUEUE_WAIT_MS))
 				{
-					ew->refused = true;
-					if (ew->delivery.failed++ == 0)
-						ew->delivery.error = RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE;
+					case KAFKA_PRODUCE_QUEUED:
+						break;
+					case KAFKA_PRODUCE_TOO_LARGE:
+						ew->refused = true;
+						if (ew->delivery.failed++ == 0)
+							ew->delivery.error = RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE;
+						break;
+					case KAFKA_PRODUCE_QUEUE_FULL:
+						ew->incomplete = true;
+						queue_full = true;
+						break;
 				}
 				MemoryContextSwitchTo(caller);
 				MemoryContextReset(row_cxt);
+				if (queue_full)
+					break;
 			}
 			/* one window's rows in memory at a time, not all the call's */
 			SPI_freetuptable(SPI_tuptable);
 		}
 	}
 
-	/* wait for the acknowledgements, then mark what Kafka has */
-	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), EMIT_WAIT_MS);
+	/*
+	 * Wait for the acknowledgements, then mark what Kafka has.  After a full
+	 * queue no wait: Kafka is not keeping up, and the reports are collected
+	 * by the next calls while the stream goes on.
+	 */
+	if (queue_full)
+		ereport(LOG,
+				(errmsg("pg_kappa stream worker: the producer's queue is full, final results wait"),
+				 errdetail("Window starting %s of ranking \"%s\" and the ones after it are produced once Kafka takes messages again.",
+						   timestamptz_to_str(((EmitWindow *) llast(produced))->window_start),
+						   ((EmitWindow *) llast(produced))->ranking),
+				 errhint("Check that the brokers of the results topics are up; queue.buffering.max.messages in kappa.kafka_options sets the queue's size.")));
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), queue_full ? 0 : EMIT_WAIT_MS);
 	{
 		ListCell   *lc;
 
