@@ -288,6 +288,12 @@ class Handler(BaseHTTPRequestHandler):
             return self.fault()
         if scenario == "truncated":
             return self.send_body(200, fixture("soap_response_page1.xml")[:500])
+        if scenario == "badbytes":
+            # declared Shift_JIS, with bytes that are not Shift_JIS
+            return self.send_body(200, envelope(
+                confirmation("PAY-J1", "1", "CONFIRMED", "1.00", "EUR", "2026-11-21T10:15:09Z"))
+                .replace(b'encoding="UTF-8"', b'encoding="Shift_JIS"')
+                .replace(b"PAY-J1", b"PAY-\x81\xff\x82"), "text/xml")
         if scenario in ("oversized", "chunked"):
             kb = int(query.get("kb", ["2048"])[0])
             filler = "<!-- %s -->\n" % ("x" * 1000)

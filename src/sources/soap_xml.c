@@ -78,11 +78,39 @@ refuse_entity(void *ctx, const xmlChar *public_id, const xmlChar *system_id)
 	return NULL;
 }
 
+static void collect_stray_error(void *ctx, xmlErrorPtr error);
+
 static void
 collect_error(void *ctx, xmlErrorPtr error)
 {
 	xmlParserCtxtPtr ctxt = ctx;
-	SoapParseState *st = ctxt ? ctxt->_private : NULL;
+
+	collect_stray_error(ctxt ? ctxt->_private : NULL, error);
+}
+
+/*
+ * Errors libxml2 raises without a parser context (converting the input from
+ * the encoding it declares, I/O, memory) go to the process-wide handlers,
+ * which print them on stderr: outside the server's log format, and lost for
+ * the error we report (a document with bytes invalid in its encoding would
+ * say only "Premature end of data").  While we call libxml2 they are
+ * collected with the parser's own errors instead, and the handlers that
+ * were there (PostgreSQL's, if the backend used its xml functions) are put
+ * back afterwards.  Old-style generic messages, which a structured handler
+ * leaves unused but for libxml2's debugging output, are dropped.
+ */
+typedef struct SoapXmlHandlers
+{
+	xmlStructuredErrorFunc structured;
+	void	   *structured_ctx;
+	xmlGenericErrorFunc generic;
+	void	   *generic_ctx;
+} SoapXmlHandlers;
+
+static void
+collect_stray_error(void *ctx, xmlErrorPtr error)
+{
+	SoapParseState *st = ctx;
 	size_t		len;
 
 	if (st == NULL || error == NULL || error->level < XML_ERR_ERROR || st->failed)
@@ -94,6 +122,29 @@ collect_error(void *ctx, xmlErrorPtr error)
 	len = strlen(st->message);
 	while (len > 0 && (st->message[len - 1] == '\n' || st->message[len - 1] == ' '))
 		st->message[--len] = '\0';
+}
+
+static void
+drop_generic_error(void *ctx, const char *msg,...)
+{
+}
+
+static void
+xml_handlers_push(SoapXmlHandlers *saved, SoapParseState *st)
+{
+	saved->structured = xmlStructuredError;
+	saved->structured_ctx = xmlStructuredErrorContext;
+	saved->generic = xmlGenericError;
+	saved->generic_ctx = xmlGenericErrorContext;
+	xmlSetStructuredErrorFunc(st, collect_stray_error);
+	xmlSetGenericErrorFunc(NULL, drop_generic_error);
+}
+
+static void
+xml_handlers_pop(const SoapXmlHandlers *saved)
+{
+	xmlSetStructuredErrorFunc(saved->structured_ctx, saved->structured);
+	xmlSetGenericErrorFunc(saved->generic_ctx, saved->generic);
 }
 
 static void
@@ -335,6 +386,7 @@ soap_parse_response(const char *data, size_t len, bool is_utf8)
 {
 	xmlParserCtxtPtr ctxt;
 	SoapParseState st;
+	SoapXmlHandlers saved;
 	xmlDocPtr	doc;
 	bool		well_formed;
 	MemoryContextCallback *cb;
@@ -360,11 +412,15 @@ soap_parse_response(const char *data, size_t len, bool is_utf8)
 	cb = palloc(sizeof(MemoryContextCallback));
 	page = palloc0(sizeof(SoapPage));
 
+	xml_handlers_push(&saved, &st);
 	ctxt = xmlCreateMemoryParserCtxt(data, (int) len);
 	if (ctxt == NULL)
+	{
+		xml_handlers_pop(&saved);
 		ereport(ERROR,
 				(errcode(ERRCODE_OUT_OF_MEMORY),
 				 errmsg("could not create an XML parser")));
+	}
 
 	/* this parser's own handlers: the process-wide defaults stay as they are */
 	ctxt->_private = &st;
@@ -392,6 +448,7 @@ soap_parse_response(const char *data, size_t len, bool is_utf8)
 	ctxt->myDoc = NULL;
 	well_formed = ctxt->wellFormed && !st.failed;
 	xmlFreeParserCtxt(ctxt);
+	xml_handlers_pop(&saved);
 
 	if (st.doctype || (doc != NULL && (doc->intSubset != NULL || doc->extSubset != NULL)))
 	{
@@ -409,8 +466,10 @@ soap_parse_response(const char *data, size_t len, bool is_utf8)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_XML_DOCUMENT),
 				 errmsg("could not parse the SOAP response"),
-				 st.failed ?
+				 st.failed && st.line > 0 ?
 				 errdetail("Line %d: %s.", st.line, st.message) :
+				 st.failed ?
+				 errdetail("%s.", st.message) :
 				 errdetail("The response is not well-formed XML.")));
 	}
 
@@ -464,23 +523,42 @@ soap_parse_response(const char *data, size_t len, bool is_utf8)
 char *
 soap_confirmation_xml(SoapPage *page, int i, size_t *len)
 {
-	xmlBufferPtr buf = xmlBufferCreate();
-	xmlDocPtr	alone = xmlNewDoc((const xmlChar *) "1.0");
-	xmlNodePtr	copy = alone ? xmlDocCopyNode((xmlNodePtr) page->confirmations[i].node, alone, 1) : NULL;
+	SoapParseState st;
+	SoapXmlHandlers saved;
+	xmlBufferPtr buf;
+	xmlDocPtr	alone;
+	xmlNodePtr	copy;
+	int			dumped;
 	char	   *result;
 
+	memset(&st, 0, sizeof(st));
+	xml_handlers_push(&saved, &st);
+	buf = xmlBufferCreate();
+	alone = xmlNewDoc((const xmlChar *) "1.0");
+	copy = alone ? xmlDocCopyNode((xmlNodePtr) page->confirmations[i].node, alone, 1) : NULL;
 	if (buf == NULL || copy == NULL)
 	{
 		if (buf)
 			xmlBufferFree(buf);
 		if (alone)
 			xmlFreeDoc(alone);
+		xml_handlers_pop(&saved);
 		ereport(ERROR,
 				(errcode(ERRCODE_OUT_OF_MEMORY),
 				 errmsg("out of memory")));
 	}
 	xmlDocSetRootElement(alone, copy);
-	xmlNodeDump(buf, alone, copy, 0, 0);
+	dumped = xmlNodeDump(buf, alone, copy, 0, 0);
+	xml_handlers_pop(&saved);
+	if (dumped < 0)
+	{
+		xmlBufferFree(buf);
+		xmlFreeDoc(alone);
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not write a payment confirmation as XML"),
+				 st.failed ? errdetail("%s.", st.message) : 0));
+	}
 	*len = xmlBufferLength(buf);
 	result = palloc(*len + 1);
 	memcpy(result, xmlBufferContent(buf), *len);

@@ -59,6 +59,15 @@ is(error_of('slow?delay=4'), 'timeout after 1000 ms waiting for the SOAP service
 is(error_of('truncated'), 'could not parse the SOAP response', 'truncated XML is a parse error');
 like(slurp_file($node->logfile), qr/could not parse the SOAP response\n.*DETAIL:  Line \d+: [^\n]+\.\n/,
 	'... with libxml2\'s reason and the line in the log');
+# libxml2 reports bytes invalid in the declared encoding without a parser
+# context, which would go to stderr and leave only "Premature end of data"
+my $badbytes_offset = -s $node->logfile;
+is(error_of('badbytes'), 'could not parse the SOAP response', 'bytes invalid in the declared encoding are a parse error');
+like(slurp_file($node->logfile, $badbytes_offset),
+	qr/could not parse the SOAP response\n.*DETAIL:  input conversion failed due to input error, bytes 0x81 0xFF 0x82 0x3C\.\n/,
+	'... with libxml2\'s reason, the bytes it could not convert');
+unlike(slurp_file($node->logfile, $badbytes_offset), qr/^(encoding|I\/O) error :/m,
+	'and nothing of libxml2\'s on stderr');
 is(error_of('oversized?kb=2048'), 'SOAP response larger than kappa.soap_max_response_size (1024 kB)',
 	'a response with a Content-Length above the limit is refused');
 is(error_of('chunked?kb=2048'), 'SOAP response larger than kappa.soap_max_response_size (1024 kB)',
