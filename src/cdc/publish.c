@@ -468,6 +468,45 @@ kappa_publish_table(PG_FUNCTION_ARGS)
 	if (SPI_execute_with_args("SELECT topic FROM kappa.published_tables WHERE relid = $1",
 							  1, argtypes, args, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read kappa.published_tables");
+
+	/*
+	 * In REPEATABLE READ or SERIALIZABLE that snapshot is the transaction's,
+	 * possibly taken before the lock: a call that published or unpublished
+	 * the table while this one waited is not seen, and acting on the older
+	 * picture would fail on the primary key or report a state that no longer
+	 * is.  Compare with what has been committed since, and fail as
+	 * PostgreSQL does on such a conflict, with an error to retry on.
+	 */
+	if (IsolationUsesXactSnapshot())
+	{
+		bool		found = SPI_processed > 0;
+		char	   *seen = found ? SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1) : NULL;
+		SPIPlanPtr	plan = SPI_prepare("SELECT topic FROM kappa.published_tables WHERE relid = $1",
+									   1, argtypes);
+		bool		latest_found;
+		char	   *latest = NULL;
+
+		if (plan == NULL ||
+			SPI_execute_snapshot(plan, args, NULL, GetLatestSnapshot(), InvalidSnapshot,
+								 true, false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not read kappa.published_tables");
+		latest_found = SPI_processed > 0;
+		if (latest_found)
+			latest = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+		if (found != latest_found || (seen == NULL) != (latest == NULL) ||
+			(seen && strcmp(seen, latest) != 0))
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("could not serialize access due to a concurrent kappa.publish_table() or kappa.unpublish_table()"),
+					 errdetail("Table \"%s\" was %s by a transaction that committed after this one took its snapshot.",
+							   RelationGetRelationName(rel), latest_found ? "published" : "unpublished"),
+					 errhint("Retry the transaction.")));
+		SPI_freeplan(plan);
+		/* the first query's result again, for what follows */
+		if (SPI_execute_with_args("SELECT topic FROM kappa.published_tables WHERE relid = $1",
+								  1, argtypes, args, NULL, false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not read kappa.published_tables");
+	}
 	if (SPI_processed > 0)
 	{
 		char	   *current = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);

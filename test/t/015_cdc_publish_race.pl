@@ -86,4 +86,31 @@ ok($second->finish, 'the second call returns') or diag($perr);
 like($perr, qr/NOTICE:  table "sales" is already published/, 'saying the table is published');
 is($node->safe_psql('shop', q{SELECT count(*) FROM kappa.published_tables}), '1', 'once');
 
+# The same in REPEATABLE READ: the second call's snapshot is from before its
+# wait and cannot show it the first call's row.  It fails with a
+# serialization failure, to retry on, as PostgreSQL's own commands do in
+# such a conflict (0.1.5; before, the raw "duplicate key value").
+$node->safe_psql('shop', q{SET client_min_messages = warning; SELECT kappa.unpublish_table('sales')});
+$first = $node->background_psql('shop', on_error_stop => 1);
+$first->query_safe(q{SET client_min_messages = warning; BEGIN; SELECT kappa.publish_table('sales');});
+($pout, $perr) = ('', '');
+$second = IPC::Run::start([ 'psql', '-X', '-v', 'ON_ERROR_STOP=1', '-d', $node->connstr('shop'), '-c',
+	q{BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT kappa.publish_table('sales'); COMMIT;} ],
+	'>', \$pout, '2>', \$perr);
+wait_until(sub { $node->safe_psql('shop', q{
+SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+ WHERE NOT l.granted AND a.backend_type = 'client backend' AND a.query LIKE '%publish_table%'}) eq '1' },
+	'the second call, in REPEATABLE READ, to wait for the first');
+$first->query_safe('COMMIT');
+$first->quit;
+ok(!$second->finish, 'the second call fails');
+like($perr, qr/ERROR:  could not serialize access due to a concurrent kappa\.publish_table\(\) or kappa\.unpublish_table\(\)\nDETAIL:  Table "sales" was published by a transaction that committed after this one took its snapshot\.\nHINT:  Retry the transaction\./,
+	'with a serialization failure that says what happened');
+my ($rout, $rerr) = ('', '');
+IPC::Run::run([ 'psql', '-X', '-v', 'ON_ERROR_STOP=1', '-d', $node->connstr('shop'), '-c',
+	q{BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT kappa.publish_table('sales'); COMMIT;} ],
+	'>', \$rout, '2>', \$rerr);
+like($rerr, qr/NOTICE:  table "sales" is already published/, 'retried, it finds the table published');
+is($node->safe_psql('shop', q{SELECT count(*) FROM kappa.published_tables}), '1', 'once');
+
 done_testing();
