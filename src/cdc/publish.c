@@ -671,6 +671,31 @@ kappa_unpublish_table(PG_FUNCTION_ARGS)
 							  1, argtypes, args, NULL, false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "could not delete from kappa.published_tables");
 	removed = SPI_processed > 0;
+
+	/*
+	 * In REPEATABLE READ or SERIALIZABLE the DELETE used the transaction's
+	 * snapshot: a publish_table() committed since is not seen, and "not
+	 * published" would be false.  A row committed since is a conflict, as in
+	 * publish_table().
+	 */
+	if (!removed && IsolationUsesXactSnapshot())
+	{
+		SPIPlanPtr	plan = SPI_prepare("SELECT 1 FROM kappa.published_tables WHERE relid = $1",
+									   1, argtypes);
+
+		if (plan == NULL ||
+			SPI_execute_snapshot(plan, args, NULL, GetLatestSnapshot(), InvalidSnapshot,
+								 true, false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not read kappa.published_tables");
+		if (SPI_processed > 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("could not serialize access due to a concurrent kappa.publish_table() or kappa.unpublish_table()"),
+					 errdetail("Table \"%s\" was published by a transaction that committed after this one took its snapshot.",
+							   get_rel_name(relid)),
+					 errhint("Retry the transaction.")));
+		SPI_freeplan(plan);
+	}
 	restore_caller(&owner_state);
 	SPI_finish();
 

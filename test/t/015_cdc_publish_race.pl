@@ -113,4 +113,24 @@ IPC::Run::run([ 'psql', '-X', '-v', 'ON_ERROR_STOP=1', '-d', $node->connstr('sho
 like($rerr, qr/NOTICE:  table "sales" is already published/, 'retried, it finds the table published');
 is($node->safe_psql('shop', q{SELECT count(*) FROM kappa.published_tables}), '1', 'once');
 
+# kappa.unpublish_table() in REPEATABLE READ, after a publish_table() that
+# committed since the transaction took its snapshot: the DELETE does not
+# see the row.  A serialization failure, not "is not published" (0.1.5).
+$node->safe_psql('shop', q{SET client_min_messages = warning; SELECT kappa.unpublish_table('sales')});
+my $rr = $node->background_psql('shop', on_error_stop => 0);
+$rr->query_safe(q{BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM kappa.published_tables;});
+$node->safe_psql('shop', q{SET client_min_messages = warning; SELECT kappa.publish_table('sales')});
+$rr->query(q{SELECT kappa.unpublish_table('sales');});
+like($rr->{stderr}, qr/could not serialize access due to a concurrent kappa\.publish_table\(\) or kappa\.unpublish_table\(\)/,
+	'unpublish_table in REPEATABLE READ fails on a publish committed after its snapshot');
+$rr->query(q{ROLLBACK;});
+$rr->quit;
+is($node->safe_psql('shop', q{SELECT count(*) FROM kappa.published_tables}), '1', 'the table stays published');
+my ($r2out, $r2err) = ('', '');
+IPC::Run::run([ 'psql', '-X', '-v', 'ON_ERROR_STOP=1', '-d', $node->connstr('shop'), '-c',
+	q{BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT kappa.unpublish_table('sales'); COMMIT;} ],
+	'>', \$r2out, '2>', \$r2err);
+like($r2out, qr/^ t$/m, 'retried, it unpublishes the table');
+is($node->safe_psql('shop', q{SELECT count(*) FROM kappa.published_tables}), '0', 'and the table is no longer published');
+
 done_testing();
