@@ -71,6 +71,9 @@ SELECT kind, key
 -- a SOAP Fault is an error with the fault string
 SELECT * FROM kappa.soap_decode(pg_read_file(:'fault'));
 
+-- no response (a subquery that found nothing): no rows, not a crash
+SELECT count(*) FROM kappa.soap_decode(NULL);
+
 -- no document type declarations at all: no entity expansion, no XXE
 SELECT * FROM kappa.soap_decode($$<?xml version="1.0"?>
 <!DOCTYPE lolz [

@@ -374,7 +374,7 @@ Datum
 kappa_soap_decode(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	text	   *response = PG_GETARG_TEXT_PP(0);
+	text	   *response;
 	char	   *endpoint = PG_ARGISNULL(1) ? "" : text_to_cstring(PG_GETARG_TEXT_PP(1));
 	char	   *page_token = PG_ARGISNULL(2) ? "" : text_to_cstring(PG_GETARG_TEXT_PP(2));
 	char	   *utf8;
@@ -385,6 +385,10 @@ kappa_soap_decode(PG_FUNCTION_ARGS)
 
 	InitMaterializedSRF(fcinfo, 0);
 
+	/* no response, no rows (as if STRICT; the function is not, for its defaults) */
+	if (PG_ARGISNULL(0))
+		return (Datum) 0;
+	response = PG_GETARG_TEXT_PP(0);
 	utf8 = text_to_cstring(response);
 	utf8 = pg_server_to_any(utf8, strlen(utf8), PG_UTF8);
 	page = soap_parse_response(utf8, strlen(utf8), true);
