@@ -93,3 +93,23 @@ SELECT substr(data, 1, 40) AS head,
 
 SELECT pg_drop_replication_slot('changes_slot');
 DROP TABLE sales, pairs, nokey, long_keys;
+
+-- A decoding that ends in an error never calls the plugin's shutdown: its
+-- table cache goes with the aborted statement's memory, and invalidations
+-- that follow in the same session must not reach it (0.1.5).
+SELECT 'init' FROM pg_create_logical_replication_slot('cancel_slot', 'pg_kappa');
+CREATE TABLE many (id int PRIMARY KEY, v text);
+INSERT INTO many SELECT i, 'v' FROM generate_series(1, 300000) i;
+SET statement_timeout = '200ms';
+DO $$
+BEGIN
+  PERFORM count(*) FROM pg_logical_slot_peek_changes('cancel_slot', NULL, NULL);
+EXCEPTION WHEN query_canceled THEN
+  NULL;
+END $$;
+RESET statement_timeout;
+ANALYZE many;
+ALTER TABLE many ADD COLUMN w int;
+SELECT 'alive' AS session;
+SELECT pg_drop_replication_slot('cancel_slot');
+DROP TABLE many;

@@ -98,6 +98,20 @@ decoder_relcache_callback(Datum arg, Oid relid)
 		entry->valid = false;
 }
 
+/*
+ * The table cache goes with its decoding context.  A decoding that ends in
+ * an error (a cancelled pg_logical_slot_get_changes(), a publish_table()
+ * cancelled while its slot waits for running transactions) never calls
+ * decoder_shutdown: without this, the next invalidation in the process
+ * would walk freed memory.
+ */
+static void
+decoder_cache_gone(void *arg)
+{
+	if (active_table_cache == (HTAB *) arg)
+		active_table_cache = NULL;
+}
+
 /* ---------------------------------------------------------------------
  * Options
  * ---------------------------------------------------------------------
@@ -235,6 +249,14 @@ decoder_startup(LogicalDecodingContext *ctx, OutputPluginOptions *opt,
 	data->tables = hash_create("pg_kappa decoded tables", 64, &hctl,
 							   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	active_table_cache = data->tables;
+	{
+		MemoryContextCallback *cb = MemoryContextAlloc(data->cache_cxt,
+													   sizeof(MemoryContextCallback));
+
+		cb->func = decoder_cache_gone;
+		cb->arg = data->tables;
+		MemoryContextRegisterResetCallback(data->cache_cxt, cb);
+	}
 	if (!relcache_callback_registered)
 	{
 		CacheRegisterRelcacheCallback(decoder_relcache_callback, (Datum) 0);
