@@ -19,6 +19,9 @@
  */
 #include "pg_kappa.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 #include <curl/curl.h>
 
 #include "miscadmin.h"
@@ -126,6 +129,35 @@ soap_url_is_valid(const char *url, const char **why)
 }
 
 /*
+ * Whether a URL's host names this machine: "localhost", an IPv4 address
+ * in 127.0.0.0/8, or ::1 (libcurl gives IPv6 hosts in brackets).  The
+ * address is parsed, not matched by prefix: "127.example.com" is a name
+ * that DNS may point anywhere.
+ */
+static bool
+host_is_loopback(const char *host)
+{
+	struct in_addr a4;
+	struct in6_addr a6;
+	char		buf[INET6_ADDRSTRLEN + 2];
+	size_t		len = strlen(host);
+
+	if (pg_strcasecmp(host, "localhost") == 0)
+		return true;
+	if (inet_pton(AF_INET, host, &a4) == 1)
+		return (ntohl(a4.s_addr) >> 24) == 127;
+	if (len > 2 && len - 2 < sizeof(buf) &&
+		host[0] == '[' && host[len - 1] == ']')
+	{
+		memcpy(buf, host + 1, len - 2);
+		buf[len - 2] = '\0';
+		if (inet_pton(AF_INET6, buf, &a6) == 1)
+			return IN6_IS_ADDR_LOOPBACK(&a6);
+	}
+	return false;
+}
+
+/*
  * The host of an http:// URL that is not this machine (palloc'd), or NULL:
  * an https:// URL, or one to localhost or a loopback address, whose
  * traffic does not leave the machine.
@@ -142,9 +174,7 @@ soap_url_plain_remote_host(const char *url)
 	if (curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
 		curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK && host != NULL)
 	{
-		if (pg_strcasecmp(host, "localhost") != 0 &&
-			strncmp(host, "127.", 4) != 0 &&
-			strcmp(host, "[::1]") != 0)
+		if (!host_is_loopback(host))
 			result = pstrdup(host);
 		curl_free(host);
 	}

@@ -176,6 +176,14 @@ my $seen_before = soap_switch($node, $remote);
 wait_until(sub { soap_status($node)->{errors} > $seen_before->{errors} }, 'an error from a plain http URL to another machine');
 is(soap_status($node)->{last_error}, 'refusing to send the SOAP password over plain http',
 	'a plain http URL to another machine is refused while a user name is set');
+# a host name that only begins like a loopback address is a name DNS may
+# point anywhere (before 0.1.5's fix it counted as this machine)
+$seen_before = soap_switch($node, 'http://127.0.0.1.example.invalid:9/pay');
+wait_until(sub { soap_status($node)->{errors} > $seen_before->{errors} }, 'an error from a plain http URL to a "127." host name');
+is(soap_status($node)->{last_error}, 'refusing to send the SOAP password over plain http',
+	'a host name beginning with "127." is not this machine');
+$seen_before = soap_switch($node, $remote);
+wait_until(sub { soap_status($node)->{errors} > $seen_before->{errors} }, 'an error from the remote URL again');
 $seen_before = soap_status($node);
 set_soap_conf($node, soap_allow_plain_http => 'on');
 wait_until(sub { soap_status($node)->{errors} > $seen_before->{errors} }, 'a poll of it once allowed');
