@@ -39,7 +39,8 @@ typedef struct AggEntry
 {
 	AggKey		key;
 	TimestampTz window_end;
-	char	   *label;
+	char	   *label;			/* the last one added */
+	char	   *old_label;		/* the first one retracted */
 	KappaDecimal total;
 	int64		count;
 } AggEntry;
@@ -134,12 +135,15 @@ aggregate_add(const KappaRanking *r, const Contribution *c, int sign)
 		e->key.item = k + c->group_len + 1;
 		e->window_end = c->window_end;
 		e->label = NULL;
+		e->old_label = NULL;
 		e->total.mantissa = 0;
 		e->total.scale = 0;
 		e->count = 0;
 	}
 	if (sign > 0 && c->label && (e->label == NULL || strcmp(e->label, c->label) != 0))
 		e->label = MemoryContextStrdup(agg_cxt, c->label);
+	else if (sign < 0 && c->label && e->old_label == NULL)
+		e->old_label = MemoryContextStrdup(agg_cxt, c->label);
 	if (!decimal_add(&e->total, &c->value, sign))
 		ereport(ERROR,
 				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
@@ -174,6 +178,67 @@ ranking_name(List *rankings, int id)
 }
 
 /*
+ * Set the label of results whose sums the batch left as they were: an
+ * update that changed only the label retracts and adds the same amount.
+ * An UPDATE, not the upsert: such a result exists (its old contribution
+ * was counted), and one that does not is not to be made with nothing in it.
+ */
+static void
+relabel_results(List *rankings, List *entries)
+{
+	int			n = list_length(entries);
+	Datum	   *cols[5];
+	Datum		args[5];
+	Oid			types[5];
+	ListCell   *lc;
+	int			i = 0;
+
+	if (n == 0)
+		return;
+	for (int c = 0; c < 5; c++)
+		cols[c] = palloc(sizeof(Datum) * n);
+	foreach(lc, entries)
+	{
+		AggEntry   *e = lfirst(lc);
+
+		cols[0][i] = CStringGetTextDatum(ranking_name(rankings, e->key.ranking_id));
+		cols[1][i] = TimestampTzGetDatum(e->key.window_start);
+		cols[2][i] = CStringGetTextDatum(e->key.group_key);
+		cols[3][i] = CStringGetTextDatum(e->key.item);
+		cols[4][i] = CStringGetTextDatum(e->label);
+		i++;
+	}
+	for (int c = 0; c < 5; c++)
+	{
+		if (c == 1)
+		{
+			args[c] = PointerGetDatum(construct_array(cols[c], n, TIMESTAMPTZOID,
+													  sizeof(TimestampTz), FLOAT8PASSBYVAL,
+													  TYPALIGN_DOUBLE));
+			types[c] = TIMESTAMPTZARRAYOID;
+		}
+		else
+		{
+			args[c] = text_array(cols[c], NULL, n);
+			types[c] = TEXTARRAYOID;
+		}
+	}
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	/* (under the batch's shared-writes lock: no order needed against others) */
+	if (SPI_execute_with_args(
+							  "UPDATE kappa.ranking_results res "
+							  "   SET item_label = d.l, updated_at = now() "
+							  "  FROM unnest($1, $2, $3, $4, $5) AS d(r, ws, g, i, l) "
+							  " WHERE res.ranking = d.r AND res.window_start = d.ws "
+							  "   AND res.group_values = d.g::text[] AND res.item = d.i "
+							  "   AND res.item_label IS DISTINCT FROM d.l",
+							  5, types, args, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not write kappa.ranking_results");
+	SPI_finish();
+}
+
+/*
  * Write the batch's sums: windows first (results reference them), then
  * results, then remove groups whose count fell to zero.  Inside the batch's
  * transaction.
@@ -185,6 +250,7 @@ aggregate_flush(List *rankings)
 	Datum	   *cols[8];
 	bool	   *label_nulls;
 	bool		any_retraction = false;
+	List	   *relabel = NIL;
 	HASH_SEQ_STATUS status;
 	AggEntry   *e;
 	int			i = 0;
@@ -206,9 +272,18 @@ aggregate_flush(List *rankings)
 	hash_seq_init(&status, agg_table);
 	while ((e = hash_seq_search(&status)) != NULL)
 	{
-		/* a row added and retracted within the batch: nothing to write */
+		/*
+		 * Sums that net to zero write nothing (a row added and retracted
+		 * within the batch), unless the label changed: an update of only
+		 * the label (seller_name) retracts and adds the same amount.
+		 */
 		if (e->count == 0 && e->total.mantissa == 0)
+		{
+			if (e->label != NULL &&
+				(e->old_label == NULL || strcmp(e->label, e->old_label) != 0))
+				relabel = lappend(relabel, e);
 			continue;
+		}
 		cols[0][i] = CStringGetTextDatum(ranking_name(rankings, e->key.ranking_id));
 		cols[1][i] = TimestampTzGetDatum(e->key.window_start);
 		cols[2][i] = TimestampTzGetDatum(e->window_end);
@@ -233,7 +308,10 @@ aggregate_flush(List *rankings)
 	}
 	n = i;
 	if (n == 0)
+	{
+		relabel_results(rankings, relabel);
 		return;
+	}
 	for (int c = 0; c < 8; c++)
 	{
 		if (c == 1 || c == 2)
@@ -280,4 +358,5 @@ aggregate_flush(List *rankings)
 							  8, types, args, NULL, false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "could not clean kappa.ranking_results");
 	SPI_finish();
+	relabel_results(rankings, relabel);
 }

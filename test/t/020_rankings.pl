@@ -92,6 +92,16 @@ UPDATE sales SET sold_at = '2026-11-21T18:00:00Z' WHERE sale_id = 205;   -- move
 });
 wait_published($node);
 
+# An update of only the seller's name, in a batch of its own: its sums net
+# to zero, and the new name must still reach the result (before 0.1.5 it
+# did not: the old name stayed).
+my $phase_b_end = scalar(@{ kcat_consume($broker, 'sales-events') });
+wait_until(sub {
+	$node->safe_psql('shop', qq{SELECT coalesce(max(next_offset), 0) >= $phase_b_end FROM kappa.stream_offsets WHERE topic = 'sales-events'}) eq 't'
+}, 'stream worker through phase B');
+$node->safe_psql('shop', q{UPDATE sales SET seller_name = 'Seller S-1, renamed' WHERE sale_id = 201});
+wait_published($node);
+
 # ---- phase C: a CDC replay, and an event that closes the last day -----------
 my $topic = kcat_consume($broker, 'sales-events');
 my ($cdc) = grep { $_->{value} =~ /"connector":"postgres"/ } @$topic;
@@ -126,6 +136,13 @@ SELECT ranking || '|' || extract(epoch FROM window_start)::bigint || '|' || arra
   FROM kappa.ranking_results ORDER BY 1});
 is_deeply([ sort split /\n/, $db ], $model->result_lines, 'ranking results equal the model, exactly');
 note explain $model->result_lines;
+
+my $labels_db = $node->safe_psql('shop', q{
+SELECT ranking || '|' || extract(epoch FROM window_start)::bigint || '|' || array_to_string(group_values, chr(31))
+       || '|' || item || '|' || item_label
+  FROM kappa.ranking_results WHERE item_label IS NOT NULL ORDER BY 1});
+is_deeply([ sort split /\n/, $labels_db ], $model->label_lines, 'item labels equal the model, the renamed seller\'s too');
+like($labels_db, qr/\|S-1\|Seller S-1, renamed$/m, 'the renamed seller has the new name');
 
 my $late_db = $node->safe_psql('shop', q{SELECT ranking || '@' || "offset" FROM kappa.late_events ORDER BY 1});
 is_deeply([ split /\n/, $late_db ], [ sort map { "$_->[0]\@$_->[1]" } @{ $model->{late} } ],

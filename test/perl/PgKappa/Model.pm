@@ -240,4 +240,12 @@ sub result_lines
 	return [ sort @lines ];
 }
 
+# "ranking|ws|group|item|label" of the results that have a label.
+sub label_lines
+{
+	my ($self) = @_;
+	return [ sort map { join('|', $_->{ranking}, $_->{ws}, $_->{group}, $_->{item}, $_->{label}) }
+		  grep { defined $_->{label} } values %{ $self->{results} } ];
+}
+
 1;
