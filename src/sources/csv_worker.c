@@ -253,7 +253,20 @@ typedef struct CsvWorker
 	char		problem[512];	/* last problem, logged once */
 	MemoryContext saved_cxt;	/* the context around a ledger transaction */
 	long		backoff_ms;		/* after a Kafka delivery failure */
+
+	/*
+	 * Which resumed files count an attempt (ledger_begin): those of the
+	 * previous run that its end may be blamed on.  See read_exit_record().
+	 */
+	TimestampTz started_at;		/* this run's start */
+	bool		resume_counts_all;	/* the previous run's end is unknown */
+	int64		resume_blamed_id;	/* else only this ledger row counts */
+	int64		current_id;		/* ledger row being worked on, or 0 */
+	bool		failed;			/* this run ends in an ERROR */
 } CsvWorker;
+
+/* set by SIGTERM, read at exit: a stop is nobody's fault */
+static volatile sig_atomic_t csv_terminating = false;
 
 static CsvWorker worker;
 
@@ -1004,6 +1017,8 @@ ledger_begin(CsvFile *f, int64 size)
 	MemoryContext cxt = CurrentMemoryContext;
 	Oid			types[3] = {TEXTOID, TEXTOID, INT8OID};
 	Datum		values[3];
+	Oid			rtypes[6];
+	Datum		rvalues[6];
 	char	   *moved_to = NULL;
 	char	   *state = NULL;
 	char	   *error = NULL;
@@ -1094,16 +1109,35 @@ ledger_begin(CsvFile *f, int64 size)
 				   "error = 'replaced by another file of the same name before it was processed' "
 				   "WHERE name = $1 AND sha256 <> $2 AND state = 'processing'",
 				   2, types, values, NULL, SPI_OK_UPDATE);
-	if (ledger_execute("UPDATE kappa.csv_files SET attempts = attempts + 1, started_at = now(), size = $3 "
+	rtypes[0] = TEXTOID;
+	rtypes[1] = TEXTOID;
+	rtypes[2] = INT8OID;
+	rtypes[3] = TIMESTAMPTZOID;
+	rtypes[4] = BOOLOID;
+	rtypes[5] = INT8OID;
+	memcpy(rvalues, values, sizeof(values));
+	rvalues[3] = TimestampTzGetDatum(worker.started_at);
+	rvalues[4] = BoolGetDatum(worker.resume_counts_all);
+	rvalues[5] = Int64GetDatum(worker.resume_blamed_id);
+
+	/*
+	 * An attempt started by an earlier run of the worker counts again only
+	 * if that run's end may have been the file's doing (see
+	 * read_exit_record): a stop, or another file's error, is not.
+	 */
+	if (ledger_execute("UPDATE kappa.csv_files SET attempts = attempts + "
+					   "       CASE WHEN started_at >= $4 OR $5 OR id = $6 THEN 1 ELSE 0 END, "
+					   "       started_at = now(), size = $3 "
 					   "WHERE name = $1 AND sha256 = $2 AND state = 'processing' "
 					   "RETURNING id, attempts",
-					   3, types, values, NULL, SPI_OK_UPDATE_RETURNING) == 0)
+					   6, rtypes, rvalues, NULL, SPI_OK_UPDATE_RETURNING) == 0)
 		ledger_execute("INSERT INTO kappa.csv_files (name, sha256, size, state) "
 					   "VALUES ($1, $2, $3, 'processing') RETURNING id, attempts",
 					   3, types, values, NULL, SPI_OK_INSERT_RETURNING);
 	f->ledger_id = spi_int64(0, 1);
 	f->attempts = (int) spi_int64(0, 2);
 	commit_transaction();
+	worker.current_id = f->ledger_id;
 
 	return f->attempts > CSV_MAX_ATTEMPTS ? CSV_LEDGER_GIVE_UP : CSV_LEDGER_READ;
 }
@@ -1432,6 +1466,7 @@ complete_file(CsvFile *f)
 {
 	MemoryContext old = MemoryContextSwitchTo(f->cxt);
 
+	worker.current_id = f->ledger_id;
 	if (file_changed(f))
 	{
 		report_problem("\"%s\" changed while it was read; it will be read again once it is stable",
@@ -1480,13 +1515,17 @@ resend_failed_files(void)
 	ListCell   *lc;
 
 	foreach(lc, pending_files)
+	{
+		worker.current_id = ((CsvFile *) lfirst(lc))->ledger_id;
 		(void) kafka_wait_delivered(worker.producer, &((CsvFile *) lfirst(lc))->delivery, -1);
+	}
 	serve_kafka();
 	foreach(lc, pending_files)
 	{
 		CsvFile    *f = lfirst(lc);
 		char		msg[400];
 
+		worker.current_id = f->ledger_id;
 		if (f->delivery.failed == 0)
 		{
 			complete_file(f);
@@ -1544,6 +1583,7 @@ finish_pending_files(int keep)
 		{
 			if (list_length(pending_files) <= keep)
 				return;
+			worker.current_id = f->ledger_id;
 			source_stats_set_state(worker.stats, "waiting for Kafka to acknowledge %s: %lld of %lld rows",
 								   f->name, (long long) f->delivery.delivered,
 								   (long long) f->rows_sent);
@@ -1567,6 +1607,7 @@ send_file(CsvFile *f)
 	MemoryContext old = MemoryContextSwitchTo(f->cxt);
 	char	   *reason = NULL;
 
+	worker.current_id = f->ledger_id;
 	/* every send of a file reads it under the date order set at its start */
 	if (strcmp(GetConfigOption("DateStyle", false, false), csv_date_styles[f->date_order]) != 0)
 		SetConfigOption("DateStyle", csv_date_styles[f->date_order], PGC_SUSET, PGC_S_OVERRIDE);
@@ -1748,9 +1789,87 @@ reload_configuration(void)
 	pfree(old_inbox);
 }
 
+/* ---------------------------------------------------------------------
+ * How the previous run ended
+ *
+ * A file that makes the worker fail every time must end in failed/, so a
+ * resumed attempt counts (CSV_MAX_ATTEMPTS); but a stop (SIGTERM: a server
+ * restart, pg_terminate_backend) or another file's error is not the file's
+ * doing, and counting those sent good files to failed/ unread.  So each run
+ * leaves a record in the data directory as it exits: "clean" after a stop,
+ * "failed <ledger id>" after an ERROR (0: no file was being worked on).  No
+ * record (a crash, an immediate shutdown, a FATAL of another cause, a
+ * record that cannot be read) counts every resumed file, as before.
+ * ---------------------------------------------------------------------
+ */
+#define CSV_EXIT_RECORD		"pg_kappa_csv.exit"
+
+static void
+csv_sigterm(SIGNAL_ARGS)
+{
+	csv_terminating = true;
+	die(postgres_signal_arg);
+}
+
+static void
+read_exit_record(void)
+{
+	char		buf[64];
+	ssize_t		len = 0;
+	int			fd = open(CSV_EXIT_RECORD, O_RDONLY | PG_BINARY, 0);
+	long long	id;
+
+	worker.started_at = GetCurrentTimestamp();
+	worker.resume_counts_all = true;
+	worker.resume_blamed_id = 0;
+	if (fd < 0)
+		return;
+	len = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (unlink(CSV_EXIT_RECORD) != 0)
+		ereport(WARNING,
+				(errcode_for_file_access(),
+				 errmsg("could not remove file \"%s\": %m", CSV_EXIT_RECORD)));
+	if (len <= 0)
+		return;
+	buf[len] = '\0';
+	if (strcmp(buf, "clean\n") == 0)
+		worker.resume_counts_all = false;
+	else if (sscanf(buf, "failed %lld\n", &id) == 1 && id >= 0)
+	{
+		worker.resume_counts_all = false;
+		worker.resume_blamed_id = (int64) id;
+	}
+}
+
+/* (at exit: plain system calls, nothing that could raise an error) */
+static void
+write_exit_record(void)
+{
+	char		buf[64];
+	int			len;
+	int			fd;
+	bool		ok;
+
+	if (worker.failed)
+		len = snprintf(buf, sizeof(buf), "failed %lld\n", (long long) worker.current_id);
+	else if (csv_terminating)
+		len = snprintf(buf, sizeof(buf), "clean\n");
+	else
+		return;
+	fd = open(CSV_EXIT_RECORD ".tmp", O_WRONLY | O_CREAT | O_TRUNC | PG_BINARY, 0600);
+	if (fd < 0)
+		return;
+	ok = write(fd, buf, len) == len;
+	ok = close(fd) == 0 && ok;
+	if (!ok || rename(CSV_EXIT_RECORD ".tmp", CSV_EXIT_RECORD) != 0)
+		(void) unlink(CSV_EXIT_RECORD ".tmp");
+}
+
 static void
 csv_worker_shutdown(int code, Datum arg)
 {
+	write_exit_record();
 	if (worker.stats)
 	{
 		SpinLockAcquire(&worker.stats->mutex);
@@ -1781,6 +1900,8 @@ kappa_csv_worker_main(Datum main_arg)
 	SetConfigOption("synchronous_commit", "on", PGC_SUSET, PGC_S_OVERRIDE);
 
 	memset(&worker, 0, sizeof(worker));
+	pqsignal(SIGTERM, csv_sigterm);
+	read_exit_record();
 	worker.stats = source_stats_attach("csv");
 	worker.owner = ResourceOwnerCreate(NULL, "pg_kappa csv inbox");
 	reset_candidates();
@@ -1797,6 +1918,7 @@ kappa_csv_worker_main(Datum main_arg)
 			MemoryContext old;
 
 			CHECK_FOR_INTERRUPTS();
+			worker.current_id = 0;
 			if (ConfigReloadPending)
 				reload_configuration();
 			MemoryContextReset(loop_cxt);
@@ -1835,7 +1957,9 @@ kappa_csv_worker_main(Datum main_arg)
 			foreach(lc, ready)
 			{
 				start_file(lfirst(lc), loop_cxt);
+				worker.current_id = 0;
 				finish_pending_files(CSV_MAX_PENDING_FILES - 1);
+				worker.current_id = 0;
 				CHECK_FOR_INTERRUPTS();
 				if (ConfigReloadPending)
 					break;
@@ -1854,7 +1978,11 @@ kappa_csv_worker_main(Datum main_arg)
 	{
 		ErrorData  *edata;
 
-		/* keep the reason visible in kappa.stat_sources, then exit */
+		/*
+		 * Keep the reason visible in kappa.stat_sources, and the file being
+		 * worked on for the exit record, then exit.
+		 */
+		worker.failed = true;
 		MemoryContextSwitchTo(TopMemoryContext);
 		edata = CopyErrorData();
 		source_stats_error(worker.stats, edata->message);

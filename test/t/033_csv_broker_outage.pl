@@ -247,4 +247,68 @@ wait_until(sub { $node->safe_psql('shop', q{SELECT count(*) FROM kappa.csv_files
 is($node->safe_psql('shop', qq{SELECT rows_ingested || ' ' || attempts FROM kappa.csv_files WHERE name = '$late'}),
 	"$rewritten 1", 'the fifth read whole, once it was stable again');
 
+# ---- stops of the worker are not attempts of the file it holds -------------
+# Kafka holds a file up, and the worker is stopped six times meanwhile (a
+# server restart, pg_terminate_backend): none of it is the file's doing, so
+# no stop counts an attempt (0.1.5; before, each resumed run counted one,
+# and after five the good file went to failed/ unread).
+my $drop = sub {
+	my ($name, @ids) = @_;
+	open my $out, '>:raw', "$inbox/.$name.tmp" or die $!;
+	print $out $header . join('', map { "$_,ST-1,S-1,Ana,Huesca,ES,1.00,EUR,2026-11-20T10:00:00Z\n" } @ids);
+	close $out;
+	rename("$inbox/.$name.tmp", "$inbox/$name") or die $!;
+};
+$node->append_conf('postgresql.conf', "kappa.csv_stable_ms = 300");
+$node->reload;
+$broker->control('down all');
+$drop->('sales_stopped.csv', 60001 .. 60003);
+# (state and start of the file's attempt: a resume changes the start)
+my $started_sql = q{SELECT coalesce(max(state || ' ' || started_at), '') FROM kappa.csv_files WHERE name = 'sales_stopped.csv'};
+wait_until(sub { $node->safe_psql('shop', $started_sql) ne '' }, 'the worker to start the file');
+for my $stop (1 .. 6)
+{
+	my $started = $node->safe_psql('shop', $started_sql);
+	last unless $started =~ /^processing /;    # (given up: the test fails below)
+	$node->safe_psql('shop', q{SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'pg_kappa csv inbox'});
+	wait_until(sub { my $now = $node->safe_psql('shop', $started_sql); $now ne '' && $now ne $started },
+		"the worker to resume the file after stop $stop");
+}
+is($node->safe_psql('shop', q{SELECT state || ' ' || attempts FROM kappa.csv_files WHERE name = 'sales_stopped.csv'}),
+	'processing 1', 'six stops counted no attempt');
+$broker->control('up all');
+wait_until(sub { -e "$inbox/processed/sales_stopped.csv" }, 'the stopped file processed once Kafka is back');
+is($node->safe_psql('shop', q{SELECT state || ' ' || rows_ingested || ' ' || attempts FROM kappa.csv_files WHERE name = 'sales_stopped.csv'}),
+	'processed 3 1', 'processed, in its one attempt');
+
+# ---- an error counts an attempt of the file it came from, and of no other ----
+# Recording one file fails (a trigger refuses it) while another waits behind
+# it: the first goes to failed/ after five attempts; the other's resumed
+# runs are not attempts of it.
+$node->safe_psql('shop', q{
+CREATE FUNCTION public.refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF NEW.name = 'sales_a_poison.csv' AND NEW.state = 'processed' THEN
+    RAISE EXCEPTION 'this file may not be recorded';
+  END IF;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER refuse_poison BEFORE UPDATE ON kappa.csv_files
+  FOR EACH ROW EXECUTE FUNCTION public.refuse_poison();
+});
+$broker->control('down all');
+$drop->('sales_a_poison.csv', 60101 .. 60102);
+$drop->('sales_b_waiting.csv', 60201 .. 60202);
+wait_until(sub { $node->safe_psql('shop', q{SELECT count(*) FROM kappa.csv_files WHERE name IN ('sales_a_poison.csv', 'sales_b_waiting.csv') AND state = 'processing'}) eq '2' },
+	'the worker to start both files');
+$broker->control('up all');
+wait_until(sub { -e "$inbox/failed/sales_a_poison.csv" && !-e "$inbox/sales_b_waiting.csv" },
+	'the refused file to fail and the other to leave the inbox');
+is($node->safe_psql('shop', q{SELECT attempts || ' ' || error FROM kappa.csv_files WHERE name = 'sales_a_poison.csv'}),
+	'6 gave up after 5 attempts; the last error was: this file may not be recorded',
+	'the file whose recording failed five times is given up, with the reason');
+is($node->safe_psql('shop', q{SELECT state || ' ' || attempts FROM kappa.csv_files WHERE name = 'sales_b_waiting.csv'}),
+	'processed 1', 'the file waiting behind it counted no attempt of its failures');
+$node->safe_psql('shop', 'DROP TRIGGER refuse_poison ON kappa.csv_files; DROP FUNCTION public.refuse_poison()');
+
 done_testing();
