@@ -23,6 +23,8 @@
  *                      error CODE (10: message too large), appending
  *                      nothing (the mock never checks max.message.bytes)
  *   clear-produce-errors   forget those not used yet
+ *   topic-error NAME CODE  metadata answers Kafka error CODE for topic NAME
+ *                      (3: unknown topic, as if it did not exist; 0: clear)
  *   stop               exit, as on SIGTERM
  * Each command is acknowledged by a line "ok <command>" (or "error ...")
  * on stdout.
@@ -129,6 +131,12 @@ run_command(rd_kafka_mock_cluster_t *mcluster, int nbrokers, char *line,
 		/* ApiKey 0 is Produce */
 		for (int i = atoi(arg2); i > 0; i--)
 			rd_kafka_mock_push_request_errors(mcluster, 0, 1, (rd_kafka_resp_err_t) atoi(arg1));
+		ok = 0;
+	}
+	else if (n == 3 && strcmp(verb, "topic-error") == 0 && atoi(arg2) >= 0)
+	{
+		/* metadata answers this error for the topic (0: none again) */
+		rd_kafka_mock_topic_set_error(mcluster, arg1, (rd_kafka_resp_err_t) atoi(arg2));
 		ok = 0;
 	}
 	else if (n == 1 && strcmp(verb, "clear-produce-errors") == 0)

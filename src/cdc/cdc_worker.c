@@ -550,11 +550,23 @@ produce_message(KappaDecodingState *data, StringInfo value)
 			txn->failed = true;
 			return;
 		}
+		/*
+		 * Any other refusal (a topic the cluster says does not exist, a
+		 * partition gone, a fatal producer) is dealt with the same way:
+		 * the topic may be created, the producer made anew, and exiting
+		 * would only have the postmaster restart the publisher on the same
+		 * change every few seconds, without backoff.
+		 */
 		if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
-			ereport(ERROR,
-					(errcode(kafka_sqlstate(err)),
-					 errmsg("could not produce to Kafka topic \"%s\": %s",
-							topic, rd_kafka_err2str(err))));
+		{
+			snprintf(worker.refused, sizeof(worker.refused),
+					 "librdkafka refused a change for topic \"%s\" (transaction committed at %X/%X): %s",
+					 topic, LSN_FORMAT_ARGS(data->commit_lsn), rd_kafka_err2str(err));
+			worker.delivery_failed = true;
+			worker.delivery_error = err;
+			txn->failed = true;
+			return;
+		}
 
 		/* Kafka is slower than decoding: wait for acknowledgements. */
 		if (!waiting)

@@ -1,7 +1,8 @@
 # The broker goes away while rows commit: the publisher stops confirming,
 # retries, and resumes when the broker is back; nothing is lost.  A change
 # too large for Kafka holds the publisher, with backoff and the reason in
-# kappa.cdc_status, until the limit is raised.
+# kappa.cdc_status, until the limit is raised; so does a topic the cluster
+# says does not exist, until it does.
 use strict;
 use warnings;
 
@@ -114,6 +115,32 @@ $node->reload;
 wait_published($node);
 ($changes, $ids, $mismatched) = topic_state();
 is($ids, $next - 1, 'with the limit raised, every row reached the topic, the large one too');
+is($mismatched, 0, 'any replay is an exact copy');
+is($node->safe_psql('shop', 'SELECT pid FROM kappa.cdc_status'), $pid, 'the same publisher all along');
+
+# 3b. The cluster says the topic does not exist: librdkafka refuses the
+#    changes at once, as it does a change too large.  The publisher retries
+#    with backoff, saying why, until the topic is there (0.1.5; before, it
+#    failed, and the postmaster restarted it every few seconds).  The
+#    changed options make a new producer, which asks for the topic anew.
+$broker->control('topic-error sales-events 3');
+$node->append_conf('postgresql.conf',
+	"kappa.kafka_options = 'message.max.bytes=100000,topic.metadata.propagation.max.ms=500,topic.metadata.refresh.interval.ms=1000'");
+$node->reload;
+insert_batch(5);
+wait_until(sub {
+	$node->safe_psql('shop', 'SELECT last_error FROM kappa.cdc_status') =~ /librdkafka refused a change/
+}, 'publisher to say the topic is refused');
+like($node->safe_psql('shop', 'SELECT last_error FROM kappa.cdc_status'),
+	qr{^kafka delivery failed: librdkafka refused a change for topic "sales-events" \(transaction committed at [0-9A-F]+/[0-9A-F]+\): Local: Unknown topic; publishing again from the last confirmed position$},
+	'kappa.cdc_status names the topic and what librdkafka said');
+my $retries = $node->safe_psql('shop', 'SELECT retries FROM kappa.cdc_status');
+wait_until(sub { $node->safe_psql('shop', 'SELECT retries FROM kappa.cdc_status') > $retries }, 'another retry');
+is($node->safe_psql('shop', 'SELECT pid FROM kappa.cdc_status'), $pid, 'the publisher did not exit');
+$broker->control('topic-error sales-events 0');
+wait_published($node);
+($changes, $ids, $mismatched) = topic_state();
+is($ids, $next - 1, 'once the topic is there, every row reached the topic');
 is($mismatched, 0, 'any replay is an exact copy');
 is($node->safe_psql('shop', 'SELECT pid FROM kappa.cdc_status'), $pid, 'the same publisher all along');
 
