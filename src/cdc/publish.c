@@ -414,6 +414,47 @@ snapshot_rows(Relation rel, const char *topic)
  * when each change is published).  Returns the number of existing rows sent
  * as snapshot ("r") events, or NULL if the table was already published.
  */
+/*
+ * The table's row of kappa.published_tables as committed now, whatever the
+ * transaction's snapshot: its topic (NULL: kappa.sales_topic's), *found
+ * false if there is none.  Inside SPI.
+ */
+static char *
+published_topic_now(Oid relid, bool *found)
+{
+	Oid			argtypes[1] = {OIDOID};
+	Datum		args[1] = {ObjectIdGetDatum(relid)};
+	SPIPlanPtr	plan = SPI_prepare("SELECT topic FROM kappa.published_tables WHERE relid = $1",
+								   1, argtypes);
+	char	   *topic = NULL;
+
+	if (plan == NULL ||
+		SPI_execute_snapshot(plan, args, NULL, GetLatestSnapshot(), InvalidSnapshot,
+							 true, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read kappa.published_tables");
+	*found = SPI_processed > 0;
+	if (*found)
+		topic = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	SPI_freeplan(plan);
+	return topic;
+}
+
+/*
+ * A publish or unpublish of the table committed after this REPEATABLE READ
+ * or SERIALIZABLE transaction took its snapshot: fail as PostgreSQL does
+ * on such a conflict, with an error to retry on.
+ */
+static void
+report_concurrent_publish(const char *relname, bool published)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+			 errmsg("could not serialize access due to a concurrent kappa.publish_table() or kappa.unpublish_table()"),
+			 errdetail("Table \"%s\" was %s by a transaction that committed after this one took its snapshot.",
+					   relname, published ? "published" : "unpublished"),
+			 errhint("Retry the transaction.")));
+}
+
 Datum
 kappa_publish_table(PG_FUNCTION_ARGS)
 {
@@ -481,27 +522,12 @@ kappa_publish_table(PG_FUNCTION_ARGS)
 	{
 		bool		found = SPI_processed > 0;
 		char	   *seen = found ? SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1) : NULL;
-		SPIPlanPtr	plan = SPI_prepare("SELECT topic FROM kappa.published_tables WHERE relid = $1",
-									   1, argtypes);
 		bool		latest_found;
-		char	   *latest = NULL;
+		char	   *latest = published_topic_now(relid, &latest_found);
 
-		if (plan == NULL ||
-			SPI_execute_snapshot(plan, args, NULL, GetLatestSnapshot(), InvalidSnapshot,
-								 true, false, 1) != SPI_OK_SELECT)
-			elog(ERROR, "could not read kappa.published_tables");
-		latest_found = SPI_processed > 0;
-		if (latest_found)
-			latest = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 		if (found != latest_found || (seen == NULL) != (latest == NULL) ||
 			(seen && strcmp(seen, latest) != 0))
-			ereport(ERROR,
-					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-					 errmsg("could not serialize access due to a concurrent kappa.publish_table() or kappa.unpublish_table()"),
-					 errdetail("Table \"%s\" was %s by a transaction that committed after this one took its snapshot.",
-							   RelationGetRelationName(rel), latest_found ? "published" : "unpublished"),
-					 errhint("Retry the transaction.")));
-		SPI_freeplan(plan);
+			report_concurrent_publish(RelationGetRelationName(rel), latest_found);
 		/* the first query's result again, for what follows */
 		if (SPI_execute_with_args("SELECT topic FROM kappa.published_tables WHERE relid = $1",
 								  1, argtypes, args, NULL, false, 1) != SPI_OK_SELECT)
@@ -680,21 +706,11 @@ kappa_unpublish_table(PG_FUNCTION_ARGS)
 	 */
 	if (!removed && IsolationUsesXactSnapshot())
 	{
-		SPIPlanPtr	plan = SPI_prepare("SELECT 1 FROM kappa.published_tables WHERE relid = $1",
-									   1, argtypes);
+		bool		published_now;
 
-		if (plan == NULL ||
-			SPI_execute_snapshot(plan, args, NULL, GetLatestSnapshot(), InvalidSnapshot,
-								 true, false, 1) != SPI_OK_SELECT)
-			elog(ERROR, "could not read kappa.published_tables");
-		if (SPI_processed > 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-					 errmsg("could not serialize access due to a concurrent kappa.publish_table() or kappa.unpublish_table()"),
-					 errdetail("Table \"%s\" was published by a transaction that committed after this one took its snapshot.",
-							   get_rel_name(relid)),
-					 errhint("Retry the transaction.")));
-		SPI_freeplan(plan);
+		(void) published_topic_now(relid, &published_now);
+		if (published_now)
+			report_concurrent_publish(get_rel_name(relid), true);
 	}
 	restore_caller(&owner_state);
 	SPI_finish();

@@ -385,7 +385,10 @@ kappa_soap_decode(PG_FUNCTION_ARGS)
 
 	InitMaterializedSRF(fcinfo, 0);
 
-	/* no response, no rows (as if STRICT; the function is not, for its defaults) */
+	/*
+	 * No response, no rows.  (The function is not STRICT so that a NULL
+	 * endpoint or page reads as the empty default, not as no answer.)
+	 */
 	if (PG_ARGISNULL(0))
 		return (Datum) 0;
 	response = PG_GETARG_TEXT_PP(0);
