@@ -188,3 +188,14 @@ SELECT s,
             pg_temp.confirmation('PAY', '1', 'CONFIRMED', '1', 'EUR', s))) d
  ORDER BY s;
 RESET TimeZone;
+
+-- amounts the stream workers can carry (36 significant digits, 36 after the
+-- point) are sent; longer ones are dead letters that say so (0.1.5)
+SELECT a.n, d.kind, CASE d.kind WHEN 'message' THEN (d.value::jsonb) -> 'after' ->> 'amount' ELSE d.error END AS amount_or_error
+  FROM (VALUES (1, repeat('9', 36)), (2, repeat('9', 37)), (3, '-' || repeat('9', 36)),
+               (4, '0.' || repeat('0', 35) || '1'), (5, '0.' || repeat('0', 36) || '1'),
+               (6, repeat('0', 40) || '1.50'), (7, '1.' || repeat('0', 36)),
+               (8, repeat('1', 20) || '.' || repeat('1', 17))) AS a(n, amount),
+       kappa.soap_decode(pg_temp.response(
+            pg_temp.confirmation('PAY-A' || n, n::text, 'CONFIRMED', amount, 'EUR', '2026-11-21T10:00:00Z'))) d
+ ORDER BY a.n;

@@ -218,6 +218,33 @@ check_id(const char *value, const char *name)
 }
 
 /*
+ * Can the stream workers read this amount (numeric_out's spelling)?  They
+ * keep at most 36 significant digits and 36 after the point, leading zeros
+ * after the point included.
+ */
+static bool
+amount_fits_stream(const char *amount)
+{
+	int			significant = 0;
+	int			scale = 0;
+	bool		dot = false;
+
+	for (const char *q = amount; *q; q++)
+	{
+		if (*q == '.')
+			dot = true;
+		else if (isdigit((unsigned char) *q))
+		{
+			if (significant > 0 || *q != '0')
+				significant++;
+			if (dot)
+				scale++;
+		}
+	}
+	return significant <= 36 && scale <= 36;
+}
+
+/*
  * Check one confirmation.  The time is read first and kept even when
  * another field is wrong: the poller's watermark counts every confirmation
  * the service sent.
@@ -296,6 +323,18 @@ soap_check_confirmation(SoapConfirmation *c, SoapPayment *p)
 																	   CStringGetDatum(c->amount),
 																	   ObjectIdGetDatum(InvalidOid),
 																	   Int32GetDatum(-1))));
+
+	/*
+	 * The stream workers compute in 36 digits: an amount they cannot carry
+	 * is refused here, saying so, rather than sent to be refused there as
+	 * "not a decimal number".
+	 */
+	if (!amount_fits_stream(p->amount))
+	{
+		p->error = psprintf("invalid Amount %s: more than 36 significant digits or more than 36 after the point",
+							quote_value(c->amount));
+		p->amount = NULL;
+	}
 }
 
 /*

@@ -244,7 +244,9 @@ payments_record(const char *raw, size_t len, const char *source_topic, const cha
 
 		if (!decimal_parse(&f[3], &amount))
 		{
-			*error = "the payment amount is not a decimal number";
+			*error = decimal_spelling(&f[3]) ?
+				"the payment amount is a decimal of more than 36 significant digits or more than 36 after the point" :
+				"the payment amount is not a decimal number";
 			return false;
 		}
 		initStringInfo(&buf);

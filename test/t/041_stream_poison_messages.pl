@@ -116,7 +116,7 @@ wait_until(sub { $node->safe_psql('shop', q{SELECT count(*) FROM kappa.dead_lett
 	'the two decimals of scale 201 refused');
 is($node->safe_psql('shop', q{SELECT string_agg(topic || '[' || "offset" || ']: ' || error, E'\n' ORDER BY topic) FROM kappa.dead_letters WHERE topic IN ('payment-confirmations', 'partial-city-totals') AND error LIKE '%decimal%'}),
 	"partial-city-totals[13]: ranking \"city_from_partials\": total_sales is missing or not a decimal number\n"
-	  . "payment-confirmations[0]: the payment amount is not a decimal number",
+	  . "payment-confirmations[0]: the payment amount is a decimal of more than 36 significant digits or more than 36 after the point",
 	'an amount and a total with 200 zeros after the point: dead letters');
 wait_until(sub { $node->safe_psql('shop', q{SELECT count(*) FROM kappa.dead_letters WHERE (topic, "offset") IN (('payment-confirmations', 1), ('partial-city-totals', 14))}) eq '2' },
 	'the payment and the window result that are not UTF-8 read');
