@@ -715,7 +715,7 @@ decoder_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 			 * so that every key's history stays in its own partition.
 			 */
 			if (oldtuple && newtuple)
-				newtuple = envelope_inline_unchanged_key(entry->encoder, desc, oldtuple, newtuple);
+				newtuple = envelope_inline_unchanged_toast(entry->encoder, desc, oldtuple, newtuple);
 			if (oldtuple && newtuple &&
 				envelope_keys_differ(entry->encoder, desc, oldtuple, newtuple))
 			{

@@ -704,22 +704,23 @@ envelope_append_key(StringInfo out, KappaTableEncoder *te, TupleDesc desc,
 }
 
 /*
- * An update that left a TOASTed key column alone carries it in the new row
- * as a pointer to its TOAST value, which decoding does not read (the row
- * would show the unavailable marker, and the key would seem changed);
- * PostgreSQL then logs the old key with the value in line.  The new row,
- * with those key values put back in line from the old one.
+ * An update that left a TOASTed column alone carries it in the new row as a
+ * pointer to its TOAST value, which decoding does not read (the row would
+ * show the unavailable marker, and a key would seem changed).  The old row
+ * PostgreSQL logs has such values in line: the key columns always, every
+ * column under REPLICA IDENTITY FULL (the others are null in a key-only old
+ * row, and stay marked).  The new row, with those values put back in line.
  */
 HeapTuple
-envelope_inline_unchanged_key(KappaTableEncoder *te, TupleDesc desc,
-							  HeapTuple oldtuple, HeapTuple newtuple)
+envelope_inline_unchanged_toast(KappaTableEncoder *te, TupleDesc desc,
+								HeapTuple oldtuple, HeapTuple newtuple)
 {
 	Datum	   *values = NULL;
 	bool	   *nulls = NULL;
 
-	for (int k = 0; k < te->nkeys; k++)
+	for (int c = 0; c < te->ncolumns; c++)
 	{
-		KappaColumn *col = &te->columns[te->keys[k]];
+		KappaColumn *col = &te->columns[c];
 		Form_pg_attribute att = TupleDescAttr(desc, col->attindex);
 		bool		newnull,
 					oldnull;

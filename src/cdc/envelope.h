@@ -87,8 +87,8 @@ extern void envelope_append_row_text(StringInfo out, KappaTableEncoder *te,
 									 bool identity_only, bool decoded);
 extern bool envelope_append_key(StringInfo out, KappaTableEncoder *te,
 								TupleDesc desc, HeapTuple tuple);
-extern HeapTuple envelope_inline_unchanged_key(KappaTableEncoder *te, TupleDesc desc,
-												 HeapTuple oldtuple, HeapTuple newtuple);
+extern HeapTuple envelope_inline_unchanged_toast(KappaTableEncoder *te, TupleDesc desc,
+												HeapTuple oldtuple, HeapTuple newtuple);
 extern bool envelope_keys_differ(KappaTableEncoder *te, TupleDesc desc,
 								 HeapTuple oldtuple, HeapTuple newtuple);
 
