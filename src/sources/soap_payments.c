@@ -23,6 +23,7 @@
 #include "funcapi.h"
 #include "mb/pg_wchar.h"
 #include "sources/soap.h"
+#include "stream/event.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
 #include "utils/fmgrprotos.h"
@@ -218,30 +219,16 @@ check_id(const char *value, const char *name)
 }
 
 /*
- * Can the stream workers read this amount (numeric_out's spelling)?  They
- * keep at most 36 significant digits and 36 after the point, leading zeros
- * after the point included.
+ * Can the stream workers read this amount (numeric_out's spelling)?  Asked
+ * of the stream's own decimal reader, so that the limit lives in one place.
  */
 static bool
 amount_fits_stream(const char *amount)
 {
-	int			significant = 0;
-	int			scale = 0;
-	bool		dot = false;
+	JsonSpan	span = {amount, (int) strlen(amount), JSON_SPAN_NUMBER};
+	KappaDecimal d;
 
-	for (const char *q = amount; *q; q++)
-	{
-		if (*q == '.')
-			dot = true;
-		else if (isdigit((unsigned char) *q))
-		{
-			if (significant > 0 || *q != '0')
-				significant++;
-			if (dot)
-				scale++;
-		}
-	}
-	return significant <= 36 && scale <= 36;
+	return decimal_parse(&span, &d);
 }
 
 /*
