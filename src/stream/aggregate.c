@@ -161,6 +161,15 @@ text_array(Datum *elems, bool *nulls, int n)
 											  TEXTOID, -1, false, TYPALIGN_INT));
 }
 
+/* times as they are: no text form to print and parse again */
+static Datum
+timestamptz_array(Datum *elems, int n)
+{
+	return PointerGetDatum(construct_array(elems, n, TIMESTAMPTZOID,
+										   sizeof(TimestampTz), FLOAT8PASSBYVAL,
+										   TYPALIGN_DOUBLE));
+}
+
 static const char *
 ranking_name(List *rankings, int id)
 {
@@ -212,9 +221,7 @@ relabel_results(List *rankings, List *entries)
 	{
 		if (c == 1)
 		{
-			args[c] = PointerGetDatum(construct_array(cols[c], n, TIMESTAMPTZOID,
-													  sizeof(TimestampTz), FLOAT8PASSBYVAL,
-													  TYPALIGN_DOUBLE));
+			args[c] = timestamptz_array(cols[c], n);
 			types[c] = TIMESTAMPTZARRAYOID;
 		}
 		else
@@ -316,10 +323,7 @@ aggregate_flush(List *rankings)
 	{
 		if (c == 1 || c == 2)
 		{
-			/* times as they are: no text form to print and parse again */
-			args[c] = PointerGetDatum(construct_array(cols[c], n, TIMESTAMPTZOID,
-													  sizeof(TimestampTz), FLOAT8PASSBYVAL,
-													  TYPALIGN_DOUBLE));
+			args[c] = timestamptz_array(cols[c], n);
 			types[c] = TIMESTAMPTZARRAYOID;
 		}
 		else
