@@ -290,6 +290,16 @@ typedef struct CsvFile
 	MemoryContext cxt;			/* everything of the file's */
 } CsvFile;
 
+/*
+ * Name the file whose step starts now (NULL: none), for the exit record an
+ * ERROR leaves: the next run counts an attempt against that file only.
+ */
+static inline void
+work_on(const CsvFile *f)
+{
+	worker.current_id = f ? f->ledger_id : 0;
+}
+
 /* What a refused row leaves in CsvFile.dead_letters, before its bytes. */
 typedef struct CsvDeadLetterHeader
 {
@@ -1137,7 +1147,7 @@ ledger_begin(CsvFile *f, int64 size)
 	f->ledger_id = spi_int64(0, 1);
 	f->attempts = (int) spi_int64(0, 2);
 	commit_transaction();
-	worker.current_id = f->ledger_id;
+	work_on(f);
 
 	return f->attempts > CSV_MAX_ATTEMPTS ? CSV_LEDGER_GIVE_UP : CSV_LEDGER_READ;
 }
@@ -1466,7 +1476,7 @@ complete_file(CsvFile *f)
 {
 	MemoryContext old = MemoryContextSwitchTo(f->cxt);
 
-	worker.current_id = f->ledger_id;
+	work_on(f);
 	if (file_changed(f))
 	{
 		report_problem("\"%s\" changed while it was read; it will be read again once it is stable",
@@ -1516,7 +1526,7 @@ resend_failed_files(void)
 
 	foreach(lc, pending_files)
 	{
-		worker.current_id = ((CsvFile *) lfirst(lc))->ledger_id;
+		work_on(lfirst(lc));
 		(void) kafka_wait_delivered(worker.producer, &((CsvFile *) lfirst(lc))->delivery, -1);
 	}
 	serve_kafka();
@@ -1525,7 +1535,7 @@ resend_failed_files(void)
 		CsvFile    *f = lfirst(lc);
 		char		msg[400];
 
-		worker.current_id = f->ledger_id;
+		work_on(f);
 		if (f->delivery.failed == 0)
 		{
 			complete_file(f);
@@ -1583,7 +1593,7 @@ finish_pending_files(int keep)
 		{
 			if (list_length(pending_files) <= keep)
 				return;
-			worker.current_id = f->ledger_id;
+			work_on(f);
 			source_stats_set_state(worker.stats, "waiting for Kafka to acknowledge %s: %lld of %lld rows",
 								   f->name, (long long) f->delivery.delivered,
 								   (long long) f->rows_sent);
@@ -1607,7 +1617,7 @@ send_file(CsvFile *f)
 	MemoryContext old = MemoryContextSwitchTo(f->cxt);
 	char	   *reason = NULL;
 
-	worker.current_id = f->ledger_id;
+	work_on(f);
 	/* every send of a file reads it under the date order set at its start */
 	if (strcmp(GetConfigOption("DateStyle", false, false), csv_date_styles[f->date_order]) != 0)
 		SetConfigOption("DateStyle", csv_date_styles[f->date_order], PGC_SUSET, PGC_S_OVERRIDE);
@@ -1918,7 +1928,7 @@ kappa_csv_worker_main(Datum main_arg)
 			MemoryContext old;
 
 			CHECK_FOR_INTERRUPTS();
-			worker.current_id = 0;
+			work_on(NULL);
 			if (ConfigReloadPending)
 				reload_configuration();
 			MemoryContextReset(loop_cxt);
@@ -1957,9 +1967,9 @@ kappa_csv_worker_main(Datum main_arg)
 			foreach(lc, ready)
 			{
 				start_file(lfirst(lc), loop_cxt);
-				worker.current_id = 0;
+				work_on(NULL);
 				finish_pending_files(CSV_MAX_PENDING_FILES - 1);
-				worker.current_id = 0;
+				work_on(NULL);
 				CHECK_FOR_INTERRUPTS();
 				if (ConfigReloadPending)
 					break;
