@@ -474,3 +474,20 @@ SELECT s.key AS sale_id, s.topic,
 REVOKE SELECT ON kappa.dead_letters FROM pg_monitor;
 GRANT SELECT (id, source, topic, partition, "offset", file, line, error, received_at)
     ON kappa.dead_letters TO pg_monitor, kappa_admin;
+
+-- kappa.stat_consumers.lag stayed at 1 for every partition a transactional
+-- producer writes (Kafka Streams or Kafka Connect exactly-once, Debezium):
+-- its commit markers take offsets no message has.  A partition caught up
+-- (the stream workers' fetch position steps over markers) has no lag.
+CREATE OR REPLACE VIEW kappa.stat_consumers AS
+SELECT o.consumer_group, o.topic, o.partition, w.worker, o.owner_pid AS pid,
+       coalesce(w.state, 'not running') AS state,
+       o.next_offset, o.high_watermark,
+       CASE WHEN o.caught_up THEN 0::bigint
+            WHEN o.next_offset >= 0 AND o.high_watermark IS NOT NULL
+            THEN greatest(o.high_watermark - o.next_offset, 0) END AS lag,
+       o.stream_time, o.last_record_at, o.caught_up,
+       w.messages, w.events_applied, w.duplicates, w.late_events, w.dead_letters,
+       w.last_batch_at, w.last_error, w.last_error_at
+  FROM kappa.stream_offsets o
+  LEFT JOIN kappa.stream_worker_status() w ON w.pid = o.owner_pid;

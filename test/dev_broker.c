@@ -25,6 +25,12 @@
  *   clear-produce-errors   forget those not used yet
  *   topic-error NAME CODE  metadata answers Kafka error CODE for topic NAME
  *                      (3: unknown topic, as if it did not exist; 0: clear)
+ *   commit-marker NAME PARTITION
+ *                      append a transaction commit marker (a control
+ *                      record) to the partition, as a real broker does
+ *                      when a transactional producer commits: the mock's
+ *                      own transactions write none, so its high watermark
+ *                      never runs one past the last message
  *   stop               exit, as on SIGTERM
  * Each command is acknowledged by a line "ok <command>" (or "error ...")
  * on stdout.
@@ -33,16 +39,20 @@
  * drops the oldest beyond that; spread big tests over partitions.
  */
 #define _GNU_SOURCE
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <librdkafka/rdkafka.h>
@@ -110,6 +120,222 @@ set_brokers(rd_kafka_mock_cluster_t *mcluster, int nbrokers, const char *which,
 	return 0;
 }
 
+/* ---------------------------------------------------------------------
+ * commit-marker: a Produce request written by hand, because no client
+ * sends control records (brokers write them) and the mock has no call
+ * for them.  Kafka protocol: Produce v3, one RecordBatch v2 with the
+ * transactional and control attributes and one COMMIT control record.
+ * ---------------------------------------------------------------------
+ */
+typedef struct Buf
+{
+	unsigned char data[512];
+	size_t		len;
+} Buf;
+
+static void
+put(Buf *b, const void *p, size_t n)
+{
+	if (b->len + n <= sizeof(b->data))
+		memcpy(b->data + b->len, p, n);
+	b->len += n;
+}
+
+static void
+put_i8(Buf *b, int v)
+{
+	unsigned char c = (unsigned char) v;
+
+	put(b, &c, 1);
+}
+
+static void
+put_i16(Buf *b, int v)
+{
+	unsigned char c[2] = {(unsigned char) (v >> 8), (unsigned char) v};
+
+	put(b, c, 2);
+}
+
+static void
+put_i32(Buf *b, long long v)
+{
+	for (int shift = 24; shift >= 0; shift -= 8)
+		put_i8(b, (int) ((v >> shift) & 0xff));
+}
+
+static void
+put_i64(Buf *b, long long v)
+{
+	put_i32(b, (v >> 32) & 0xffffffffLL);
+	put_i32(b, v & 0xffffffffLL);
+}
+
+/* zigzag varint, as record fields are written */
+static void
+put_varint(Buf *b, long long v)
+{
+	unsigned long long u = ((unsigned long long) v << 1) ^ (unsigned long long) (v >> 63);
+
+	while (u >= 0x80)
+	{
+		put_i8(b, (int) ((u & 0x7f) | 0x80));
+		u >>= 7;
+	}
+	put_i8(b, (int) u);
+}
+
+static void
+set_i32(Buf *b, size_t at, unsigned long v)
+{
+	for (int i = 0; i < 4; i++)
+		b->data[at + i] = (unsigned char) (v >> (24 - 8 * i));
+}
+
+/* CRC-32C (Castagnoli), which RecordBatch v2 carries */
+static unsigned long
+crc32c(const unsigned char *p, size_t n)
+{
+	unsigned long crc = 0xffffffffUL;
+
+	while (n--)
+	{
+		crc ^= *p++;
+		for (int k = 0; k < 8; k++)
+			crc = (crc >> 1) ^ (0x82f63b78UL & (0UL - (crc & 1)));
+	}
+	return crc ^ 0xffffffffUL;
+}
+
+static int
+read_full(int fd, unsigned char *p, size_t n)
+{
+	while (n > 0)
+	{
+		ssize_t		got = read(fd, p, n);
+
+		if (got <= 0)
+			return -1;
+		p += got;
+		n -= (size_t) got;
+	}
+	return 0;
+}
+
+/* The Kafka error code of the answer, or -1 when there is none. */
+static int
+send_commit_marker(const char *host, int port, const char *topic, int partition)
+{
+	Buf			batch = {.len = 0};
+	Buf			req = {.len = 0};
+	struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t) port)};
+	struct timeval tv = {.tv_sec = 5};
+	struct timeval now;
+	long long	ms;
+	unsigned char hdr[4];
+	unsigned char resp[512];
+	size_t		len;
+	size_t		at;
+	int			fd;
+	int			err = -1;
+
+	gettimeofday(&now, NULL);
+	ms = (long long) now.tv_sec * 1000 + now.tv_usec / 1000;
+
+	/* RecordBatch v2 */
+	put_i64(&batch, 0);			/* baseOffset: the broker assigns it */
+	put_i32(&batch, 0);			/* batchLength, set below */
+	put_i32(&batch, -1);		/* partitionLeaderEpoch */
+	put_i8(&batch, 2);			/* magic */
+	put_i32(&batch, 0);			/* crc, set below */
+	put_i16(&batch, 0x30);		/* attributes: transactional, control */
+	put_i32(&batch, 0);			/* lastOffsetDelta */
+	put_i64(&batch, ms);		/* baseTimestamp */
+	put_i64(&batch, ms);		/* maxTimestamp */
+	put_i64(&batch, 4242);		/* producerId */
+	put_i16(&batch, 0);			/* producerEpoch */
+	put_i32(&batch, -1);		/* baseSequence */
+	put_i32(&batch, 1);			/* one record */
+	/* the record: 16 bytes after its length */
+	put_varint(&batch, 16);
+	put_i8(&batch, 0);			/* attributes */
+	put_varint(&batch, 0);		/* timestampDelta */
+	put_varint(&batch, 0);		/* offsetDelta */
+	put_varint(&batch, 4);		/* key: version 0, type 1 (COMMIT) */
+	put_i16(&batch, 0);
+	put_i16(&batch, 1);
+	put_varint(&batch, 6);		/* value: version 0, coordinator epoch 0 */
+	put_i16(&batch, 0);
+	put_i32(&batch, 0);
+	put_varint(&batch, 0);		/* no headers */
+	set_i32(&batch, 8, (unsigned long) (batch.len - 12));
+	set_i32(&batch, 17, crc32c(batch.data + 21, batch.len - 21));
+
+	/* Produce v3 */
+	put_i32(&req, 0);			/* size, set below */
+	put_i16(&req, 0);			/* ApiKey Produce */
+	put_i16(&req, 3);			/* ApiVersion */
+	put_i32(&req, 1);			/* CorrelationId */
+	put_i16(&req, 10);
+	put(&req, "dev-broker", 10);
+	put_i16(&req, -1);			/* TransactionalId: null */
+	put_i16(&req, -1);			/* acks: all */
+	put_i32(&req, 5000);		/* timeout */
+	put_i32(&req, 1);
+	put_i16(&req, (int) strlen(topic));
+	put(&req, topic, strlen(topic));
+	put_i32(&req, 1);
+	put_i32(&req, partition);
+	put_i32(&req, (long long) batch.len);
+	put(&req, batch.data, batch.len);
+	if (req.len > sizeof(req.data))
+		return -1;
+	set_i32(&req, 0, (unsigned long) (req.len - 4));
+
+	if (inet_pton(AF_INET, host, &addr.sin_addr) != 1 ||
+		(fd = socket(AF_INET, SOCK_STREAM, 0)) < 0)
+		return -1;
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	if (connect(fd, (struct sockaddr *) &addr, sizeof(addr)) == 0 &&
+		write(fd, req.data, req.len) == (ssize_t) req.len &&
+		read_full(fd, hdr, 4) == 0 &&
+		(len = ((size_t) hdr[0] << 24) | ((size_t) hdr[1] << 16) | ((size_t) hdr[2] << 8) | hdr[3]) <= sizeof(resp) &&
+		read_full(fd, resp, len) == 0)
+	{
+		/* CorrelationId, #topics, topic name, #partitions, partition */
+		at = 4 + 4;
+		if (at + 2 <= len)
+			at += 2 + (((size_t) resp[at] << 8) | resp[at + 1]);
+		at += 4 + 4;
+		if (at + 2 <= len)
+			err = (int) (short) ((resp[at] << 8) | resp[at + 1]);
+	}
+	close(fd);
+	return err;
+}
+
+/* Send the marker to each broker in turn until the partition's leader takes it. */
+static int
+commit_marker(const char *bootstraps, const char *topic, const char *partition)
+{
+	char	   *list = strdup(bootstraps);
+	char	   *save = NULL;
+	int			rc = -1;
+
+	for (char *b = strtok_r(list, ",", &save); b && rc != 0; b = strtok_r(NULL, ",", &save))
+	{
+		char	   *colon = strrchr(b, ':');
+
+		if (colon == NULL)
+			continue;
+		*colon = '\0';
+		if (send_commit_marker(b, atoi(colon + 1), topic, atoi(partition)) == 0)
+			rc = 0;
+	}
+	free(list);
+	return rc;
+}
+
 static void
 run_command(rd_kafka_mock_cluster_t *mcluster, int nbrokers, char *line,
 			int default_replication)
@@ -139,6 +365,8 @@ run_command(rd_kafka_mock_cluster_t *mcluster, int nbrokers, char *line,
 		rd_kafka_mock_topic_set_error(mcluster, arg1, (rd_kafka_resp_err_t) atoi(arg2));
 		ok = 0;
 	}
+	else if (n == 3 && strcmp(verb, "commit-marker") == 0)
+		ok = commit_marker(rd_kafka_mock_cluster_bootstraps(mcluster), arg1, arg2);
 	else if (n == 1 && strcmp(verb, "clear-produce-errors") == 0)
 	{
 		rd_kafka_mock_clear_request_errors(mcluster, 0);

@@ -627,12 +627,15 @@ RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'kappa_stream_worker_status'
 LANGUAGE C STABLE;
 
--- One row per partition the stream workers consume, with its worker.
+-- One row per partition the stream workers consume, with its worker.  A
+-- partition caught up has no lag, though its high watermark may stand past
+-- next_offset: transaction markers take offsets no message has.
 CREATE VIEW kappa.stat_consumers AS
 SELECT o.consumer_group, o.topic, o.partition, w.worker, o.owner_pid AS pid,
        coalesce(w.state, 'not running') AS state,
        o.next_offset, o.high_watermark,
-       CASE WHEN o.next_offset >= 0 AND o.high_watermark IS NOT NULL
+       CASE WHEN o.caught_up THEN 0::bigint
+            WHEN o.next_offset >= 0 AND o.high_watermark IS NOT NULL
             THEN greatest(o.high_watermark - o.next_offset, 0) END AS lag,
        o.stream_time, o.last_record_at, o.caught_up,
        w.messages, w.events_applied, w.duplicates, w.late_events, w.dead_letters,

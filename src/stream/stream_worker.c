@@ -132,6 +132,7 @@ typedef struct PartitionState
 	int64		high_watermark;
 	bool		touched;		/* in the batch being applied */
 	int64		unread_from;	/* >= 0: left from here, nothing reads it */
+	bool		put_back;		/* messages were left unread since assignment */
 	bool		idle_dirty;		/* caught_up/high watermark changed */
 	int64		lost_offset;	/* >= 0: the broker no longer has it */
 	bool		payments;		/* of kappa.payments_topic */
@@ -1384,6 +1385,7 @@ apply_batch_once(void)
 			 */
 			if (p->ps->unread_from < 0)
 				p->ps->unread_from = msg->offset;
+			p->ps->put_back = true;
 			p->ps = NULL;
 			continue;
 		}
@@ -1634,13 +1636,45 @@ apply_batch(void)
  * ---------------------------------------------------------------------
  */
 
-/* Note which partitions are caught up (for the idle rule). */
+/*
+ * Has the consumer read a partition up to hi, though what was applied ends
+ * before it?  A transactional producer's commit or abort marker takes an
+ * offset that no message has, so after its last message the high
+ * watermark stays one past what the worker applied.  librdkafka's fetch
+ * position steps over markers (and, read_committed, over aborted
+ * messages); it counts only while every message delivered was applied
+ * (between batches, nothing left unread: a seek resets it).
+ */
+static bool
+read_past_markers(PartitionState *ps, int64 hi)
+{
+	rd_kafka_topic_partition_list_t *list;
+	int64		position;
+
+	if (ps->next != ps->committed || ps->put_back || ps->lost_offset >= 0)
+		return false;
+	list = rd_kafka_topic_partition_list_new(1);
+	rd_kafka_topic_partition_list_add(list, ps->topic, ps->partition);
+	if (rd_kafka_position(sw.consumer->rk, list) != RD_KAFKA_RESP_ERR_NO_ERROR ||
+		list->elems[0].err != RD_KAFKA_RESP_ERR_NO_ERROR)
+		position = -1;
+	else
+		position = list->elems[0].offset;	/* < 0: nothing read yet */
+	rd_kafka_topic_partition_list_destroy(list);
+	return position >= 0 && position >= hi;
+}
+
+/*
+ * Note which partitions are caught up (for the idle rule).  Between
+ * batches only: the batch held so far is applied.
+ */
 static bool
 refresh_watermarks(void)
 {
 	ListCell   *lc;
 	bool		changed = false;
 
+	Assert(sw.batch_count == 0);
 	foreach(lc, sw.partitions)
 	{
 		PartitionState *ps = lfirst(lc);
@@ -1653,6 +1687,8 @@ refresh_watermarks(void)
 			hi < 0)
 			continue;			/* not fetched yet: unknown, not idle */
 		caught_up = ps->committed >= 0 ? ps->committed >= hi : hi == lo;
+		if (!caught_up)
+			caught_up = read_past_markers(ps, hi);
 		if (caught_up != ps->caught_up || hi != ps->high_watermark)
 		{
 			ps->caught_up = caught_up;

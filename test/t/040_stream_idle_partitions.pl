@@ -3,7 +3,10 @@
 # partition nobody writes to does not hold every window open.  Two
 # partitions, sales on one only: the day's window becomes final after the
 # idle timeout, is produced to top-sales-by-city, and the times the worker
-# writes are the time of day (the worker's now() follows the clock).  And
+# writes are the time of day (the worker's now() follows the clock).  The
+# other partition holds one sale of the next day and a transaction's commit
+# marker, as a transactional producer leaves it: caught up and idle all the
+# same, so that its stream time moves on from that sale's.  And
 # a reload that changes the secrets file or kappa.brokers makes the
 # consumer anew.
 use strict;
@@ -38,25 +41,38 @@ wait_until(sub { $node->safe_psql('shop', q{SELECT count(*) FROM kappa.stream_of
 sleep 3;
 my $before = $node->safe_psql('shop', 'SELECT now()');
 
-# partition 0 only, with kcat -p 0: the day of 2026-11-20, then a sale past
-# its end and grace; partition 1 never gets a record
-my $in = join('', map { "$_->[0]\x1f$_->[1]\n" } (
+# partition 0, with kcat -p 0: the day of 2026-11-20, then a sale past
+# its end and grace.  Partition 1: a sale 50 s into the next day, 10 s short
+# of the day's end and grace, then a commit marker, the control record a
+# broker writes when a transactional producer (Kafka Streams or Connect
+# exactly-once) commits.  The mock's transactions write none; dev-broker's
+# commit-marker appends one.  Partition 1's high watermark stays one past
+# its last message: only once it counts as caught up does it go idle and
+# its stream time move on past the day's end and grace.
+my @day = (
 	[ 1, sale(1, 'Madrid', '10.00', '2026-11-20T10:00:00Z') ],
 	[ 2, sale(2, 'Vigo', '4.50', '2026-11-20T18:00:00Z') ],
-	[ 3, sale(3, 'Madrid', '1.00', '2026-11-21T00:30:00Z') ]));
-my ($out, $err) = ('', '');
-IPC::Run::run([ 'kcat', '-P', '-b', $broker->{bootstrap}, '-t', 'sales-events', '-p', '0', '-K', "\x1f" ],
-	'<', \$in, '>', \$out, '2>', \$err) or die "kcat -P failed: $err";
+	[ 3, sale(3, 'Madrid', '1.00', '2026-11-21T00:30:00Z') ]);
+my @transactional = ([ 9, sale(9, 'Sevilla', '2.00', '2026-11-21T00:00:50Z') ]);
+kcat_produce($broker, 'sales-events', \@transactional, partition => 1);
+$broker->control('commit-marker sales-events 1');
+kcat_produce($broker, 'sales-events', \@day, partition => 0);
+is(kcat_high_watermark($broker, 'sales-events', 1), 2, 'partition 1: one sale and its commit marker');
 
 wait_until(sub { $node->safe_psql('shop', q{
 SELECT is_final FROM kappa.ranking_windows
  WHERE ranking = 'top_sales_by_city' AND window_start = '2026-11-20 00:00+00'}) eq 't' },
-	'the day to become final with partition 1 idle', 30);
+	'the day to become final with partition 1 idle past its commit marker', 30);
 is($node->safe_psql('shop', 'SELECT count(*) FROM kappa.dead_letters'), '0', 'no dead letters');
 is($node->safe_psql('shop', q{
 SELECT string_agg(group_values[1] || '=' || total || '/' || is_final, ',' ORDER BY group_values)
   FROM kappa.ranking_results WHERE ranking = 'top_sales_by_city' AND window_start = '2026-11-20 00:00+00'}),
 	'Madrid=10.00/true,Vigo=4.50/true', 'the day\'s results are final');
+is($node->safe_psql('shop', q{
+SELECT string_agg(format('%s: next %s, high %s, lag %s, caught up %s', partition, next_offset, high_watermark, lag, caught_up), '; ' ORDER BY partition)
+  FROM kappa.stat_consumers WHERE topic = 'sales-events'}),
+	'0: next 3, high 3, lag 0, caught up t; 1: next 1, high 2, lag 0, caught up t',
+	'kappa.stat_consumers: the offset a marker takes is no lag');
 is($node->safe_psql('shop', q{
 SELECT is_final FROM kappa.ranking_windows
  WHERE ranking = 'top_sales_by_city' AND window_start = '2026-11-21 00:00+00'}),
@@ -117,13 +133,9 @@ is($reconnects->(), 2, 'a new SOAP password in the secrets file leaves the Kafka
 # moved with its offsets would: the worker goes on from the offsets stored)
 my $other = start_dev_broker(topics => [ 'sales-events:2', 'payment-confirmations:1',
 	'top-sales-by-city:1', 'top-salesman-by-country:1' ]);
-my $copy = join('', map { "$_->[0]\x1f$_->[1]\n" } (
-	[ 1, sale(1, 'Madrid', '10.00', '2026-11-20T10:00:00Z') ],
-	[ 2, sale(2, 'Vigo', '4.50', '2026-11-20T18:00:00Z') ],
-	[ 3, sale(3, 'Madrid', '1.00', '2026-11-21T00:30:00Z') ],
-	[ 4, sale(4, 'Toledo', '3.00', '2026-11-21T02:00:00Z') ]));
-IPC::Run::run([ 'kcat', '-P', '-b', $other->{bootstrap}, '-t', 'sales-events', '-p', '0', '-K', "\x1f" ],
-	'<', \$copy, '>', \$out, '2>', \$err) or die "kcat -P failed: $err";
+kcat_produce($other, 'sales-events', \@transactional, partition => 1);
+$other->control('commit-marker sales-events 1');
+kcat_produce($other, 'sales-events', [ @day, [ 4, sale(4, 'Toledo', '3.00', '2026-11-21T02:00:00Z') ] ], partition => 0);
 $node->append_conf('postgresql.conf', "kappa.brokers = '$other->{bootstrap}'");
 $node->reload;
 wait_until(sub { $reconnects->() == 3 }, 'the worker to reconnect to the other cluster');
@@ -133,7 +145,7 @@ SELECT count(*) FROM kappa.ranking_results WHERE ranking = 'top_sales_by_city' A
 is($node->safe_psql('shop', q{
 SELECT string_agg(group_values[1] || '=' || total, ',' ORDER BY group_values, window_start) FROM kappa.ranking_results
  WHERE ranking = 'top_sales_by_city'}),
-	'Madrid=10.00,Madrid=1.00,Toledo=3.00,Vigo=4.50',
+	'Madrid=10.00,Madrid=1.00,Sevilla=2.00,Toledo=3.00,Vigo=4.50',
 	'kappa.brokers changed by a reload: the stream worker reads the new cluster from the stored offsets');
 
 done_testing();

@@ -16,7 +16,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(usleep time);
 
-our @EXPORT = qw(start_dev_broker kappa_node kcat_consume kcat_produce
+our @EXPORT = qw(start_dev_broker kappa_node kcat_consume kcat_produce kcat_high_watermark
   wait_until wait_published sales_table_sql crash_node parse_change
   check_replays position_free_change);
 
@@ -210,6 +210,19 @@ sub kcat_consume
 	}
 	@messages = sort { $a->{partition} <=> $b->{partition} or $a->{offset} <=> $b->{offset} } @messages;
 	return \@messages;
+}
+
+# The high watermark of a partition (the offset the next record gets), as
+# kcat reads it from the broker.
+sub kcat_high_watermark
+{
+	my ($broker, $topic, $partition) = @_;
+	my ($out, $err) = ('', '');
+	IPC::Run::run([ 'kcat', '-Q', '-b', $broker->{bootstrap}, '-t', "$topic:$partition:-1" ],
+		'>', \$out, '2>', \$err)
+	  or die "kcat -Q failed: $err";
+	$out =~ /\[\Q$partition\E\] offset (-?\d+)/ or die "kcat -Q said: $out$err";
+	return $1;
 }
 
 # Produce key/value pairs with kcat: kcat_produce($broker, $topic, [[k, v], ...]).
