@@ -191,6 +191,7 @@ static struct
 	 * that ran the rebalance callback has returned (take_assignment).
 	 */
 	rd_kafka_topic_partition_list_t *pending_assignment;
+	uint64		revocations;	/* counted, for collect */
 } sw;
 
 static void apply_batch(void);
@@ -454,6 +455,7 @@ revoke_partitions(void)
 	for (int i = 0; i < sw.batch_count; i++)
 		rd_kafka_message_destroy(sw.batch[i]);
 	sw.batch_count = 0;
+	sw.revocations++;
 	assign_or_error(NULL);
 	sw.last_partition = NULL;
 	list_free_deep(sw.partitions);
@@ -2056,27 +2058,35 @@ static bool
 collect(void)
 {
 	int			base = sw.batch_count;
+	uint64		revocations = sw.revocations;
 	ssize_t		n;
 
 	kafka_client_drain_wakeups(sw.consumer);
 	n = rd_kafka_consume_batch_queue(sw.consumer->queue, 0, sw.batch + base,
 									 sw.batch_cap - base);
 	kafka_flush_log();
-	check_assign_error();
-	take_assignment();
-	check_assign_error();
 	if (n < 0)
 		n = 0;
 
 	/*
 	 * A revocation inside that call dropped the batch held so far (see
-	 * revoke_partitions); what the call returned moves to the front.
+	 * revoke_partitions), and what the call returned goes too: it was
+	 * fetched under the assignment revoked (librdkafka drops what was
+	 * fetched before an assign once it is made).  Kept, a message could be
+	 * applied after the partition came back, above the messages dropped
+	 * with the batch: the partition's position would pass them and their
+	 * second fetch would be skipped as read already.
 	 */
-	if (sw.batch_count != base)
+	if (sw.revocations != revocations)
 	{
-		memmove(sw.batch + sw.batch_count, sw.batch + base, sizeof(rd_kafka_message_t *) * n);
+		for (ssize_t i = 0; i < n; i++)
+			rd_kafka_message_destroy(sw.batch[base + i]);
+		n = 0;
 		base = sw.batch_count;
 	}
+	check_assign_error();
+	take_assignment();
+	check_assign_error();
 	for (ssize_t i = 0; i < n; i++)
 	{
 		rd_kafka_message_t *msg = sw.batch[base + i];
