@@ -23,6 +23,9 @@
  *                      error CODE (10: message too large), appending
  *                      nothing (the mock never checks max.message.bytes)
  *   clear-produce-errors   forget those not used yet
+ *   request-errors APIKEY CODE COUNT
+ *                      the same for any request type (2: ListOffsets)
+ *   clear-request-errors APIKEY
  *   topic-error NAME CODE  metadata answers Kafka error CODE for topic NAME
  *                      (3: unknown topic, as if it did not exist; 0: clear)
  *   commit-marker NAME PARTITION
@@ -342,8 +345,9 @@ run_command(rd_kafka_mock_cluster_t *mcluster, int nbrokers, char *line,
 {
 	char		verb[32] = "",
 				arg1[256] = "",
-				arg2[32] = "";
-	int			n = sscanf(line, "%31s %255s %31s", verb, arg1, arg2);
+				arg2[32] = "",
+				arg3[32] = "";
+	int			n = sscanf(line, "%31s %255s %31s %31s", verb, arg1, arg2, arg3);
 	int			ok = -1;
 
 	if (n >= 2 && strcmp(verb, "down") == 0)
@@ -367,6 +371,18 @@ run_command(rd_kafka_mock_cluster_t *mcluster, int nbrokers, char *line,
 	}
 	else if (n == 3 && strcmp(verb, "commit-marker") == 0)
 		ok = commit_marker(rd_kafka_mock_cluster_bootstraps(mcluster), arg1, arg2);
+	else if (n == 4 && strcmp(verb, "request-errors") == 0 && atoi(arg1) >= 0 &&
+			 atoi(arg2) > 0 && atoi(arg3) > 0)
+	{
+		for (int i = atoi(arg3); i > 0; i--)
+			rd_kafka_mock_push_request_errors(mcluster, atoi(arg1), 1, (rd_kafka_resp_err_t) atoi(arg2));
+		ok = 0;
+	}
+	else if (n == 2 && strcmp(verb, "clear-request-errors") == 0 && atoi(arg1) >= 0)
+	{
+		rd_kafka_mock_clear_request_errors(mcluster, atoi(arg1));
+		ok = 0;
+	}
 	else if (n == 1 && strcmp(verb, "clear-produce-errors") == 0)
 	{
 		rd_kafka_mock_clear_request_errors(mcluster, 0);

@@ -70,6 +70,7 @@
 #define FORGET_MS			60000	/* looking for rows to forget */
 #define FORGET_LIMIT		50000	/* rows forgotten per transaction */
 #define BATCH_ATTEMPTS		5	/* applying a batch, when others conflict */
+#define START_RETRY_MS		1000	/* asking again where a partition starts */
 
 /* ---------------------------------------------------------------------
  * Shared state, for kappa.stat_consumers
@@ -135,6 +136,8 @@ typedef struct PartitionState
 	bool		put_back;		/* messages were left unread since assignment */
 	bool		idle_dirty;		/* caught_up/high watermark changed */
 	int64		lost_offset;	/* >= 0: the broker no longer has it */
+	TimestampTz start_retry_at; /* > 0: where the partition starts could
+								 * not be asked; ask again then */
 	bool		payments;		/* of kappa.payments_topic */
 	/* latest CDC position applied, for topics without row memory */
 	bool		has_position;
@@ -1720,6 +1723,9 @@ finalize_windows(void)
 	{
 		PartitionState *ps = lfirst(lc);
 
+		/* (an error below ends the worker: what was stored does not count) */
+		if (ps->idle_dirty)
+			ps->committed = ps->next;
 		ps->idle_dirty = false;
 	}
 	MemoryContextReset(sw.rankings_cxt);
@@ -1894,8 +1900,23 @@ handle_consumer_error(rd_kafka_message_t *msg)
 		PartitionState *ps = msg->rkt ?
 			find_partition(rd_kafka_topic_name(msg->rkt), msg->partition) : NULL;
 
-		if (ps)
-			ps->lost_offset = msg->offset >= 0 ? msg->offset : Max(ps->committed, 0);
+		if (ps && msg->offset >= 0)
+			ps->lost_offset = msg->offset;
+		else if (ps)
+		{
+			/*
+			 * Not a lost offset: librdkafka could not ask the broker where
+			 * the partition starts (offset BEGINNING, for a partition with
+			 * nothing stored), and stopped fetching it.  Nothing was lost;
+			 * it is assigned again in a while (resume_after_lost_offsets).
+			 */
+			snprintf(buf, sizeof(buf), "kafka: %s; asking again in %d s",
+					 rd_kafka_message_errstr(msg), START_RETRY_MS / 1000);
+			record_error(buf);
+			if (ps->start_retry_at == 0)
+				ps->start_retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+																 START_RETRY_MS);
+		}
 		return;
 	}
 	snprintf(buf, sizeof(buf), "kafka: %s", rd_kafka_message_errstr(msg));
@@ -1921,7 +1942,12 @@ resume_after_lost_offsets(void)
 	rd_kafka_topic_partition_list_t *list;
 
 	foreach(lc, sw.partitions)
-		any |= ((PartitionState *) lfirst(lc))->lost_offset >= 0;
+	{
+		PartitionState *ps = lfirst(lc);
+
+		any |= ps->lost_offset >= 0 ||
+			(ps->start_retry_at != 0 && GetCurrentTimestamp() >= ps->start_retry_at);
+	}
 	if (!any)
 		return;
 
@@ -1943,10 +1969,13 @@ resume_after_lost_offsets(void)
 
 		if (ps->lost_offset < 0)
 		{
+			/* (a partition waiting to ask where it starts asks now) */
+			ps->start_retry_at = 0;
 			rd_kafka_topic_partition_list_add(list, ps->topic, ps->partition)->offset =
 				ps->next >= 0 ? ps->next : RD_KAFKA_OFFSET_BEGINNING;
 			continue;
 		}
+		ps->start_retry_at = 0;
 
 		err = rd_kafka_query_watermark_offsets(sw.consumer->rk, ps->topic, ps->partition,
 											   &lo, &hi, 5000);
@@ -2016,6 +2045,16 @@ resume_after_lost_offsets(void)
 
 		rd_kafka_topic_partition_list_add(list, ps->topic, ps->partition)->offset =
 			err ? RD_KAFKA_OFFSET_BEGINNING : lo;
+
+		/*
+		 * Where the earliest offset is, unknown, may be below the position
+		 * (a recreated topic): it is taken as the next message's, so that
+		 * what is read from there is applied, as when lo is known.  The
+		 * stored offset stays; a restart before the next batch reports the
+		 * loss again.
+		 */
+		if (err)
+			ps->next = -1;
 		ps->lost_offset = -1;
 	}
 	assign_or_error(list);

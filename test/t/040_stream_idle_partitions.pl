@@ -148,4 +148,49 @@ SELECT string_agg(group_values[1] || '=' || total, ',' ORDER BY group_values, wi
 	'Madrid=10.00,Madrid=1.00,Sevilla=2.00,Toledo=3.00,Vigo=4.50',
 	'kappa.brokers changed by a reload: the stream worker reads the new cluster from the stored offsets');
 
+# A third cluster whose sales-events holds fewer messages than the offsets
+# stored (a topic recreated, or a cluster moved without its data), and that
+# cannot say where its partitions start: ListOffsets fails (error 29,
+# TOPIC_AUTHORIZATION_FAILED, as during a broken ACL change) until cleared.
+# The worker says so once per partition, resumes each at its earliest
+# offset, and the messages read from there are applied: none is taken for
+# one read already because it lies below the position in the old topic.
+# A partition with nothing stored (payment-confirmations), whose start
+# librdkafka cannot ask either, lost nothing: it is asked again each second,
+# with last_error saying why, and no loss is reported for it.
+my $third = start_dev_broker(topics => [ 'sales-events:2', 'payment-confirmations:1',
+	'top-sales-by-city:1', 'top-salesman-by-country:1' ]);
+kcat_produce($third, 'sales-events', [
+	[ 21, sale(21, 'Cuenca', '7.00', '2026-11-21T03:00:00Z') ],
+	[ 22, sale(22, 'Soria', '8.00', '2026-11-21T04:00:00Z') ] ], partition => 0);
+$third->control('request-errors 2 29 100000');
+my $log_from = -s $node->logfile;
+my $dead_before = $node->safe_psql('shop', 'SELECT count(*) FROM kappa.dead_letters');
+my $warnings = sub { () = substr(slurp_file($node->logfile), $log_from) =~ /does not exist at the broker: resuming at its earliest offset/g };
+$node->append_conf('postgresql.conf', "kappa.brokers = '$third->{bootstrap}'");
+$node->reload;
+wait_until(sub { $warnings->() >= 2 }, 'the worker to report both partitions past the end, their start unknown');
+wait_until(sub { $node->safe_psql('shop', q{
+SELECT count(*) FROM kappa.stream_worker_status()
+ WHERE last_error ILIKE 'kafka: failed to query logical offset%Topic authorization failed%'}) eq '1' },
+	'the worker to say it cannot ask where partitions start');
+sleep 2;	# (the worker asks again, and fails again, meanwhile)
+$third->control('clear-request-errors 2');
+wait_until(sub { $node->safe_psql('shop', q{
+SELECT count(*) FROM kappa.ranking_results WHERE ranking = 'top_sales_by_city' AND group_values[1] IN ('Cuenca', 'Soria')}) eq '2' },
+	'the sales of the third cluster counted');
+is($node->safe_psql('shop', q{
+SELECT string_agg(group_values[1] || '=' || total, ',' ORDER BY group_values, window_start) FROM kappa.ranking_results
+ WHERE ranking = 'top_sales_by_city'}),
+	'Cuenca=7.00,Madrid=10.00,Madrid=1.00,Sevilla=2.00,Soria=8.00,Toledo=3.00,Vigo=4.50',
+	'a partition resumed at an earliest offset the broker could not tell: what it holds is applied');
+is($node->safe_psql('shop', q{
+SELECT next_offset FROM kappa.stream_offsets WHERE topic = 'sales-events' AND partition = 0}),
+	'2', 'partition 0\'s offset stored is the third cluster\'s');
+my @lost = substr(slurp_file($node->logfile), $log_from) =~ /WARNING:  pg_kappa stream worker 0: (offset \d+ of [\w-]+\[\d\]) does not exist/g;
+is(@lost > 10 ? scalar(@lost) . ' reports' : join(', ', sort @lost), 'offset 1 of sales-events[1], offset 4 of sales-events[0]',
+	'one loss reported per partition read past its end, none for a partition that could not be started');
+is($node->safe_psql('shop', 'SELECT count(*) FROM kappa.dead_letters') - $dead_before, 2,
+	'and one dead letter each');
+
 done_testing();
