@@ -70,7 +70,8 @@
 #define FORGET_MS			60000	/* looking for rows to forget */
 #define FORGET_LIMIT		50000	/* rows forgotten per transaction */
 #define BATCH_ATTEMPTS		5	/* applying a batch, when others conflict */
-#define START_RETRY_MS		1000	/* asking again where a partition starts */
+#define START_RETRY_MS		1000	/* asking again where a partition starts, */
+#define START_RETRY_MAX_MS	30000	/* doubling up to this */
 
 /* ---------------------------------------------------------------------
  * Shared state, for kappa.stat_consumers
@@ -138,6 +139,7 @@ typedef struct PartitionState
 	int64		lost_offset;	/* >= 0: the broker no longer has it */
 	TimestampTz start_retry_at; /* > 0: where the partition starts could
 								 * not be asked; ask again then */
+	int			start_retry_ms; /* the wait after the next failure */
 	bool		payments;		/* of kappa.payments_topic */
 	/* latest CDC position applied, for topics without row memory */
 	bool		has_position;
@@ -1396,6 +1398,7 @@ apply_batch_once(void)
 		}
 		p->ps->touched = true;
 		p->ps->next = msg->offset + 1;
+		p->ps->start_retry_ms = 0;	/* it reads: a failure from now is new */
 		p->ps->last_record_at = now;
 
 		if (events_topic || payments_topic)
@@ -1908,14 +1911,21 @@ handle_consumer_error(rd_kafka_message_t *msg)
 			 * Not a lost offset: librdkafka could not ask the broker where
 			 * the partition starts (offset BEGINNING, for a partition with
 			 * nothing stored), and stopped fetching it.  Nothing was lost;
-			 * it is assigned again in a while (resume_after_lost_offsets).
+			 * it is assigned again in a while (resume_after_lost_offsets),
+			 * the wait doubling while it fails without reading anything.
 			 */
-			snprintf(buf, sizeof(buf), "kafka: %s; asking again in %d s",
-					 rd_kafka_message_errstr(msg), START_RETRY_MS / 1000);
-			record_error(buf);
 			if (ps->start_retry_at == 0)
+			{
+				/* (each retry assigns every partition again: not too often) */
+				if (ps->start_retry_ms == 0)
+					ps->start_retry_ms = START_RETRY_MS;
+				snprintf(buf, sizeof(buf), "kafka: %s; asking again in %d s",
+						 rd_kafka_message_errstr(msg), ps->start_retry_ms / 1000);
+				record_error(buf);
 				ps->start_retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-																 START_RETRY_MS);
+																 ps->start_retry_ms);
+				ps->start_retry_ms = Min(ps->start_retry_ms * 2, START_RETRY_MAX_MS);
+			}
 		}
 		return;
 	}

@@ -156,8 +156,8 @@ SELECT string_agg(group_values[1] || '=' || total, ',' ORDER BY group_values, wi
 # offset, and the messages read from there are applied: none is taken for
 # one read already because it lies below the position in the old topic.
 # A partition with nothing stored (payment-confirmations), whose start
-# librdkafka cannot ask either, lost nothing: it is asked again each second,
-# with last_error saying why, and no loss is reported for it.
+# librdkafka cannot ask either, lost nothing: it is asked again after 1 s,
+# 2 s, 4 s, ..., with last_error saying why, and no loss is reported for it.
 my $third = start_dev_broker(topics => [ 'sales-events:2', 'payment-confirmations:1',
 	'top-sales-by-city:1', 'top-salesman-by-country:1' ]);
 kcat_produce($third, 'sales-events', [
