@@ -134,7 +134,7 @@ typedef struct PartitionState
 	int64		high_watermark;
 	bool		touched;		/* in the batch being applied */
 	int64		unread_from;	/* >= 0: left from here, nothing reads it */
-	bool		put_back;		/* messages were left unread since assignment */
+	bool		put_back;		/* messages left unread, not read again since */
 	bool		idle_dirty;		/* caught_up/high watermark changed */
 	int64		lost_offset;	/* >= 0: the broker no longer has it */
 	TimestampTz start_retry_at; /* > 0: where the partition starts could
@@ -1399,6 +1399,9 @@ apply_batch_once(void)
 		p->ps->touched = true;
 		p->ps->next = msg->offset + 1;
 		p->ps->start_retry_ms = 0;	/* it reads: a failure from now is new */
+		/* read again after a put-back: the fetch position counts again */
+		if (p->ps->unread_from < 0)
+			p->ps->put_back = false;
 		p->ps->last_record_at = now;
 
 		if (events_topic || payments_topic)
@@ -1694,7 +1697,8 @@ refresh_watermarks(void)
 										   &lo, &hi) != RD_KAFKA_RESP_ERR_NO_ERROR ||
 			hi < 0)
 			continue;			/* not fetched yet: unknown, not idle */
-		caught_up = ps->committed >= 0 ? ps->committed >= hi : hi == lo;
+		/* (next, not committed: after a resume at an unknown start it is -1) */
+		caught_up = ps->next >= 0 ? ps->next >= hi : hi == lo;
 		if (!caught_up)
 			caught_up = read_past_markers(ps, hi);
 		if (caught_up != ps->caught_up || hi != ps->high_watermark)
@@ -2060,8 +2064,9 @@ resume_after_lost_offsets(void)
 		 * Where the earliest offset is, unknown, may be below the position
 		 * (a recreated topic): it is taken as the next message's, so that
 		 * what is read from there is applied, as when lo is known.  The
-		 * stored offset stays; a restart before the next batch reports the
-		 * loss again.
+		 * stored offset stays until the next batch or idle-state change
+		 * stores -1 (a restart then starts at the earliest offset); a
+		 * restart before that reports the loss again.
 		 */
 		if (err)
 			ps->next = -1;
