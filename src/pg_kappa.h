@@ -29,7 +29,9 @@
  * pg_advisory_lock() family never makes (it uses 1 and 2): no session can
  * take one of them and hold up the workers.  pg_locks shows them as
  * locktype advisory, classid 1801547888 ("kapp"), objid the lock below,
- * objsubid 27504 ("kp").
+ * objsubid 27504 ("kp").  (The windows the stream workers have in flight
+ * to Kafka take session locks of the same classid, objsubid 27493 ("ke"),
+ * keyed by a hash of ranking and window: emit.c.)
  */
 typedef enum KappaLock
 {

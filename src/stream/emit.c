@@ -30,7 +30,9 @@
 #include "cdc/envelope.h"
 #include "executor/spi.h"
 #include "kafka/kafka.h"
+#include "common/hashfn.h"
 #include "miscadmin.h"
+#include "storage/lock.h"
 #include "stream/stream_internal.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -110,15 +112,24 @@ typedef struct EmitWindow
 	bool		refused;		/* refused when produced (too large) */
 	bool		incomplete;		/* not all its rows queued: produce again */
 	TimestampTz retry_at;
+	LOCKTAG		tag;			/* its session lock, while locked */
+	bool		locked;
 } EmitWindow;
 
-#define EMIT_WAIT_MS	30000	/* for acknowledgements, per call */
+/*
+ * How long a call waits for acknowledgements, its transaction open.  Not
+ * long: what is not acknowledged by then stays in flight, the window under
+ * a session lock that keeps the other stream workers from producing it too,
+ * and is settled by a later call while the stream goes on.
+ */
+#define EMIT_WAIT_MS	1000
 #define EMIT_RETRY_MS	60000	/* before a refused window is tried again */
 #define EMIT_QUEUE_WAIT_MS 1000 /* for room in a full producer queue */
 
 static MemoryContext emit_cxt = NULL;
 static List *emit_inflight = NIL;	/* produced, reports still pending */
 static List *emit_refused = NIL;	/* refused, until retry_at */
+static List *emit_settled = NIL;	/* done: unlocked once committed */
 
 /* Lists that outlive a call: their cells in emit_cxt too, not in SPI's. */
 static List *
@@ -139,6 +150,61 @@ free_window(EmitWindow *ew)
 }
 
 /*
+ * A window being produced is locked for the session, from its selection
+ * until its reports are in and what they say is committed: the row lock of
+ * the selection ends with the transaction, which does not wait for Kafka.
+ * An advisory lock tag (classid "kapp", objsubid "ke"), keyed by a hash of
+ * ranking and window start: two windows sharing a hash wait for each other,
+ * nothing worse.  Returns false if another session holds it.
+ */
+static bool
+lock_window(EmitWindow *ew)
+{
+	uint32		h = hash_bytes((const unsigned char *) ew->ranking, (int) strlen(ew->ranking));
+
+	h = hash_combine(h, hash_bytes((const unsigned char *) &ew->window_start,
+								   sizeof(ew->window_start)));
+	SET_LOCKTAG_ADVISORY(ew->tag, MyDatabaseId, 0x6b617070, h, 0x6b65);
+	switch (LockAcquire(&ew->tag, ExclusiveLock, true, true))
+	{
+		case LOCKACQUIRE_NOT_AVAIL:
+			return false;
+		case LOCKACQUIRE_ALREADY_HELD:
+			/* (this session's own, in flight or a hash shared: not twice) */
+			LockRelease(&ew->tag, ExclusiveLock, true);
+			return false;
+		default:
+			ew->locked = true;
+			return true;
+	}
+}
+
+static void
+unlock_window(EmitWindow *ew)
+{
+	if (ew->locked)
+		LockRelease(&ew->tag, ExclusiveLock, true);
+	ew->locked = false;
+}
+
+/* After the commit of what settle() found: their locks go. */
+static void
+release_settled(void)
+{
+	ListCell   *lc;
+
+	foreach(lc, emit_settled)
+	{
+		unlock_window(lfirst(lc));
+		free_window(lfirst(lc));
+	}
+	list_free(emit_settled);
+	emit_settled = NIL;
+	foreach(lc, emit_refused)
+		unlock_window(lfirst(lc));
+}
+
+/*
  * The producer was destroyed (new Kafka settings): reports of what it had
  * in flight were served by its flush or will never come, and windows it
  * refused may pass with the new settings.  All are tried again at once.
@@ -149,13 +215,20 @@ emit_producer_gone(void)
 	ListCell   *lc;
 
 	foreach(lc, emit_inflight)
+	{
+		unlock_window(lfirst(lc));
 		free_window(lfirst(lc));
+	}
 	list_free(emit_inflight);
 	emit_inflight = NIL;
 	foreach(lc, emit_refused)
+	{
+		unlock_window(lfirst(lc));
 		free_window(lfirst(lc));
+	}
 	list_free(emit_refused);
 	emit_refused = NIL;
+	release_settled();
 }
 
 /* A transaction of its own with SPI, and its end. */
@@ -210,12 +283,13 @@ settle(List **list)
 		if (ew->delivery.pending > 0)
 			pending = keep(pending, ew);
 		else if (ew->incomplete)
-			free_window(ew);	/* still unproduced: the next call takes it */
+			emit_settled = keep(emit_settled, ew);	/* still unproduced: the
+													 * next call takes it */
 		else if (ew->delivery.failed == 0 && !ew->refused)
 		{
 			mark_produced(ew);
 			marked++;
-			free_window(ew);
+			emit_settled = keep(emit_settled, ew);
 		}
 		else
 		{
@@ -282,6 +356,7 @@ emit_final_results(KafkaClient *producer, int max_windows)
 		begin_spi_transaction();
 		(void) settle(&emit_inflight);
 		commit_spi_transaction();
+		release_settled();
 	}
 
 	SetCurrentStatementStartTimestamp();
@@ -366,6 +441,11 @@ emit_final_results(KafkaClient *producer, int max_windows)
 
 			ew->ranking = MemoryContextStrdup(emit_cxt, ranking);
 			ew->window_start = ws;
+			if (!lock_window(ew))
+			{
+				free_window(ew);	/* another worker has it in flight */
+				continue;
+			}
 			produced = keep(produced, ew);
 			if (topic == NULL)
 				continue;		/* results of this ranking are not produced */
@@ -489,6 +569,7 @@ emit_final_results(KafkaClient *producer, int max_windows)
 	marked = settle(&produced);
 	emit_inflight = produced;	/* what has not been acknowledged yet */
 	commit_spi_transaction();
+	release_settled();
 	if (emit_inflight != NIL)
 	{
 		ereport(LOG,
