@@ -170,7 +170,8 @@ lock_window(EmitWindow *ew)
 		case LOCKACQUIRE_NOT_AVAIL:
 			return false;
 		case LOCKACQUIRE_ALREADY_HELD:
-			/* (this session's own, in flight or a hash shared: not twice) */
+		case LOCKACQUIRE_ALREADY_CLEAR:
+			/* (this session's own, a hash shared by two windows: not twice) */
 			LockRelease(&ew->tag, ExclusiveLock, true);
 			return false;
 		default:

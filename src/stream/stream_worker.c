@@ -2390,7 +2390,11 @@ kappa_stream_worker_main(Datum main_arg)
 				 * the group and join it again with a new consumer, which
 				 * seeks to the stored offsets as after any assignment.
 				 */
-				/* the results' producer has nothing in flight between ticks */
+				/*
+				 * The results' producer may have windows in flight: its
+				 * flush serves their reports, and emit_producer_gone() lets
+				 * them be produced again (same keys and values).
+				 */
 				if (kafka_client_settings_changed(sw.producer))
 				{
 					kafka_client_destroy(sw.producer, 5000);
