@@ -339,6 +339,17 @@ commit_marker(const char *bootstraps, const char *topic, const char *partition)
 	return rc;
 }
 
+/* The next count requests of type apikey are answered with error code. */
+static int
+push_request_errors(rd_kafka_mock_cluster_t *mcluster, int apikey, int code, int count)
+{
+	if (apikey < 0 || code <= 0 || count <= 0)
+		return -1;
+	while (count-- > 0)
+		rd_kafka_mock_push_request_errors(mcluster, (int16_t) apikey, 1, (rd_kafka_resp_err_t) code);
+	return 0;
+}
+
 static void
 run_command(rd_kafka_mock_cluster_t *mcluster, int nbrokers, char *line,
 			int default_replication)
@@ -356,13 +367,8 @@ run_command(rd_kafka_mock_cluster_t *mcluster, int nbrokers, char *line,
 		ok = set_brokers(mcluster, nbrokers, arg1, 1);
 	else if (n == 3 && strcmp(verb, "topic") == 0)
 		ok = create_topic(mcluster, arg1, atoi(arg2), default_replication);
-	else if (n == 3 && strcmp(verb, "produce-errors") == 0 && atoi(arg1) > 0 && atoi(arg2) > 0)
-	{
-		/* ApiKey 0 is Produce */
-		for (int i = atoi(arg2); i > 0; i--)
-			rd_kafka_mock_push_request_errors(mcluster, 0, 1, (rd_kafka_resp_err_t) atoi(arg1));
-		ok = 0;
-	}
+	else if (n == 3 && strcmp(verb, "produce-errors") == 0)
+		ok = push_request_errors(mcluster, 0, atoi(arg1), atoi(arg2));	/* 0: Produce */
 	else if (n == 3 && strcmp(verb, "topic-error") == 0 && atoi(arg2) >= 0)
 	{
 		/* metadata answers this error for the topic (0: none again) */
@@ -371,13 +377,8 @@ run_command(rd_kafka_mock_cluster_t *mcluster, int nbrokers, char *line,
 	}
 	else if (n == 3 && strcmp(verb, "commit-marker") == 0)
 		ok = commit_marker(rd_kafka_mock_cluster_bootstraps(mcluster), arg1, arg2);
-	else if (n == 4 && strcmp(verb, "request-errors") == 0 && atoi(arg1) >= 0 &&
-			 atoi(arg2) > 0 && atoi(arg3) > 0)
-	{
-		for (int i = atoi(arg3); i > 0; i--)
-			rd_kafka_mock_push_request_errors(mcluster, atoi(arg1), 1, (rd_kafka_resp_err_t) atoi(arg2));
-		ok = 0;
-	}
+	else if (n == 4 && strcmp(verb, "request-errors") == 0)
+		ok = push_request_errors(mcluster, atoi(arg1), atoi(arg2), atoi(arg3));
 	else if (n == 2 && strcmp(verb, "clear-request-errors") == 0 && atoi(arg1) >= 0)
 	{
 		rd_kafka_mock_clear_request_errors(mcluster, atoi(arg1));

@@ -408,13 +408,6 @@ snapshot_rows(Relation rel, const char *topic)
 }
 
 /*
- * kappa.publish_table(tbl regclass, topic text DEFAULT NULL) RETURNS bigint
- *
- * Starts publishing tbl's changes to topic (NULL: kappa.sales_topic, read
- * when each change is published).  Returns the number of existing rows sent
- * as snapshot ("r") events, or NULL if the table was already published.
- */
-/*
  * The table's row of kappa.published_tables as committed now, whatever the
  * transaction's snapshot: its topic (NULL: kappa.sales_topic's), *found
  * false if there is none.  Inside SPI.
@@ -455,6 +448,13 @@ report_concurrent_publish(const char *relname, bool published)
 			 errhint("Retry the transaction.")));
 }
 
+/*
+ * kappa.publish_table(tbl regclass, topic text DEFAULT NULL) RETURNS bigint
+ *
+ * Starts publishing tbl's changes to topic (NULL: kappa.sales_topic, read
+ * when each change is published).  Returns the number of existing rows sent
+ * as snapshot ("r") events, or NULL if the table was already published.
+ */
 Datum
 kappa_publish_table(PG_FUNCTION_ARGS)
 {

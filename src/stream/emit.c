@@ -188,19 +188,28 @@ unlock_window(EmitWindow *ew)
 	ew->locked = false;
 }
 
+/* Unlock and free every window of *list, and empty it. */
+static void
+drop_windows(List **list)
+{
+	ListCell   *lc;
+
+	foreach(lc, *list)
+	{
+		unlock_window(lfirst(lc));
+		free_window(lfirst(lc));
+	}
+	list_free(*list);
+	*list = NIL;
+}
+
 /* After the commit of what settle() found: their locks go. */
 static void
 release_settled(void)
 {
 	ListCell   *lc;
 
-	foreach(lc, emit_settled)
-	{
-		unlock_window(lfirst(lc));
-		free_window(lfirst(lc));
-	}
-	list_free(emit_settled);
-	emit_settled = NIL;
+	drop_windows(&emit_settled);
 	foreach(lc, emit_refused)
 		unlock_window(lfirst(lc));
 }
@@ -213,23 +222,9 @@ release_settled(void)
 void
 emit_producer_gone(void)
 {
-	ListCell   *lc;
-
-	foreach(lc, emit_inflight)
-	{
-		unlock_window(lfirst(lc));
-		free_window(lfirst(lc));
-	}
-	list_free(emit_inflight);
-	emit_inflight = NIL;
-	foreach(lc, emit_refused)
-	{
-		unlock_window(lfirst(lc));
-		free_window(lfirst(lc));
-	}
-	list_free(emit_refused);
-	emit_refused = NIL;
-	release_settled();
+	drop_windows(&emit_inflight);
+	drop_windows(&emit_refused);
+	drop_windows(&emit_settled);
 }
 
 /* A transaction of its own with SPI, and its end. */
