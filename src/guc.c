@@ -221,27 +221,75 @@ check_time_zone(char **newval, void **extra, GucSource source)
  * forge log lines.  Whether the file exists and is private is checked when
  * it is read, where the error can say so.
  */
+/* Does s hold a control character (which would forge lines of the log)? */
+static bool
+has_control_characters(const char *s)
+{
+	for (; *s; s++)
+		if ((unsigned char) *s < 0x20 || *s == 0x7f)
+			return true;
+	return false;
+}
+
+/*
+ * A file of the server named by a superuser-only setting: empty, or an
+ * absolute path without control characters.  For check hooks.
+ */
+bool
+kappa_check_server_file(const char *value, const char *name)
+{
+	if (value[0] == '\0')
+		return true;
+	if (!is_absolute_path(value))
+	{
+		GUC_check_errdetail("%s must be an absolute path.", name);
+		return false;
+	}
+	if (has_control_characters(value))
+	{
+		GUC_check_errdetail("%s must not contain control characters.", name);
+		return false;
+	}
+	return true;
+}
+
 static bool
 check_secrets_file(char **newval, void **extra, GucSource source)
 {
-	const char *p = *newval;
+	return kappa_check_server_file(*newval, "kappa.secrets_file");
+}
 
-	if (p[0] == '\0')
-		return true;
-	if (!is_absolute_path(p))
+/*
+ * Names that go into Kafka and the status views as they are: at most
+ * KAPPA_NAME_MAX bytes (what the workers keep; a longer consumer group
+ * would be cut, and offsets stored under another name), printable.
+ */
+static bool
+check_name(const char *value, const char *name)
+{
+	if (strlen(value) > KAPPA_NAME_MAX)
 	{
-		GUC_check_errdetail("kappa.secrets_file must be an absolute path.");
+		GUC_check_errdetail("%s has at most %d bytes.", name, KAPPA_NAME_MAX);
 		return false;
 	}
-	for (; *p; p++)
+	if (has_control_characters(value))
 	{
-		if ((unsigned char) *p < 0x20 || *p == 0x7f)
-		{
-			GUC_check_errdetail("kappa.secrets_file must not contain control characters.");
-			return false;
-		}
+		GUC_check_errdetail("%s must not contain control characters.", name);
+		return false;
 	}
 	return true;
+}
+
+static bool
+check_stream_group(char **newval, void **extra, GucSource source)
+{
+	return check_name(*newval, "kappa.stream_group");
+}
+
+static bool
+check_instance_id(char **newval, void **extra, GucSource source)
+{
+	return check_name(*newval, "kappa.instance_id");
 }
 
 static bool
@@ -428,7 +476,7 @@ kappa_define_gucs(void)
 							   &kappa_stream_group,
 							   "",
 							   PGC_POSTMASTER, 0,
-							   NULL, NULL, NULL);
+							   check_stream_group, NULL, NULL);
 
 	DefineCustomIntVariable("kappa.stream_batch_size",
 							"Most messages a stream worker applies in one transaction.",
@@ -452,7 +500,7 @@ kappa_define_gucs(void)
 							   &kappa_instance_id,
 							   "",
 							   PGC_POSTMASTER, 0,
-							   NULL, NULL, NULL);
+							   check_instance_id, NULL, NULL);
 	soap_define_gucs();
 	csv_define_gucs();
 

@@ -74,6 +74,12 @@ int			kappa_soap_max_backoff = 300;
  * ---------------------------------------------------------------------
  */
 static bool
+check_soap_ca_file(char **newval, void **extra, GucSource source)
+{
+	return kappa_check_server_file(*newval, "kappa.soap_ca_file");
+}
+
+static bool
 check_soap_url(char **newval, void **extra, GucSource source)
 {
 	const char *why;
@@ -158,7 +164,7 @@ soap_define_gucs(void)
 							   "",
 							   PGC_SIGHUP,
 							   GUC_SUPERUSER_ONLY,
-							   NULL, NULL, NULL);
+							   check_soap_ca_file, NULL, NULL);
 
 	DefineCustomBoolVariable("kappa.soap_allow_plain_http",
 							 "Sends the WS-Security password over http:// to another machine.",

@@ -82,7 +82,7 @@ typedef struct StreamWorkerStatus
 	slock_t		mutex;
 	pid_t		pid;
 	char		state[128];
-	char		group[NAMEDATALEN * 2];
+	char		group[KAPPA_NAME_MAX + 1];
 	int			partitions;
 	int64		messages;
 	int64		applied;
@@ -162,7 +162,7 @@ static struct
 {
 	int			index;
 	StreamWorkerStatus *status;
-	char		group[NAMEDATALEN * 2];
+	char		group[KAPPA_NAME_MAX + 1];
 	KafkaClient *consumer;
 	KafkaClient *producer;
 	WaitEventSet *waitset;
