@@ -214,19 +214,6 @@ release_settled(void)
 		unlock_window(lfirst(lc));
 }
 
-/*
- * The producer was destroyed (new Kafka settings): reports of what it had
- * in flight were served by its flush or will never come, and windows it
- * refused may pass with the new settings.  All are tried again at once.
- */
-void
-emit_producer_gone(void)
-{
-	drop_windows(&emit_inflight);
-	drop_windows(&emit_refused);
-	drop_windows(&emit_settled);
-}
-
 /* A transaction of its own with SPI, and its end. */
 static void
 begin_spi_transaction(void)
@@ -311,6 +298,40 @@ settle(List **list)
 	}
 	list_free(*list);
 	*list = pending;
+	return marked;
+}
+
+/* How many windows wait for Kafka's acknowledgement. */
+int
+emit_windows_in_flight(void)
+{
+	return list_length(emit_inflight);
+}
+
+/*
+ * The producer was destroyed (new Kafka settings).  Its flush served the
+ * reports of what it had in flight: the windows acknowledged are marked
+ * produced now, as the next call would have done (else they would be
+ * produced a second time).  The reports that did not come never will, and
+ * windows it refused may pass with the new settings: those are tried again
+ * at once.  Runs its own transaction if a window is to be marked.  Returns
+ * how many were marked.
+ */
+int
+emit_producer_gone(void)
+{
+	int			marked = 0;
+
+	if (emit_inflight != NIL)
+	{
+		begin_spi_transaction();
+		marked = settle(&emit_inflight);
+		commit_spi_transaction();
+		release_settled();
+	}
+	drop_windows(&emit_inflight);
+	drop_windows(&emit_refused);
+	drop_windows(&emit_settled);
 	return marked;
 }
 

@@ -130,7 +130,8 @@ extern void payments_flush(void);
 
 /* ---- emit.c: final window results to Kafka ---- */
 extern int	emit_final_results(struct KafkaClient *producer, int max_windows);
-extern void emit_producer_gone(void);
+extern int	emit_producer_gone(void);
+extern int	emit_windows_in_flight(void);
 extern const char *kappa_instance_name(void);
 
 /* ---- sink.c: window results of another processor ---- */

@@ -72,6 +72,7 @@
 #define BATCH_ATTEMPTS		5	/* applying a batch, when others conflict */
 #define START_RETRY_MS		1000	/* asking again where a partition starts, */
 #define START_RETRY_MAX_MS	30000	/* doubling up to this */
+#define PRODUCER_FLUSH_MS	5000	/* for the reports of results in flight */
 
 /* ---------------------------------------------------------------------
  * Shared state, for kappa.stat_consumers
@@ -2392,14 +2393,30 @@ kappa_stream_worker_main(Datum main_arg)
 				 */
 				/*
 				 * The results' producer may have windows in flight: its
-				 * flush serves their reports, and emit_producer_gone() lets
-				 * them be produced again (same keys and values).
+				 * flush serves their reports, emit_producer_gone() marks the
+				 * ones acknowledged produced and lets the others be produced
+				 * again (same keys and values).
 				 */
 				if (kafka_client_settings_changed(sw.producer))
 				{
-					kafka_client_destroy(sw.producer, 5000);
+					int			in_flight = emit_windows_in_flight();
+
+					if (in_flight > 0)
+						ereport(LOG,
+								(errmsg("pg_kappa stream worker %d: Kafka settings changed, waiting up to %d s for the acknowledgement of %d window(s) in flight",
+										sw.index, PRODUCER_FLUSH_MS / 1000, in_flight)));
+					kafka_client_destroy(sw.producer, PRODUCER_FLUSH_MS);
 					sw.producer = NULL;
-					emit_producer_gone();
+					if (in_flight > 0)
+					{
+						int			marked = emit_producer_gone();
+
+						ereport(LOG,
+								(errmsg("pg_kappa stream worker %d: %d of %d window(s) in flight acknowledged and marked produced, the others are produced again",
+										sw.index, marked, in_flight)));
+					}
+					else
+						(void) emit_producer_gone();
 				}
 				if (kappa_stream_enabled && kafka_client_settings_changed(sw.consumer))
 				{
