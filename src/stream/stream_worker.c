@@ -73,6 +73,7 @@
 #define START_RETRY_MS		1000	/* asking again where a partition starts, */
 #define START_RETRY_MAX_MS	30000	/* doubling up to this */
 #define PRODUCER_FLUSH_MS	5000	/* for the reports of results in flight */
+#define TOPIC_METADATA_MS	2000	/* how many partitions a topic has */
 
 /* ---------------------------------------------------------------------
  * Shared state, for kappa.stat_consumers
@@ -377,6 +378,55 @@ check_assign_error(void)
 						sw.group, rd_kafka_err2str(sw.assign_error)),
 				 errhint("The stream workers use the eager rebalance protocol; remove partition.assignment.strategy = cooperative-sticky from kappa.kafka_options, if it is there.")));
 }
+/*
+ * Give every partition of the topic a row, from the first assignment of
+ * any of them on.  A topic's watermark is the least stream time of its
+ * rows: a partition without one (its owner has not taken its assignment
+ * yet, a member of the group that is not a stream worker reads it, it is
+ * new) would be left out, and a backlog read on the other partitions would
+ * make windows final before its events are read, which would then all be
+ * late.  With a row and no stream time it holds the watermark back until
+ * a stream worker has read it, as the other partitions do.  SPI connected.
+ */
+static void
+record_topic_partitions(const char *topic)
+{
+	rd_kafka_topic_t *rkt = rd_kafka_topic_new(sw.consumer->rk, topic, NULL);
+	const struct rd_kafka_metadata *md = NULL;
+	rd_kafka_resp_err_t err;
+	int			count = -1;
+
+	err = rd_kafka_metadata(sw.consumer->rk, 0, rkt, &md, TOPIC_METADATA_MS);
+	if (err == RD_KAFKA_RESP_ERR_NO_ERROR && md->topic_cnt == 1)
+	{
+		err = md->topics[0].err;
+		if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
+			count = md->topics[0].partition_cnt;
+	}
+	if (md)
+		rd_kafka_metadata_destroy(md);
+	rd_kafka_topic_destroy(rkt);
+	if (count < 0)
+	{
+		/* the partitions assigned still get theirs; the others once read */
+		ereport(LOG,
+				(errmsg("pg_kappa stream worker %d: could not learn the partitions of topic \"%s\": %s",
+						sw.index, topic, rd_kafka_err2str(err))));
+		return;
+	}
+	{
+		Oid			types[3] = {TEXTOID, TEXTOID, INT4OID};
+		Datum		args[3] = {CStringGetTextDatum(sw.group), CStringGetTextDatum(topic),
+		Int32GetDatum(count)};
+
+		if (SPI_execute_with_args("INSERT INTO kappa.stream_offsets (consumer_group, topic, partition, next_offset) "
+								  "SELECT $1, $2, p, -2 FROM pg_catalog.generate_series(0, $3 - 1) p "
+								  "ON CONFLICT (consumer_group, topic, partition) DO NOTHING",
+								  3, types, args, NULL, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "could not insert into kappa.stream_offsets");
+	}
+}
+
 static void
 assign_partitions(rd_kafka_topic_partition_list_t *parts)
 {
@@ -387,6 +437,15 @@ assign_partitions(rd_kafka_topic_partition_list_t *parts)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
+	for (int i = 0; i < parts->cnt; i++)
+	{
+		bool		seen = false;
+
+		for (int j = 0; j < i && !seen; j++)
+			seen = strcmp(parts->elems[j].topic, parts->elems[i].topic) == 0;
+		if (!seen)
+			record_topic_partitions(parts->elems[i].topic);
+	}
 	for (int i = 0; i < parts->cnt; i++)
 	{
 		rd_kafka_topic_partition_t *tp = &parts->elems[i];
