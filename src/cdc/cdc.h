@@ -15,6 +15,13 @@ extern void cdc_lock_slot_lifecycle(void);
 extern bool cdc_tables_published(void);
 extern bool cdc_table_is_published(Oid relid);
 
+/*
+ * Was the slot invalidated (PostgreSQL removed WAL it still needed)?  It
+ * stays, but decodes nothing ever again.
+ */
+struct ReplicationSlot;
+extern bool cdc_slot_invalidated(struct ReplicationSlot *slot);
+
 /* NULL when pg_kappa may serve as output plugin, else the allowed list. */
 extern const char *cdc_output_plugin_blocked(void);
 

@@ -752,6 +752,33 @@ start_decoding(void)
 		record_error("replication slot named by kappa.cdc_slot_name is not a pg_kappa slot of this database; drop it or choose another kappa.cdc_slot_name");
 		return false;
 	}
+	if (cdc_slot_invalidated(slot))
+	{
+		/*
+		 * Decoding it would fail on WAL that is gone, again after every
+		 * restart: say what was lost and how to go on, once.
+		 */
+		set_state("replication slot \"%s\" was invalidated: changes of the published tables are not published",
+				  kappa_cdc_slot_name);
+		if (!slot_missing_reported)
+		{
+			char		msg[400];
+
+			snprintf(msg, sizeof(msg),
+					 "replication slot \"%s\" was invalidated: PostgreSQL removed WAL it still needed (max_slot_wal_keep_size), and the changes in it were never published; call kappa.publish_table() again for one of the published tables (it makes the slot anew and sends the rows of every published table again)",
+					 kappa_cdc_slot_name);
+			record_error(msg);
+			ereport(WARNING,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("pg_kappa cdc publisher: replication slot \"%s\" was invalidated",
+							kappa_cdc_slot_name),
+					 errdetail("PostgreSQL removed WAL the slot still needed (max_slot_wal_keep_size is %d MB); the changes in it were never published.",
+							   max_slot_wal_keep_size_mb),
+					 errhint("Call kappa.publish_table() again for one of the published tables: it makes the slot anew and sends the rows of every published table again.")));
+			slot_missing_reported = true;
+		}
+		return false;
+	}
 	if (cdc_output_plugin_blocked() != NULL)
 	{
 		set_state("pg_kappa is not listed in output_plugin_libraries");

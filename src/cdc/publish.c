@@ -258,6 +258,26 @@ notice_partial_old_rows(Relation rel)
 													RelationGetRelationName(rel)))));
 }
 
+/*
+ * PostgreSQL 15 invalidates a slot whose WAL it removed (past
+ * max_slot_wal_keep_size): the slot stays, without a restart_lsn, and
+ * decoding it fails on the first WAL segment.  Changes in the removed WAL
+ * were never decoded: as with a missing slot, publish_table() makes it anew
+ * and sends the published tables' rows again.
+ */
+bool
+cdc_slot_invalidated(ReplicationSlot *slot)
+{
+	XLogRecPtr	restart_lsn;
+	XLogRecPtr	invalidated_at;
+
+	SpinLockAcquire(&slot->mutex);
+	restart_lsn = slot->data.restart_lsn;
+	invalidated_at = slot->data.invalidated_at;
+	SpinLockRelease(&slot->mutex);
+	return !XLogRecPtrIsInvalid(invalidated_at) || XLogRecPtrIsInvalid(restart_lsn);
+}
+
 /* NULL when pg_kappa may serve as output plugin, else the current list. */
 const char *
 cdc_output_plugin_blocked(void)
@@ -326,7 +346,8 @@ ensure_cdc_slot(void)
 					 errmsg("replication slot \"%s\" exists but is not a pg_kappa slot of this database",
 							kappa_cdc_slot_name),
 					 errhint("Drop the slot, or set kappa.cdc_slot_name to another name and restart the server.")));
-		return;
+		if (!cdc_slot_invalidated(slot))
+			return;
 	}
 
 	if (TransactionIdIsValid(GetTopTransactionIdIfAny()))
@@ -338,6 +359,16 @@ ensure_cdc_slot(void)
 				 errhint("Call kappa.publish_table() in a transaction of its own.")));
 
 	args[0] = CStringGetTextDatum(kappa_cdc_slot_name);
+	if (slot != NULL)
+	{
+		/* invalidated: it goes, and is made anew (the caller sends the rows) */
+		if (SPI_execute_with_args("SELECT pg_catalog.pg_drop_replication_slot($1)",
+								  1, argtypes, args, NULL, false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not drop replication slot \"%s\"", kappa_cdc_slot_name);
+		ereport(NOTICE,
+				(errmsg("dropped replication slot \"%s\", which PostgreSQL had invalidated",
+						kappa_cdc_slot_name)));
+	}
 	if (SPI_execute_with_args("SELECT pg_catalog.pg_create_logical_replication_slot($1, 'pg_kappa')",
 							  1, argtypes, args, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not create replication slot \"%s\"", kappa_cdc_slot_name);
@@ -461,6 +492,7 @@ kappa_publish_table(PG_FUNCTION_ARGS)
 	Oid			relid;
 	char	   *topic = NULL;
 	Relation	rel;
+	ReplicationSlot *slot;
 	CatalogOwnerState owner_state;
 	bool		republish = false;
 	MemoryContext caller_cxt = CurrentMemoryContext;
@@ -561,7 +593,8 @@ kappa_publish_table(PG_FUNCTION_ARGS)
 		 * rows of every published table again as a snapshot, as at their
 		 * first call (one call: the next would find the slot).
 		 */
-		if (SearchNamedReplicationSlot(kappa_cdc_slot_name, true) != NULL)
+		slot = SearchNamedReplicationSlot(kappa_cdc_slot_name, true);
+		if (slot != NULL && !cdc_slot_invalidated(slot))
 		{
 			restore_caller(&owner_state);
 			SPI_finish();
@@ -588,7 +621,8 @@ kappa_publish_table(PG_FUNCTION_ARGS)
 			MemoryContextSwitchTo(old);
 		}
 		ereport(NOTICE,
-				(errmsg("table \"%s\" is published but replication slot \"%s\" is missing",
+				(errmsg(slot ? "table \"%s\" is published but replication slot \"%s\" was invalidated" :
+						"table \"%s\" is published but replication slot \"%s\" is missing",
 						RelationGetRelationName(rel), kappa_cdc_slot_name),
 				 errdetail("Changes since the slot was lost were not published; the rows of the %d published table(s) are sent again as a snapshot.",
 						   list_length(others) + 1)));
