@@ -416,8 +416,15 @@ static int64
 spi_int64(int row, int col)
 {
 	bool		isnull;
-	Datum		d = SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col, &isnull);
+	Datum		d;
 
+	/* (a ledger row deleted by hand while its file was read) */
+	if ((uint64) row >= SPI_processed)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("pg_kappa csv inbox: a row of kappa.csv_files is missing"),
+				 errdetail("The ledger row of the file being read was deleted.")));
+	d = SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col, &isnull);
 	return isnull ? 0 : DatumGetInt64(d);
 }
 
@@ -526,8 +533,20 @@ typedef enum CsvMove
 {
 	CSV_MOVED,
 	CSV_MOVE_REPLACED,			/* the name is another file now */
-	CSV_MOVE_GONE				/* the name is gone (deleted by the store) */
+	CSV_MOVE_GONE,				/* the name is gone (deleted by the store) */
+	CSV_MOVE_FAILED				/* the system refused (errno says why) */
 } CsvMove;
+
+/* sub: processed or failed, NULL for the inbox itself */
+static void
+sync_directory(int dirfd, const char *sub)
+{
+	if (fsync(dirfd) != 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not fsync directory \"%s%s%s\": %m",
+						kappa_csv_inbox, sub ? "/" : "", sub ? sub : "")));
+}
 
 static CsvMove
 move_file(CsvFile *f, int subfd, const char *sub, const char *dest)
@@ -535,31 +554,29 @@ move_file(CsvFile *f, int subfd, const char *sub, const char *dest)
 	struct stat st;
 
 	if (fstatat(f->dirfd, f->name, &st, AT_SYMLINK_NOFOLLOW) != 0)
-	{
-		if (errno == ENOENT)
-			return CSV_MOVE_GONE;
-		ereport(ERROR,
-				(errcode_for_file_access(),
-				 errmsg("could not stat file \"%s\": %m", f->name)));
-	}
+		return errno == ENOENT ? CSV_MOVE_GONE : CSV_MOVE_FAILED;
 	if (st.st_dev != f->st.st_dev || st.st_ino != f->st.st_ino)
 		return CSV_MOVE_REPLACED;
-	if (renameat2(f->dirfd, f->name, subfd, dest, RENAME_NOREPLACE) == 0)
-		return CSV_MOVED;
-	if (errno == EINVAL || errno == ENOSYS)
+	if (renameat2(f->dirfd, f->name, subfd, dest, RENAME_NOREPLACE) != 0)
 	{
 		/*
 		 * A file system without RENAME_NOREPLACE: link, then unlink (a
 		 * crash between the two is finished by reconcile_moves).
 		 */
-		if (linkat(f->dirfd, f->name, subfd, dest, 0) == 0 &&
-			unlinkat(f->dirfd, f->name, 0) == 0)
-			return CSV_MOVED;
+		if ((errno != EINVAL && errno != ENOSYS) ||
+			linkat(f->dirfd, f->name, subfd, dest, 0) != 0 ||
+			unlinkat(f->dirfd, f->name, 0) != 0)
+			return CSV_MOVE_FAILED;
 	}
-	ereport(ERROR,
-			(errcode_for_file_access(),
-			 errmsg("could not move file \"%s\" to \"%s/%s\": %m", f->name, sub, dest)));
-	return CSV_MOVED;			/* keep compiler quiet */
+
+	/*
+	 * The move is durable before the ledger says it happened (as
+	 * PostgreSQL's durable_rename): after a power loss the file must not be
+	 * back in the inbox, read again, while the ledger calls it moved.
+	 */
+	sync_directory(subfd, sub);
+	sync_directory(f->dirfd, NULL);
+	return CSV_MOVED;
 }
 
 static void forget_candidate(const char *name);
@@ -603,7 +620,8 @@ write_reason_file(int subfd, const char *dest, const char *reason)
 	int			fd = openat(subfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC,
 							S_IRUSR | S_IWUSR);
 
-	if (fd < 0 || write(fd, text, strlen(text)) != (ssize_t) strlen(text) || close(fd) != 0)
+	if (fd < 0 || write(fd, text, strlen(text)) != (ssize_t) strlen(text) ||
+		fsync(fd) != 0 || close(fd) != 0)
 		ereport(LOG,
 				(errcode_for_file_access(),
 				 errmsg("pg_kappa csv inbox: could not write \"failed/%s\": %m", name)));
@@ -862,7 +880,10 @@ forget_candidate(const char *name)
 	hash_search(worker.candidates, name, HASH_REMOVE, NULL);
 }
 
-/* A file that could not be opened is left alone until it changes. */
+/*
+ * A file that could not be opened, or moved, is left alone until it
+ * changes or the configuration is reloaded (after the cause was fixed).
+ */
 static void
 mark_unreadable(const char *name)
 {
@@ -870,6 +891,17 @@ mark_unreadable(const char *name)
 
 	if (c)
 		c->unreadable = true;
+}
+
+static void
+retry_unreadable(void)
+{
+	HASH_SEQ_STATUS seq;
+	CsvCandidate *c;
+
+	hash_seq_init(&seq, worker.candidates);
+	while ((c = hash_seq_search(&seq)) != NULL)
+		c->unreadable = false;
 }
 
 /* ---------------------------------------------------------------------
@@ -1011,7 +1043,23 @@ move_recorded(CsvFile *f, int64 id, int subfd, const char *sub, const char *dest
 			  const char *recorded_as)
 {
 	CsvMove		moved = move_file(f, subfd, sub, dest);
+	int			move_errno = errno;
 
+	if (moved == CSV_MOVE_FAILED)
+	{
+		/*
+		 * Not an error that ends the worker: its next run would find the
+		 * file again, fail again, and never reach the files after it (an
+		 * inbox with the sticky bit and files of other owners, processed/
+		 * made read-only, another file system).  The ledger keeps where it
+		 * goes; the name waits until it changes or the worker is reloaded
+		 * or restarted, and the other files go on.
+		 */
+		report_problem("could not move \"%s\" to %s/%s: %s; it is recorded as %s and is moved after the next reload or restart of the worker",
+					   f->name, sub, dest, strerror(move_errno), recorded_as);
+		mark_unreadable(f->name);
+		return false;
+	}
 	if (moved != CSV_MOVED)
 	{
 		file_replaced(f, recorded_as, moved == CSV_MOVE_GONE);
@@ -1413,6 +1461,9 @@ send_rows(CsvFile *f, KafkaDelivery *delivery, char **reason)
 	}
 	MemoryContextDelete(row_cxt);
 	csv_reader_free(reader);
+	/* (a file sent again after Kafka refused it calls this again) */
+	pfree(key.data);
+	pfree(value.data);
 	return CSV_SENT;
 }
 
@@ -1794,6 +1845,8 @@ reload_configuration(void)
 		worker.moves_checked = false;
 		worker.problem[0] = '\0';
 	}
+	else if (worker.candidates)
+		retry_unreadable();
 	pfree(old_brokers);
 	pfree(old_options);
 	pfree(old_inbox);
