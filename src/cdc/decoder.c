@@ -693,6 +693,13 @@ decoder_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn,
 	HeapTuple	newtuple;
 	MemoryContext old;
 
+	/*
+	 * PostgreSQL replays a transaction's changes without an interrupt check
+	 * between them: millions of changes of tables not published would hold
+	 * off SIGTERM until the last.  (The publisher's own check, before it
+	 * produces, is only reached by published tables.)
+	 */
+	CHECK_FOR_INTERRUPTS();
 	if (entry->registry)
 		note_publishing(data, relation, change);
 	if (!entry->included)
