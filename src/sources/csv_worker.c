@@ -1495,6 +1495,56 @@ file_changed(CsvFile *f)
 }
 
 /*
+ * Does the file, changed in size or time since it was read, still hold what
+ * was read (its size and SHA-256)?  A file only touched (a sync agent, a
+ * backup restoring times, touch(1)) does: it need not be read and sent again.
+ */
+static bool
+same_content(CsvFile *f)
+{
+	struct stat st;
+	unsigned char *buf;
+	pg_cryptohash_ctx *ctx;
+	uint8		digest[PG_SHA256_DIGEST_LENGTH];
+	char		hex[PG_SHA256_DIGEST_LENGTH * 2 + 1];
+	off_t		offset = 0;
+	ResourceOwner saved = CurrentResourceOwner;
+
+	if (fstat(f->fd, &st) != 0 || st.st_size != f->st.st_size)
+		return false;
+	buf = palloc(CSV_READ_CHUNK);
+	CurrentResourceOwner = worker.owner;
+	ctx = pg_cryptohash_create(PG_SHA256);
+	if (pg_cryptohash_init(ctx) < 0)
+		elog(ERROR, "could not initialize SHA-256: %s", pg_cryptohash_error(ctx));
+	for (;;)
+	{
+		ssize_t		n = pread(f->fd, buf, CSV_READ_CHUNK, offset);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			ereport(ERROR,
+					(errcode_for_file_access(),
+					 errmsg("could not read file \"%s\": %m", f->name)));
+		if (n == 0)
+			break;
+		if (pg_cryptohash_update(ctx, buf, n) < 0)
+			elog(ERROR, "could not compute SHA-256: %s", pg_cryptohash_error(ctx));
+		offset += n;
+		CHECK_FOR_INTERRUPTS();
+	}
+	if (pg_cryptohash_final(ctx, digest, sizeof(digest)) < 0)
+		elog(ERROR, "could not compute SHA-256: %s", pg_cryptohash_error(ctx));
+	pg_cryptohash_free(ctx);
+	CurrentResourceOwner = saved;
+	pfree(buf);
+	hex_encode((const char *) digest, sizeof(digest), hex);
+	hex[PG_SHA256_DIGEST_LENGTH * 2] = '\0';
+	return offset == f->st.st_size && strcmp(hex, f->sha256) == 0;
+}
+
+/*
  * Files whose rows are produced and whose acknowledgements are awaited,
  * oldest first.  The next file is read while Kafka acknowledges the last
  * ones, so the producer never runs dry between files; each file still has
@@ -1528,7 +1578,7 @@ complete_file(CsvFile *f)
 	MemoryContext old = MemoryContextSwitchTo(f->cxt);
 
 	work_on(f);
-	if (file_changed(f))
+	if (file_changed(f) && !same_content(f))
 	{
 		report_problem("\"%s\" changed while it was read; it will be read again once it is stable",
 					   f->name);
