@@ -627,6 +627,29 @@ kappa_publish_table(PG_FUNCTION_ARGS)
 				 errdetail("Changes since the slot was lost were not published; the rows of the %d published table(s) are sent again as a snapshot.",
 						   list_length(others) + 1)));
 	}
+	else
+	{
+		/*
+		 * A table not published yet while the slot of the published ones is
+		 * lost: making the slot anew here would send this table's rows only,
+		 * and the changes the others had meanwhile would never be sent.
+		 */
+		slot = SearchNamedReplicationSlot(kappa_cdc_slot_name, true);
+		if (slot == NULL || cdc_slot_invalidated(slot))
+		{
+			if (SPI_execute("SELECT 1 FROM kappa.published_tables LIMIT 1", true, 1) != SPI_OK_SELECT)
+				elog(ERROR, "could not read kappa.published_tables");
+			if (SPI_processed > 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						 errmsg(slot ? "replication slot \"%s\" was invalidated while tables are published" :
+								"replication slot \"%s\" is missing while tables are published",
+								kappa_cdc_slot_name),
+						 errdetail("Publishing \"%s\" now would make the slot anew and send its rows only: what the published tables had while the slot was lost would never be sent.",
+								   RelationGetRelationName(rel)),
+						 errhint("Call kappa.publish_table() again for one of the published tables first: it makes the slot anew and sends the rows of every published table again.")));
+		}
+	}
 
 	ensure_cdc_slot();
 

@@ -2,7 +2,9 @@
 # slot still needed was removed while the publisher was off.  The slot
 # stays, but can decode nothing again.  The publisher says so, once, in its
 # state, its last error and the log, instead of failing on the removed WAL
-# after every restart.  kappa.publish_table() again drops the slot, makes
+# after every restart.  Publishing another table meanwhile is refused (it
+# would make the slot anew and send that table's rows only).
+# kappa.publish_table() again drops the slot, makes
 # it anew and sends the published table's rows again, the row changed while
 # the slot was lost included, and changes flow from there.
 use strict;
@@ -59,6 +61,13 @@ my $log = slurp_file($node->logfile, $log_offset);
 my @warnings = $log =~ /WARNING:  pg_kappa cdc publisher: replication slot "pg_kappa_cdc" was invalidated\n[^\n]*DETAIL:  PostgreSQL removed WAL the slot still needed \(max_slot_wal_keep_size is 1 MB\); the changes in it were never published\.\n[^\n]*HINT:  Call kappa\.publish_table\(\) again/g;
 is(scalar(@warnings), 1, 'the log says so once, with the facts and the fix');
 unlike($log, qr/has already been removed/, 'the publisher does not try to decode the removed WAL');
+
+# Publishing another table first would make the slot anew with that table's
+# rows only: refused, with the way to go on.
+my ($cret, $crows, $cerr) = $node->psql('shop', "SELECT kappa.publish_table('churn')");
+like($cerr, qr/ERROR:  replication slot "pg_kappa_cdc" was invalidated while tables are published\n[^\n]*DETAIL:  Publishing "churn" now would make the slot anew and send its rows only/,
+	'a table not published yet is refused meanwhile');
+like($cerr, qr/HINT:  Call kappa\.publish_table\(\) again for one of the published tables first/, 'saying what to do');
 
 my ($ret, $rows, $stderr) = $node->psql('shop', "SELECT kappa.publish_table('sales')");
 is($rows, '2', 'publish_table() again sends the rows of the published table again');
