@@ -40,15 +40,6 @@ ALTER SYSTEM SET kappa.kafka_options = 'ssl.key.password=x';
 -- the secrets file is named by an absolute path, without control characters
 ALTER SYSTEM SET kappa.secrets_file = 'kappa.secrets';
 ALTER SYSTEM SET kappa.secrets_file = E'/etc/kappa\nLOG:  forged';
--- consumer group and instance names: at most 127 bytes, no control characters
-ALTER SYSTEM SET kappa.stream_group = 'gggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggg';
-ALTER SYSTEM SET kappa.stream_group = E'shop\nLOG:  forged';
-ALTER SYSTEM SET kappa.instance_id = 'gggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggg';
-ALTER SYSTEM SET kappa.instance_id = E'shop-1\t';
-ALTER SYSTEM SET kappa.stream_group = 'ggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggggg';
-ALTER SYSTEM SET kappa.instance_id = 'shop-eu-1';
-ALTER SYSTEM RESET kappa.stream_group;
-ALTER SYSTEM RESET kappa.instance_id;
 -- good values are accepted (and reset again)
 ALTER SYSTEM SET kappa.secrets_file = '/etc/postgresql/15/main/kappa.secrets';
 ALTER SYSTEM SET kappa.brokers = 'SSL://kafka-1.example:9093, kafka-2.example:9093,kafka-3';

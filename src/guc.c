@@ -259,39 +259,6 @@ check_secrets_file(char **newval, void **extra, GucSource source)
 	return kappa_check_server_file(*newval, "kappa.secrets_file");
 }
 
-/*
- * Names that go into Kafka and the status views as they are: at most
- * KAPPA_NAME_MAX bytes (what the workers keep; a longer consumer group
- * would be cut, and offsets stored under another name), printable.
- */
-static bool
-check_name(const char *value, const char *name)
-{
-	if (strlen(value) > KAPPA_NAME_MAX)
-	{
-		GUC_check_errdetail("%s has at most %d bytes.", name, KAPPA_NAME_MAX);
-		return false;
-	}
-	if (has_control_characters(value))
-	{
-		GUC_check_errdetail("%s must not contain control characters.", name);
-		return false;
-	}
-	return true;
-}
-
-static bool
-check_stream_group(char **newval, void **extra, GucSource source)
-{
-	return check_name(*newval, "kappa.stream_group");
-}
-
-static bool
-check_instance_id(char **newval, void **extra, GucSource source)
-{
-	return check_name(*newval, "kappa.instance_id");
-}
-
 static bool
 check_database(char **newval, void **extra, GucSource source)
 {
@@ -476,7 +443,7 @@ kappa_define_gucs(void)
 							   &kappa_stream_group,
 							   "",
 							   PGC_POSTMASTER, 0,
-							   check_stream_group, NULL, NULL);
+							   NULL, NULL, NULL);
 
 	DefineCustomIntVariable("kappa.stream_batch_size",
 							"Most messages a stream worker applies in one transaction.",
@@ -500,7 +467,7 @@ kappa_define_gucs(void)
 							   &kappa_instance_id,
 							   "",
 							   PGC_POSTMASTER, 0,
-							   check_instance_id, NULL, NULL);
+							   NULL, NULL, NULL);
 	soap_define_gucs();
 	csv_define_gucs();
 

@@ -69,7 +69,7 @@ extern int	errdetail_secrets_file(void);
 extern bool kappa_valid_topic_name(const char *name, const char **why);
 extern bool kappa_check_server_file(const char *value, const char *name);
 
-/* Longest kappa.stream_group and kappa.instance_id, in bytes */
+/* Longest kappa.stream_group, in bytes */
 #define KAPPA_NAME_MAX		(NAMEDATALEN * 2 - 1)
 
 /* A refused record and where it came from (src/dead_letters.c) */

@@ -393,19 +393,21 @@ record_topic_partitions(const char *topic)
 {
 	rd_kafka_topic_t *rkt = rd_kafka_topic_new(sw.consumer->rk, topic, NULL);
 	const struct rd_kafka_metadata *md = NULL;
-	rd_kafka_resp_err_t err;
+	rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC;
 	int			count = -1;
 
-	err = rd_kafka_metadata(sw.consumer->rk, 0, rkt, &md, TOPIC_METADATA_MS);
-	if (err == RD_KAFKA_RESP_ERR_NO_ERROR && md->topic_cnt == 1)
+	if (rkt)
+		err = rd_kafka_metadata(sw.consumer->rk, 0, rkt, &md, TOPIC_METADATA_MS);
+	if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
 	{
-		err = md->topics[0].err;
+		err = md->topic_cnt == 1 ? md->topics[0].err : RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC;
 		if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
 			count = md->topics[0].partition_cnt;
 	}
 	if (md)
 		rd_kafka_metadata_destroy(md);
-	rd_kafka_topic_destroy(rkt);
+	if (rkt)
+		rd_kafka_topic_destroy(rkt);
 	if (count < 0)
 	{
 		/* the partitions assigned still get theirs; the others once read */
@@ -2374,6 +2376,18 @@ kappa_stream_worker_main(Datum main_arg)
 	SpinLockRelease(&sw.status->mutex);
 	before_shmem_exit(stream_worker_shutdown, (Datum) 0);
 
+	/*
+	 * Refused here, not by a check hook: a value a hook refuses at server
+	 * start is replaced by the default with a WARNING, and the workers would
+	 * then read every topic again under another group.
+	 */
+	if (strlen(kappa_stream_group) > KAPPA_NAME_MAX)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("kappa.stream_group is longer than %d bytes", KAPPA_NAME_MAX),
+				 errdetail("The stream workers keep their offsets under the group's name, of at most %d bytes.",
+						   KAPPA_NAME_MAX),
+				 errhint("Set a shorter kappa.stream_group and restart the server.")));
 	if (kappa_stream_group[0])
 		strlcpy(sw.group, kappa_stream_group, sizeof(sw.group));
 	else
