@@ -537,11 +537,15 @@ typedef enum CsvMove
 	CSV_MOVE_FAILED				/* the system refused (errno says why) */
 } CsvMove;
 
-/* sub: processed or failed, NULL for the inbox itself */
+/*
+ * sub: processed or failed, NULL for the inbox itself.  Some file systems
+ * cannot fsync a directory (EBADF, EINVAL, ENOTSUP, as PostgreSQL's own
+ * fsync_fname allows): nothing more can be done there.
+ */
 static void
 sync_directory(int dirfd, const char *sub)
 {
-	if (fsync(dirfd) != 0)
+	if (fsync(dirfd) != 0 && errno != EBADF && errno != EINVAL && errno != ENOTSUP)
 		ereport(ERROR,
 				(errcode_for_file_access(),
 				 errmsg("could not fsync directory \"%s%s%s\": %m",
