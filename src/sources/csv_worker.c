@@ -930,6 +930,44 @@ incomplete_utf8_tail(const unsigned char *s, int len)
 }
 
 /*
+ * SHA-256 of a file's bytes.  The context belongs to the worker's resource
+ * owner, not to a transaction's: the reading spans none or several.
+ */
+static pg_cryptohash_ctx *
+sha256_begin(void)
+{
+	ResourceOwner saved = CurrentResourceOwner;
+	pg_cryptohash_ctx *ctx;
+
+	CurrentResourceOwner = worker.owner;
+	ctx = pg_cryptohash_create(PG_SHA256);
+	CurrentResourceOwner = saved;
+	if (pg_cryptohash_init(ctx) < 0)
+		elog(ERROR, "could not initialize SHA-256: %s", pg_cryptohash_error(ctx));
+	return ctx;
+}
+
+static void
+sha256_add(pg_cryptohash_ctx *ctx, const unsigned char *data, size_t len)
+{
+	if (pg_cryptohash_update(ctx, data, len) < 0)
+		elog(ERROR, "could not compute SHA-256: %s", pg_cryptohash_error(ctx));
+}
+
+/* The digest in hex, NUL-terminated, into hex[PG_SHA256_DIGEST_LENGTH * 2 + 1]. */
+static void
+sha256_end(pg_cryptohash_ctx *ctx, char *hex)
+{
+	uint8		digest[PG_SHA256_DIGEST_LENGTH];
+
+	if (pg_cryptohash_final(ctx, digest, sizeof(digest)) < 0)
+		elog(ERROR, "could not compute SHA-256: %s", pg_cryptohash_error(ctx));
+	pg_cryptohash_free(ctx);
+	hex_encode((const char *) digest, sizeof(digest), hex);
+	hex[PG_SHA256_DIGEST_LENGTH * 2] = '\0';
+}
+
+/*
  * Hash the whole file into f->sha256 and check that it is UTF-8 without
  * NUL bytes.  Returns NULL, or why the file cannot be read.  Sets *size to
  * the bytes read.
@@ -941,15 +979,9 @@ hash_and_verify(CsvFile *f, int64 *size)
 	int			carry = 0;
 	int64		line = 1;
 	char	   *reason = NULL;
-	pg_cryptohash_ctx *ctx;
-	uint8		digest[PG_SHA256_DIGEST_LENGTH];
-	ResourceOwner saved = CurrentResourceOwner;
+	pg_cryptohash_ctx *ctx = sha256_begin();
 
 	*size = 0;
-	CurrentResourceOwner = worker.owner;
-	ctx = pg_cryptohash_create(PG_SHA256);
-	if (pg_cryptohash_init(ctx) < 0)
-		elog(ERROR, "could not initialize SHA-256: %s", pg_cryptohash_error(ctx));
 
 	for (;;)
 	{
@@ -967,8 +999,7 @@ hash_and_verify(CsvFile *f, int64 *size)
 					 errmsg("could not read file \"%s\": %m", f->name)));
 		if (n == 0)
 			break;
-		if (pg_cryptohash_update(ctx, buf + carry, n) < 0)
-			elog(ERROR, "could not compute SHA-256: %s", pg_cryptohash_error(ctx));
+		sha256_add(ctx, buf + carry, n);
 		*size += n;
 		len = carry + n;
 		carry = 0;
@@ -992,13 +1023,7 @@ hash_and_verify(CsvFile *f, int64 *size)
 		reason = psprintf("the file is not UTF-8: incomplete byte sequence at the end (line %lld)",
 						  (long long) line);
 
-	if (pg_cryptohash_final(ctx, digest, sizeof(digest)) < 0)
-		elog(ERROR, "could not compute SHA-256: %s", pg_cryptohash_error(ctx));
-	pg_cryptohash_free(ctx);
-	CurrentResourceOwner = saved;
-
-	hex_encode((const char *) digest, sizeof(digest), f->sha256);
-	f->sha256[PG_SHA256_DIGEST_LENGTH * 2] = '\0';
+	sha256_end(ctx, f->sha256);
 	pfree(buf);
 	return reason;
 }
@@ -1509,18 +1534,13 @@ same_content(CsvFile *f)
 	struct stat st;
 	unsigned char *buf;
 	pg_cryptohash_ctx *ctx;
-	uint8		digest[PG_SHA256_DIGEST_LENGTH];
 	char		hex[PG_SHA256_DIGEST_LENGTH * 2 + 1];
 	off_t		offset = 0;
-	ResourceOwner saved = CurrentResourceOwner;
 
 	if (fstat(f->fd, &st) != 0 || st.st_size != f->st.st_size)
 		return false;
 	buf = palloc(CSV_READ_CHUNK);
-	CurrentResourceOwner = worker.owner;
-	ctx = pg_cryptohash_create(PG_SHA256);
-	if (pg_cryptohash_init(ctx) < 0)
-		elog(ERROR, "could not initialize SHA-256: %s", pg_cryptohash_error(ctx));
+	ctx = sha256_begin();
 	for (;;)
 	{
 		ssize_t		n = pread(f->fd, buf, CSV_READ_CHUNK, offset);
@@ -1533,18 +1553,12 @@ same_content(CsvFile *f)
 					 errmsg("could not read file \"%s\": %m", f->name)));
 		if (n == 0)
 			break;
-		if (pg_cryptohash_update(ctx, buf, n) < 0)
-			elog(ERROR, "could not compute SHA-256: %s", pg_cryptohash_error(ctx));
+		sha256_add(ctx, buf, n);
 		offset += n;
 		CHECK_FOR_INTERRUPTS();
 	}
-	if (pg_cryptohash_final(ctx, digest, sizeof(digest)) < 0)
-		elog(ERROR, "could not compute SHA-256: %s", pg_cryptohash_error(ctx));
-	pg_cryptohash_free(ctx);
-	CurrentResourceOwner = saved;
+	sha256_end(ctx, hex);
 	pfree(buf);
-	hex_encode((const char *) digest, sizeof(digest), hex);
-	hex[PG_SHA256_DIGEST_LENGTH * 2] = '\0';
 	return offset == f->st.st_size && strcmp(hex, f->sha256) == 0;
 }
 

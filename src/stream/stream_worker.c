@@ -2473,6 +2473,7 @@ kappa_stream_worker_main(Datum main_arg)
 				if (kafka_client_settings_changed(sw.producer))
 				{
 					int			in_flight = emit_windows_in_flight();
+					int			marked;
 
 					if (in_flight > 0)
 						ereport(LOG,
@@ -2480,16 +2481,11 @@ kappa_stream_worker_main(Datum main_arg)
 										sw.index, PRODUCER_FLUSH_MS / 1000, in_flight)));
 					kafka_client_destroy(sw.producer, PRODUCER_FLUSH_MS);
 					sw.producer = NULL;
+					marked = emit_producer_gone();
 					if (in_flight > 0)
-					{
-						int			marked = emit_producer_gone();
-
 						ereport(LOG,
 								(errmsg("pg_kappa stream worker %d: %d of %d window(s) in flight acknowledged and marked produced, the others are produced again",
 										sw.index, marked, in_flight)));
-					}
-					else
-						(void) emit_producer_gone();
 				}
 				if (kappa_stream_enabled && kafka_client_settings_changed(sw.consumer))
 				{
