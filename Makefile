@@ -32,7 +32,8 @@ PG_CONFIG ?= pg_config
 # our code, not PostgreSQL's inline functions.  Unused parameters are allowed:
 # PostgreSQL and librdkafka fix the signatures of the callbacks we implement.
 PG_CPPFLAGS = -I$(srcdir)/src -isystem $(shell $(PG_CONFIG) --includedir-server) \
-	$(shell xml2-config --cflags 2>/dev/null)
+	$(shell xml2-config --cflags 2>/dev/null) \
+	-DPG_KAPPA_VERSION='"$(EXTVERSION)"'
 PG_CFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -std=gnu99
 SHLIB_LINK = -lrdkafka -lcurl $(shell xml2-config --libs 2>/dev/null || echo -lxml2)
 

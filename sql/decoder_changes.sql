@@ -1,6 +1,13 @@
 -- Inserts, updates, deletes, truncates and transactions.
+-- source.system_id must be this cluster's (pg_control_system() shows it
+-- signed; the envelope unsigned, as pg_controldata does)
+CREATE FUNCTION pg_temp.this_cluster() RETURNS text LANGUAGE sql AS $$
+  SELECT '"system_id":"' || (system_identifier::numeric
+           + CASE WHEN system_identifier < 0 THEN 18446744073709551616 ELSE 0 END) || '"'
+    FROM pg_control_system()
+$$;
 CREATE FUNCTION pg_temp.stable(data text) RETURNS text LANGUAGE sql AS $$
-  SELECT regexp_replace(regexp_replace(regexp_replace(regexp_replace(data,
+  SELECT regexp_replace(regexp_replace(regexp_replace(regexp_replace(replace(data, pg_temp.this_cluster(), '"system_id":"SYSID"'),
            '"lsn":"[0-9A-F]+/[0-9A-F]+"', '"lsn":"LSN"', 'g'),
            '"txid":[0-9]+', '"txid":XID', 'g'),
            '"ts_ms":[0-9]{13}', '"ts_ms":MS', 'g'),

@@ -491,3 +491,13 @@ SELECT o.consumer_group, o.topic, o.partition, w.worker, o.owner_pid AS pid,
        w.last_batch_at, w.last_error, w.last_error_at
   FROM kappa.stream_offsets o
   LEFT JOIN kappa.stream_worker_status() w ON w.pid = o.owner_pid;
+
+-- A CDC position names the cluster and timeline whose WAL it is in
+-- (source.system_id, source.timeline): a cluster restored from a dump, or a
+-- standby promoted after an asynchronous failover, writes again at
+-- positions the old one published, and its changes were taken for replays.
+-- Rows and partitions remembered by 0.1.4 have none and keep comparing by
+-- LSN alone against envelopes without them.
+ALTER TABLE kappa.stream_rows ADD COLUMN system_id bigint, ADD COLUMN timeline integer;
+ALTER TABLE kappa.stream_offsets
+    ADD COLUMN position_system_id bigint, ADD COLUMN position_timeline integer;

@@ -104,6 +104,7 @@ extern Size workers_shmem_size(void);
 extern void workers_shmem_init(void);
 extern void kappa_worker_begin(const char *application_name);
 extern bool kappa_extension_installed(void);
+extern char *kappa_extension_version(void);
 
 /* Entry points named in BackgroundWorker.bgw_function_name */
 extern PGDLLEXPORT void kappa_cdc_worker_main(Datum main_arg);

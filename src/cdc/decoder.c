@@ -34,6 +34,8 @@
 #include "access/genam.h"
 #include "access/htup_details.h"
 #include "access/table.h"
+#include "access/xlog.h"
+#include "access/xlogreader.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "cdc/decoder.h"
@@ -198,6 +200,7 @@ decoder_startup(LogicalDecodingContext *ctx, OutputPluginOptions *opt,
 											"pg_kappa table cache",
 											ALLOCSET_DEFAULT_SIZES);
 	initStringInfo(&data->key);
+	data->system_id = GetSystemIdentifier();
 
 	foreach(lc, ctx->output_plugin_options)
 	{
@@ -437,6 +440,18 @@ write_begin_if_needed(LogicalDecodingContext *ctx, ReorderBufferTXN *txn)
 		data->db_json = buf.data;
 		MemoryContextSwitchTo(old);
 	}
+
+	/*
+	 * The timeline of the WAL the commit record was read from: changes are
+	 * replayed at their commit, so the reader has just read it.  A slot that
+	 * decodes WAL from before a promotion says the old timeline, where those
+	 * changes were first published.
+	 */
+	data->timeline = ctx->reader->seg.ws_tli;
+	if (data->timeline == 0)
+		data->timeline = ctx->reader->currTLI;
+	if (data->timeline == 0 && !RecoveryInProgress())
+		data->timeline = GetWALInsertionTimeLine();
 	if (!data->include_transaction)
 		return;
 
@@ -463,6 +478,10 @@ append_source(StringInfo out, KappaDecodingState *data, KappaTableEncoder *te,
 	appendStringInfoString(out, te->schema_json);
 	appendStringInfoString(out, ",\"table\":");
 	appendStringInfoString(out, te->table_json);
+	/* as a string: JSON readers take numbers for doubles */
+	appendStringInfo(out, ",\"system_id\":\"" UINT64_FORMAT "\"", data->system_id);
+	if (data->timeline != 0)
+		appendStringInfo(out, ",\"timeline\":%u", data->timeline);
 	appendStringInfoString(out, ",\"lsn\":");
 	envelope_append_lsn(out, txn->final_lsn);
 	appendStringInfo(out, ",\"seq\":" INT64_FORMAT ",\"txid\":%u,\"ts_ms\":" INT64_FORMAT "}",

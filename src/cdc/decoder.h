@@ -68,6 +68,8 @@ typedef struct KappaDecodingState
 	int64		seq;			/* next change's position in the transaction */
 	int64		decode_ms;		/* wall clock when decoding it, Unix ms */
 	char	   *db_json;		/* database name, as a JSON string */
+	uint64		system_id;		/* this cluster's, for source.system_id */
+	TimeLineID	timeline;		/* the commit's WAL timeline, source.timeline */
 
 	/*
 	 * What the message being written is: read by the CDC publisher's write

@@ -795,6 +795,69 @@ parse_lsn(const JsonSpan *s, XLogRecPtr *lsn)
 }
 
 /*
+ * An unsigned integer of at most max, written as a JSON number or as a
+ * string of digits (a system identifier does not fit a double exactly, so
+ * it is sent as a string).
+ */
+static bool
+parse_unsigned(const JsonSpan *s, uint64 max, uint64 *result)
+{
+	const char *p = s->p;
+	const char *end = s->p + s->len;
+	uint64		v = 0;
+
+	if (s->type == JSON_SPAN_STRING)
+	{
+		p++;
+		end--;
+	}
+	else if (s->type != JSON_SPAN_NUMBER)
+		return false;
+	if (p >= end)
+		return false;
+	for (; p < end; p++)
+	{
+		if (*p < '0' || *p > '9')
+			return false;
+		if (v > (max - (*p - '0')) / 10)
+			return false;
+		v = v * 10 + (*p - '0');
+	}
+	*result = v;
+	return true;
+}
+
+/*
+ * Whether a change at *event was applied already, *applied being the
+ * latest position applied for its row (or partition).  Positions compare
+ * only within one cluster: when both name their cluster and the names
+ * differ, the event is new (Kafka's order, in which it came after, is the
+ * only order there is).  Within a cluster a later timeline is later
+ * whatever its LSNs, since a promoted standby writes again from where it
+ * branched off.  A side that does not name its cluster or timeline
+ * (envelopes before 0.1.5, Debezium's) compares by LSN and seq alone, as
+ * before, so that replays of changes first published by an older publisher
+ * are still recognised.
+ */
+bool
+position_is_replay(const SourcePosition *event, const SourcePosition *applied)
+{
+	if (!event->known || !applied->known)
+		return false;
+	if (event->system_id != 0 && applied->system_id != 0)
+	{
+		if (event->system_id != applied->system_id)
+			return false;
+		if (event->timeline != 0 && applied->timeline != 0 &&
+			event->timeline != applied->timeline)
+			return event->timeline < applied->timeline;
+	}
+	if (event->lsn != applied->lsn)
+		return event->lsn < applied->lsn;
+	return event->seq <= applied->seq;
+}
+
+/*
  * Parse a change envelope (DESIGN.md): op, before, after and what source
  * says about the record's origin.  Returns false with *error on anything
  * that is not a valid envelope.
@@ -804,12 +867,13 @@ change_parse(const char *msg, size_t len, KappaChange *change, const char **erro
 {
 	static const char *const top[] = {"op", "before", "after", "source"};
 	static const int toplen[] = {2, 6, 5, 6};
-	static const char *const src[] = {"connector", "lsn", "seq", "file", "line", "sha256", "table"};
-	static const int srclen[] = {9, 3, 3, 4, 4, 6, 5};
+	static const char *const src[] = {"connector", "lsn", "seq", "file", "line", "sha256", "table",
+	"system_id", "timeline"};
+	static const int srclen[] = {9, 3, 3, 4, 4, 6, 5, 9, 8};
 	JsonSpan	t[4];
-	JsonSpan	s[7];
+	JsonSpan	s[9];
 	MemberRequest req = {4, top, toplen, t};
-	MemberRequest srcreq = {7, src, srclen, s};
+	MemberRequest srcreq = {9, src, srclen, s};
 	const char *end = msg + len;
 	const char *p = skip_ws(msg, end);
 
@@ -820,7 +884,7 @@ change_parse(const char *msg, size_t len, KappaChange *change, const char **erro
 	 * (into the row cache, for the rankings) and "source" are read on the
 	 * way, not again afterwards.
 	 */
-	for (int i = 0; i < 7; i++)
+	for (int i = 0; i < 9; i++)
 		s[i].type = JSON_SPAN_MISSING;
 	if (len > INT_MAX || p >= end || *p != '{' ||
 		(p = object_scan(p, end, 0, &req, 2, 3, &srcreq)) == NULL ||
@@ -876,13 +940,31 @@ change_parse(const char *msg, size_t len, KappaChange *change, const char **erro
 		}
 		if (s[1].type != JSON_SPAN_MISSING && s[2].type == JSON_SPAN_NUMBER)
 		{
-			if (!parse_lsn(&s[1], &change->lsn))
+			if (!parse_lsn(&s[1], &change->pos.lsn))
 			{
 				*error = "\"source.lsn\" is not an LSN";
 				return false;
 			}
-			change->seq = strtoll(s[2].p, NULL, 10);
-			change->has_position = true;
+			change->pos.seq = strtoll(s[2].p, NULL, 10);
+			change->pos.known = true;
+			if (s[7].type != JSON_SPAN_MISSING && s[7].type != JSON_SPAN_NULL &&
+				!parse_unsigned(&s[7], PG_UINT64_MAX, &change->pos.system_id))
+			{
+				*error = "\"source.system_id\" is not a system identifier (digits, as a string)";
+				return false;
+			}
+			if (s[8].type != JSON_SPAN_MISSING && s[8].type != JSON_SPAN_NULL)
+			{
+				uint64		tli;
+
+				/* (stored as an integer: PostgreSQL's TimeLineID fits) */
+				if (!parse_unsigned(&s[8], PG_INT32_MAX, &tli) || tli == 0)
+				{
+					*error = "\"source.timeline\" is not a timeline (a positive integer)";
+					return false;
+				}
+				change->pos.timeline = (uint32) tli;
+			}
 		}
 		if (s[3].type == JSON_SPAN_STRING)
 			change->file = s[3];

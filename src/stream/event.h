@@ -43,6 +43,26 @@ extern void json_object_members(const char *obj, int len, int n,
 								JsonSpan *found);
 extern char *json_span_text(const JsonSpan *s);
 
+/*
+ * Where a CDC change was committed: source.lsn and source.seq order the
+ * changes of one cluster's WAL on one timeline.  source.system_id (the
+ * cluster's pg_control system identifier) and source.timeline say which WAL
+ * that is, so that a cluster restored from a dump, or a standby promoted
+ * after an asynchronous failover, which write again at positions already
+ * published, are not taken for replays (0.1.5).
+ */
+typedef struct SourcePosition
+{
+	bool		known;			/* source.lsn and source.seq present */
+	uint64		system_id;		/* 0: not given (before 0.1.5, Debezium) */
+	uint32		timeline;		/* 0: not given */
+	XLogRecPtr	lsn;
+	int64		seq;
+} SourcePosition;
+
+extern bool position_is_replay(const SourcePosition *event,
+							   const SourcePosition *applied);
+
 /* A change envelope (DESIGN.md) as spans into the message. */
 typedef struct KappaChange
 {
@@ -50,9 +70,7 @@ typedef struct KappaChange
 	JsonSpan	before;			/* object, or type MISSING */
 	JsonSpan	after;
 	char		connector[32];
-	bool		has_position;	/* source.lsn and source.seq present */
-	XLogRecPtr	lsn;
-	int64		seq;
+	SourcePosition pos;
 	JsonSpan	file;			/* CSV origin, if any */
 	int64		line;
 	JsonSpan	table;

@@ -82,6 +82,8 @@ enum
 	SR_EXCLUDED,
 	SR_UPDATED_AT,
 	SR_WINDOWS_END,
+	SR_SYSTEM_ID,
+	SR_TIMELINE,
 	SR_NATTS
 };
 
@@ -270,11 +272,14 @@ row_from_slot(RowState *s, TupleTableSlot *slot)
 	v = slot->tts_values;
 	isnull = slot->tts_isnull;
 	s->in_db = true;
-	s->has_position = !isnull[SR_LSN];
+	s->pos.known = !isnull[SR_LSN];
 	if (!isnull[SR_LSN])
 	{
-		s->lsn = DatumGetLSN(v[SR_LSN]);
-		s->seq = isnull[SR_SEQ] ? 0 : DatumGetInt64(v[SR_SEQ]);
+		s->pos.lsn = DatumGetLSN(v[SR_LSN]);
+		s->pos.seq = isnull[SR_SEQ] ? 0 : DatumGetInt64(v[SR_SEQ]);
+		/* stored as PostgreSQL shows it: a bigint (pg_control_system()) */
+		s->pos.system_id = isnull[SR_SYSTEM_ID] ? 0 : (uint64) DatumGetInt64(v[SR_SYSTEM_ID]);
+		s->pos.timeline = isnull[SR_TIMELINE] ? 0 : (uint32) DatumGetInt64(v[SR_TIMELINE]);
 	}
 	s->deleted = DatumGetBool(v[SR_DELETED]);
 	s->row_data = isnull[SR_ROW_DATA] ? NULL : TextDatumGetCString(v[SR_ROW_DATA]);
@@ -478,7 +483,10 @@ rows_load(void)
 	ld.rel = table_open(stream_rows_relid(), RowShareLock);
 	pkid = RelationGetPrimaryKeyIndex(ld.rel);
 	if (!OidIsValid(pkid) || RelationGetDescr(ld.rel)->natts != SR_NATTS)
-		elog(ERROR, "kappa.stream_rows does not have the shape this library expects");
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("kappa.stream_rows does not have the columns this library expects"),
+				 errhint("Run ALTER EXTENSION pg_kappa UPDATE.")));
 	ld.idx = index_open(pkid, AccessShareLock);
 	if (ld.idx->rd_index->indnkeyatts != 2 ||
 		ld.idx->rd_index->indkey.values[0] != SR_KEY + 1 ||
@@ -592,9 +600,13 @@ rows_insert_new(void)
 			memset(slot->tts_isnull, 0, sizeof(bool) * desc->natts);
 			slot->tts_values[SR_TOPIC] = CStringGetTextDatum(s->topic);
 			slot->tts_values[SR_KEY] = CStringGetTextDatum(s->key);
-			slot->tts_values[SR_LSN] = LSNGetDatum(s->lsn);
-			slot->tts_values[SR_SEQ] = Int64GetDatum(s->seq);
-			slot->tts_isnull[SR_LSN] = slot->tts_isnull[SR_SEQ] = !s->has_position;
+			slot->tts_values[SR_LSN] = LSNGetDatum(s->pos.lsn);
+			slot->tts_values[SR_SEQ] = Int64GetDatum(s->pos.seq);
+			slot->tts_isnull[SR_LSN] = slot->tts_isnull[SR_SEQ] = !s->pos.known;
+			slot->tts_values[SR_SYSTEM_ID] = Int64GetDatum((int64) s->pos.system_id);
+			slot->tts_isnull[SR_SYSTEM_ID] = !s->pos.known || s->pos.system_id == 0;
+			slot->tts_values[SR_TIMELINE] = Int64GetDatum((int64) s->pos.timeline);
+			slot->tts_isnull[SR_TIMELINE] = !s->pos.known || s->pos.timeline == 0;
 			slot->tts_values[SR_DELETED] = BoolGetDatum(s->deleted);
 			if (s->row_data)
 				slot->tts_values[SR_ROW_DATA] = CStringGetTextDatum(s->row_data);
@@ -634,10 +646,10 @@ rows_flush(void)
 {
 	int			n = 0,
 				i = 0;
-	Datum	   *cols[9];
-	bool	   *nulls[9];
-	Oid			types[9];
-	Datum		args[9];
+	Datum	   *cols[11];
+	bool	   *nulls[11];
+	Oid			types[11];
+	Datum		args[11];
 	StringInfoData buf;
 
 	rows_insert_new();
@@ -649,7 +661,7 @@ rows_flush(void)
 		return;
 	/* (only rows already in kappa.stream_rows are left dirty) */
 
-	for (int c = 0; c < 9; c++)
+	for (int c = 0; c < 11; c++)
 	{
 		cols[c] = palloc(sizeof(Datum) * n);
 		nulls[c] = palloc0(sizeof(bool) * n);
@@ -664,17 +676,33 @@ rows_flush(void)
 			continue;
 		cols[0][i] = CStringGetTextDatum(s->topic);
 		cols[1][i] = CStringGetTextDatum(s->key);
-		if (s->has_position)
+		if (s->pos.known)
 		{
 			resetStringInfo(&buf);
-			appendStringInfo(&buf, "%X/%X", LSN_FORMAT_ARGS(s->lsn));
+			appendStringInfo(&buf, "%X/%X", LSN_FORMAT_ARGS(s->pos.lsn));
 			cols[2][i] = CStringGetTextDatum(buf.data);
 			resetStringInfo(&buf);
-			appendStringInfo(&buf, INT64_FORMAT, s->seq);
+			appendStringInfo(&buf, INT64_FORMAT, s->pos.seq);
 			cols[3][i] = CStringGetTextDatum(buf.data);
 		}
 		else
 			nulls[2][i] = nulls[3][i] = true;
+		if (s->pos.known && s->pos.system_id != 0)
+		{
+			resetStringInfo(&buf);
+			appendStringInfo(&buf, INT64_FORMAT, (int64) s->pos.system_id);
+			cols[9][i] = CStringGetTextDatum(buf.data);
+		}
+		else
+			nulls[9][i] = true;
+		if (s->pos.known && s->pos.timeline != 0)
+		{
+			resetStringInfo(&buf);
+			appendStringInfo(&buf, "%u", s->pos.timeline);
+			cols[10][i] = CStringGetTextDatum(buf.data);
+		}
+		else
+			nulls[10][i] = true;
 		cols[4][i] = CStringGetTextDatum(s->deleted ? "t" : "f");
 		if (s->row_data)
 			cols[5][i] = CStringGetTextDatum(s->row_data);
@@ -690,10 +718,13 @@ rows_flush(void)
 		nulls[8][i] = (s->windows_end == DT_NOBEGIN);
 		i++;
 	}
-	for (int c = 0; c < 8; c++)
+	for (int c = 0; c < 11; c++)
 	{
 		int			dims[1] = {n};
 		int			lbs[1] = {1};
+
+		if (c == 8)
+			continue;			/* windows_end, below */
 
 		args[c] = PointerGetDatum(construct_md_array(cols[c], nulls[c], 1, dims, lbs,
 													 TEXTOID, -1, false, TYPALIGN_INT));
@@ -712,17 +743,20 @@ rows_flush(void)
 		elog(ERROR, "SPI_connect failed");
 	if (SPI_execute_with_args(
 							  "INSERT INTO kappa.stream_rows AS s "
-							  "       (topic, key, lsn, seq, deleted, row_data, counted, excluded, updated_at, windows_end) "
+							  "       (topic, key, lsn, seq, deleted, row_data, counted, excluded, updated_at, windows_end, "
+							  "        system_id, timeline) "
 							  "SELECT t, k, l::pg_lsn, q::bigint, d::boolean, r, c::integer[], x::integer[], now(), "
-							  "       w "
-							  "  FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9) AS u(t, k, l, q, d, r, c, x, w) "
+							  "       w, o::bigint, tl::integer "
+							  "  FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) "
+							  "       AS u(t, k, l, q, d, r, c, x, w, o, tl) "
 							  " ORDER BY k COLLATE \"C\", t COLLATE \"C\" "	/* the index's order */
 							  "ON CONFLICT (topic, key) DO UPDATE "
-							  "   SET lsn = EXCLUDED.lsn, seq = EXCLUDED.seq, deleted = EXCLUDED.deleted, "
+							  "   SET lsn = EXCLUDED.lsn, seq = EXCLUDED.seq, system_id = EXCLUDED.system_id, "
+							  "       timeline = EXCLUDED.timeline, deleted = EXCLUDED.deleted, "
 							  "       row_data = EXCLUDED.row_data, counted = EXCLUDED.counted, "
 							  "       excluded = EXCLUDED.excluded, updated_at = EXCLUDED.updated_at, "
 							  "       windows_end = EXCLUDED.windows_end",
-							  9, types, args, NULL, false, 0) != SPI_OK_INSERT)
+							  11, types, args, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not write kappa.stream_rows");
 	SPI_finish();
 }

@@ -130,6 +130,10 @@ CREATE TABLE kappa.stream_offsets (
     -- for topics whose rankings have no row memory (0.1.2)
     position_lsn pg_lsn,
     position_seq bigint,
+    -- and which cluster's WAL (source.system_id, source.timeline) that
+    -- position is in (0.1.5)
+    position_system_id bigint,
+    position_timeline integer,
     PRIMARY KEY (consumer_group, topic, partition)
 );
 
@@ -169,6 +173,10 @@ CREATE TABLE kappa.stream_rows (
     excluded integer[] NOT NULL DEFAULT '{}',
     updated_at timestamptz NOT NULL DEFAULT now(),
     windows_end timestamptz,
+    -- the cluster and timeline whose WAL lsn/seq are in: source.system_id
+    -- and source.timeline of the change (NULL when it gave none; 0.1.5)
+    system_id bigint,
+    timeline integer,
     -- key first: it tells rows apart at the first column of every index
     -- comparison (a batch probes and inserts one entry per sale), and
     -- kappa.sales_enriched finds a sale by its key alone

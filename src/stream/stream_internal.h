@@ -89,9 +89,7 @@ typedef struct RowState
 	bool		in_db;			/* a stream_rows row exists */
 	bool		dirty;
 	bool		deleted;
-	bool		has_position;
-	XLogRecPtr	lsn;
-	int64		seq;
+	SourcePosition pos;			/* of the change last applied */
 	char	   *row_data;		/* the row as JSON, NULL when deleted/unknown */
 	List	   *counted;		/* ranking ids it currently counts in */
 	List	   *excluded;		/* ranking ids that froze it (late) */

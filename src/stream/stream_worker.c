@@ -144,9 +144,7 @@ typedef struct PartitionState
 	int			start_retry_ms; /* the wait after the next failure */
 	bool		payments;		/* of kappa.payments_topic */
 	/* latest CDC position applied, for topics without row memory */
-	bool		has_position;
-	XLogRecPtr	position_lsn;
-	int64		position_seq;
+	SourcePosition position;
 } PartitionState;
 
 typedef struct LateEvent
@@ -203,6 +201,9 @@ static struct
 
 static void apply_batch(void);
 static void apply_batch_once(void);
+
+/* a WARNING was given for SQL objects of another version than the library */
+static bool version_warned = false;
 
 static void
 set_state(const char *fmt,...) pg_attribute_printf(1, 2);
@@ -469,7 +470,8 @@ assign_partitions(rd_kafka_topic_partition_list_t *parts)
 								  "ON CONFLICT (consumer_group, topic, partition) DO UPDATE "
 								  "   SET owner_pid = EXCLUDED.owner_pid, assigned_at = now(), "
 								  "       caught_up = false "
-								  "RETURNING next_offset, stream_time, last_record_at, position_lsn, position_seq",
+								  "RETURNING next_offset, stream_time, last_record_at, position_lsn, position_seq, "
+								  "          position_system_id, position_timeline",
 								  4, types, args, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
 			elog(ERROR, "could not read kappa.stream_offsets");
 
@@ -485,11 +487,16 @@ assign_partitions(rd_kafka_topic_partition_list_t *parts)
 		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull);
 		ps->last_record_at = isnull ? 0 : DatumGetTimestampTz(d);
 		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull);
-		ps->has_position = !isnull;
+		ps->position.known = !isnull;
 		if (!isnull)
 		{
-			ps->position_lsn = DatumGetLSN(d);
-			ps->position_seq = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5, &isnull));
+			ps->position.lsn = DatumGetLSN(d);
+			d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5, &isnull);
+			ps->position.seq = isnull ? 0 : DatumGetInt64(d);
+			d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 6, &isnull);
+			ps->position.system_id = isnull ? 0 : (uint64) DatumGetInt64(d);
+			d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 7, &isnull);
+			ps->position.timeline = isnull ? 0 : (uint32) DatumGetInt32(d);
 		}
 		ps->high_watermark = -1;
 		ps->lost_offset = -1;
@@ -689,16 +696,6 @@ move_contribution(KappaRanking *r, RowState *s, const Contribution *oldc,
 	r->batch_applied++;
 }
 
-static int
-position_cmp(XLogRecPtr lsn1, int64 seq1, XLogRecPtr lsn2, int64 seq2)
-{
-	if (lsn1 != lsn2)
-		return lsn1 < lsn2 ? -1 : 1;
-	if (seq1 != seq2)
-		return seq1 < seq2 ? -1 : 1;
-	return 0;
-}
-
 /*
  * What the rankings make of a topic, worked out once per batch and topic
  * rather than by comparing names for every message.  Known by librdkafka's
@@ -827,13 +824,12 @@ apply_change(rd_kafka_message_t *msg, const char *topic, const char *key,
 	const bool *counts = topic_rankings(topic)->events;
 
 	/* replays change nothing */
-	if (ch->has_position && s->has_position &&
-		position_cmp(ch->lsn, ch->seq, s->lsn, s->seq) <= 0)
+	if (position_is_replay(&ch->pos, &s->pos))
 	{
 		sw.duplicates++;
 		return;
 	}
-	if (!ch->has_position && newrow && s->row_data && !s->deleted &&
+	if (!ch->pos.known && newrow && s->row_data && !s->deleted &&
 		(int) strlen(s->row_data) == newlen && memcmp(s->row_data, newrow, newlen) == 0)
 	{
 		sw.duplicates++;
@@ -913,12 +909,8 @@ apply_change(rd_kafka_message_t *msg, const char *topic, const char *key,
 
 	s->row_data = newrow ? pnstrdup(newrow, newlen) : NULL;
 	s->deleted = (newrow == NULL);
-	if (ch->has_position)
-	{
-		s->has_position = true;
-		s->lsn = ch->lsn;
-		s->seq = ch->seq;
-	}
+	if (ch->pos.known)
+		s->pos = ch->pos;
 	s->dirty = true;
 }
 
@@ -947,20 +939,17 @@ apply_change_without_memory(rd_kafka_message_t *msg, const char *topic, const ch
 	TimestampTz t;
 	const bool *counts = topic_rankings(topic)->events;
 
-	if (!ch->has_position)
+	if (!ch->pos.known)
 	{
 		dead_letter(msg, "the rankings of this topic have no row memory, so an event needs source.lsn and source.seq (a CDC change) for replays to be recognised");
 		return;
 	}
-	if (ps->has_position &&
-		position_cmp(ch->lsn, ch->seq, ps->position_lsn, ps->position_seq) <= 0)
+	if (position_is_replay(&ch->pos, &ps->position))
 	{
 		sw.duplicates++;
 		return;
 	}
-	ps->has_position = true;
-	ps->position_lsn = ch->lsn;
-	ps->position_seq = ch->seq;
+	ps->position = ch->pos;
 
 	if (ch->op == 't')
 	{
@@ -1178,15 +1167,15 @@ typedef struct Parsed
 static void
 store_offsets(void)
 {
-	ArrayBuildState *cols[10];
-	Oid			types[10];
-	Datum		args[10];
+	ArrayBuildState *cols[12];
+	Oid			types[12];
+	Datum		args[12];
 	int			n = 0;
 	ListCell   *lc;
 	StringInfoData buf;
 
 	initStringInfo(&buf);
-	for (int c = 0; c < 10; c++)
+	for (int c = 0; c < 12; c++)
 	{
 		cols[c] = initArrayResult(TEXTOID, CurrentMemoryContext, false);
 		types[c] = TEXTARRAYOID;
@@ -1194,7 +1183,7 @@ store_offsets(void)
 	foreach(lc, sw.partitions)
 	{
 		PartitionState *ps = lfirst(lc);
-		char	   *v[10];
+		char	   *v[12];
 
 		if (!ps->touched && !ps->idle_dirty)
 			continue;
@@ -1208,38 +1197,43 @@ store_offsets(void)
 			DatumGetCString(DirectFunctionCall1(timestamptz_out, TimestampTzGetDatum(ps->last_record_at)));
 		v[6] = ps->caught_up ? "t" : "f";
 		v[7] = ps->high_watermark < 0 ? NULL : psprintf(INT64_FORMAT, ps->high_watermark);
-		v[8] = ps->has_position ? psprintf("%X/%X", LSN_FORMAT_ARGS(ps->position_lsn)) : NULL;
-		v[9] = ps->has_position ? psprintf(INT64_FORMAT, ps->position_seq) : NULL;
-		for (int c = 0; c < 10; c++)
+		v[8] = ps->position.known ? psprintf("%X/%X", LSN_FORMAT_ARGS(ps->position.lsn)) : NULL;
+		v[9] = ps->position.known ? psprintf(INT64_FORMAT, ps->position.seq) : NULL;
+		v[10] = ps->position.known && ps->position.system_id != 0 ?
+			psprintf(INT64_FORMAT, (int64) ps->position.system_id) : NULL;
+		v[11] = ps->position.known && ps->position.timeline != 0 ?
+			psprintf("%u", ps->position.timeline) : NULL;
+		for (int c = 0; c < 12; c++)
 			accumArrayResult(cols[c], v[c] ? CStringGetTextDatum(v[c]) : (Datum) 0, v[c] == NULL,
 							 TEXTOID, CurrentMemoryContext);
 		n++;
 	}
 	if (n == 0)
 		return;
-	for (int c = 0; c < 10; c++)
+	for (int c = 0; c < 12; c++)
 		args[c] = makeArrayResult(cols[c], CurrentMemoryContext);
 
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	{
-		Oid			all[11];
-		Datum		allargs[11];
+		Oid			all[13];
+		Datum		allargs[13];
 
 		memcpy(all, types, sizeof(types));
 		memcpy(allargs, args, sizeof(args));
-		all[10] = TEXTOID;
-		allargs[10] = CStringGetTextDatum(sw.group);
+		all[12] = TEXTOID;
+		allargs[12] = CStringGetTextDatum(sw.group);
 		if (SPI_execute_with_args("UPDATE kappa.stream_offsets o "
 								  "   SET next_offset = u.nx::bigint, stream_time = u.st::timestamptz, "
 								  "       last_record_at = u.lr::timestamptz, caught_up = u.cu::boolean, "
 								  "       high_watermark = u.hw::bigint, position_lsn = u.pl::pg_lsn, "
-								  "       position_seq = u.ps::bigint, updated_at = now() "
-								  "  FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
-								  "       AS u(t, p, ex, nx, st, lr, cu, hw, pl, ps) "
-								  " WHERE o.consumer_group = $11 AND o.topic = u.t AND o.partition = u.p::int "
+								  "       position_seq = u.ps::bigint, position_system_id = u.po::bigint, "
+								  "       position_timeline = u.ptl::integer, updated_at = now() "
+								  "  FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) "
+								  "       AS u(t, p, ex, nx, st, lr, cu, hw, pl, ps, po, ptl) "
+								  " WHERE o.consumer_group = $13 AND o.topic = u.t AND o.partition = u.p::int "
 								  "   AND o.next_offset = u.ex::bigint",
-								  11, all, allargs, NULL, false, 0) != SPI_OK_UPDATE)
+								  13, all, allargs, NULL, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "could not write kappa.stream_offsets");
 	}
 	if ((int) SPI_processed != n)
@@ -1254,14 +1248,14 @@ store_offsets(void)
 static void
 store_late_events(void)
 {
-	ArrayBuildState *cols[10];
-	Oid			types[10];
-	Datum		args[10];
+	ArrayBuildState *cols[12];
+	Oid			types[12];
+	Datum		args[12];
 	ListCell   *lc;
 
 	if (sw.late == NIL)
 		return;
-	for (int c = 0; c < 10; c++)
+	for (int c = 0; c < 12; c++)
 	{
 		cols[c] = initArrayResult(TEXTOID, CurrentMemoryContext, false);
 		types[c] = TEXTARRAYOID;
@@ -1269,7 +1263,7 @@ store_late_events(void)
 	foreach(lc, sw.late)
 	{
 		LateEvent  *le = lfirst(lc);
-		char	   *v[10];
+		char	   *v[12];
 
 		v[0] = (char *) le->ranking;
 		v[1] = le->ps->topic;
@@ -1286,7 +1280,7 @@ store_late_events(void)
 			accumArrayResult(cols[c], v[c] ? CStringGetTextDatum(v[c]) : (Datum) 0, v[c] == NULL,
 							 TEXTOID, CurrentMemoryContext);
 	}
-	for (int c = 0; c < 10; c++)
+	for (int c = 0; c < 12; c++)
 		args[c] = makeArrayResult(cols[c], CurrentMemoryContext);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
@@ -2419,11 +2413,37 @@ kappa_stream_worker_main(Datum main_arg)
 		sw.waitset = CreateWaitEventSet(TopMemoryContext, 2);
 		AddWaitEventToSet(sw.waitset, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
 		AddWaitEventToSet(sw.waitset, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
-		while (!kappa_extension_installed() || !kappa_stream_enabled)
+		for (;;)
 		{
-			set_state(kappa_stream_enabled ?
-					  "waiting for CREATE EXTENSION pg_kappa" :
-					  "disabled (kappa.stream_enabled = off)");
+			char	   *version = kappa_extension_version();
+
+			if (!kappa_stream_enabled)
+				set_state("disabled (kappa.stream_enabled = off)");
+			else if (version == NULL)
+				set_state("waiting for CREATE EXTENSION pg_kappa");
+			else if (strcmp(version, PG_KAPPA_VERSION) != 0)
+			{
+				/*
+				 * The library was installed and the server restarted, but
+				 * the SQL objects are another version's: their tables lack
+				 * what this library writes.  Wait for the update rather than
+				 * fail every batch.
+				 */
+				set_state("waiting for ALTER EXTENSION pg_kappa UPDATE (SQL objects %s, library %s)",
+						  version, PG_KAPPA_VERSION);
+				if (!version_warned)
+					ereport(WARNING,
+							(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+							 errmsg("stream worker %d waits: pg_kappa's SQL objects are version %s, its library %s",
+									sw.index, version, PG_KAPPA_VERSION),
+							 errhint("Run ALTER EXTENSION pg_kappa UPDATE in database \"%s\".",
+									 kappa_database)));
+				version_warned = true;
+			}
+			else
+				break;
+			if (version)
+				pfree(version);
 			wait_for_messages(5000);
 			if (ConfigReloadPending)
 			{

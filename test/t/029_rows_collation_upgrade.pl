@@ -1,9 +1,9 @@
 # The library runs ahead of the schema: a 0.1.3 install in a database whose
 # collation is not C (kappa.stream_rows' keys in the database's collation)
-# under the current library.  The stream worker must refuse the batch, say
-# why and how to fix it, and apply nothing; after ALTER EXTENSION pg_kappa
-# UPDATE (0.1.4: the keys COLLATE "C") it applies the same events, each
-# once.
+# under the current library.  The stream worker must wait, say why and how
+# to fix it, and apply nothing; after ALTER EXTENSION pg_kappa UPDATE (0.1.4:
+# the keys COLLATE "C"; 0.1.5: positions name their cluster) it applies the
+# same events, each once.
 use strict;
 use warnings;
 
@@ -38,16 +38,19 @@ SELECT coalesce(string_agg(group_values[1] || '=' || total || '/' || sale_count,
 };
 
 my $log_offset = -s $node->logfile;
+my $library = $node->safe_psql('shop', q{SELECT default_version FROM pg_available_extensions WHERE name = 'pg_kappa'});
 kcat_produce($broker, 'sales-events',
 	[ sale('b-1', 'Bilbao', '10.00'), sale('B-2', 'Vigo', '7.00'), sale('a-1', 'Bilbao', '1.50') ]);
-$node->wait_for_log(qr/ERROR:  the primary key of kappa.stream_rows does not compare keys as bytes/, $log_offset);
+$node->wait_for_log(qr/WARNING:  stream worker 0 waits: pg_kappa's SQL objects are version 0.1.3, its library $library/, $log_offset);
 like(slurp_file($node->logfile, $log_offset),
-	qr/ERROR:  the primary key of kappa.stream_rows does not compare keys as bytes\n.*HINT:  Run ALTER EXTENSION pg_kappa UPDATE/,
-	'the worker refuses the batch and says how to fix it');
-# (it is restarted and refuses again: once it has, the first refusal has
-# certainly been rolled back)
-wait_until(sub { (() = slurp_file($node->logfile, $log_offset) =~ /ERROR:  the primary key of kappa.stream_rows does not compare keys as bytes/g) >= 2 },
-	'the worker to refuse the batch a second time');
+	qr/WARNING:  stream worker 0 waits: pg_kappa's SQL objects are version 0.1.3, its library $library\n.*HINT:  Run ALTER EXTENSION pg_kappa UPDATE in database "shop"\./,
+	'the worker waits for the update and says how to make it');
+is($node->safe_psql('shop', q{SELECT state FROM kappa.stream_worker_status()}),
+	"waiting for ALTER EXTENSION pg_kappa UPDATE (SQL objects 0.1.3, library $library)",
+	'its state says what it waits for');
+# (it asks again every 5 s; it warns once)
+sleep 6;
+is((() = slurp_file($node->logfile, $log_offset) =~ /WARNING:  stream worker 0 waits/g), 1, 'the WARNING is given once');
 is($city_totals->(), '', 'nothing counted');
 is($node->safe_psql('shop', q{SELECT count(*) FROM kappa.stream_rows}), '0', 'nothing remembered');
 is($node->safe_psql('shop', q{SELECT count(*) FROM kappa.stream_offsets WHERE topic = 'sales-events' AND next_offset > 0}),
