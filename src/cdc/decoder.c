@@ -35,7 +35,7 @@
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "access/xlog.h"
-#include "access/xlogreader.h"
+#include "access/timeline.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "cdc/decoder.h"
@@ -421,6 +421,35 @@ finish_message(LogicalDecodingContext *ctx, KappaDecodingState *data)
 	OutputPluginWrite(ctx, true);
 }
 
+/*
+ * The timeline a commit record at lsn was written on, from the server's
+ * timeline history: changes replayed from WAL of before a promotion say the
+ * old timeline, where they were first published.  (The reader's segment
+ * timeline would not do: the segment holding a switch is read as the new
+ * timeline's, old commits in it included.)  The history is read once per
+ * timeline the server is on.  fallback: during recovery, which PostgreSQL 15
+ * does not decode in.
+ */
+static TimeLineID
+commit_timeline(KappaDecodingState *data, XLogRecPtr lsn, TimeLineID fallback)
+{
+	TimeLineID	current;
+
+	if (RecoveryInProgress())
+		return fallback;
+	current = GetWALInsertionTimeLine();
+	if (data->history == NIL || data->history_tli != current)
+	{
+		MemoryContext old = MemoryContextSwitchTo(data->cache_cxt);
+
+		list_free_deep(data->history);
+		data->history = readTimeLineHistory(current);
+		data->history_tli = current;
+		MemoryContextSwitchTo(old);
+	}
+	return tliOfPointInHistory(lsn, data->history);
+}
+
 static void
 write_begin_if_needed(LogicalDecodingContext *ctx, ReorderBufferTXN *txn)
 {
@@ -441,17 +470,7 @@ write_begin_if_needed(LogicalDecodingContext *ctx, ReorderBufferTXN *txn)
 		MemoryContextSwitchTo(old);
 	}
 
-	/*
-	 * The timeline of the WAL the commit record was read from: changes are
-	 * replayed at their commit, so the reader has just read it.  A slot that
-	 * decodes WAL from before a promotion says the old timeline, where those
-	 * changes were first published.
-	 */
-	data->timeline = ctx->reader->seg.ws_tli;
-	if (data->timeline == 0)
-		data->timeline = ctx->reader->currTLI;
-	if (data->timeline == 0 && !RecoveryInProgress())
-		data->timeline = GetWALInsertionTimeLine();
+	data->timeline = commit_timeline(data, txn->final_lsn, ctx->reader->seg.ws_tli);
 	if (!data->include_transaction)
 		return;
 

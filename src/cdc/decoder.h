@@ -70,6 +70,8 @@ typedef struct KappaDecodingState
 	char	   *db_json;		/* database name, as a JSON string */
 	uint64		system_id;		/* this cluster's, for source.system_id */
 	TimeLineID	timeline;		/* the commit's WAL timeline, source.timeline */
+	List	   *history;		/* the server's timeline history (in cache_cxt) */
+	TimeLineID	history_tli;	/* the timeline it was read for */
 
 	/*
 	 * What the message being written is: read by the CDC publisher's write

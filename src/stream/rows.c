@@ -279,7 +279,7 @@ row_from_slot(RowState *s, TupleTableSlot *slot)
 		s->pos.seq = isnull[SR_SEQ] ? 0 : DatumGetInt64(v[SR_SEQ]);
 		/* stored as PostgreSQL shows it: a bigint (pg_control_system()) */
 		s->pos.system_id = isnull[SR_SYSTEM_ID] ? 0 : (uint64) DatumGetInt64(v[SR_SYSTEM_ID]);
-		s->pos.timeline = isnull[SR_TIMELINE] ? 0 : (uint32) DatumGetInt64(v[SR_TIMELINE]);
+		s->pos.timeline = isnull[SR_TIMELINE] ? 0 : (uint32) DatumGetInt32(v[SR_TIMELINE]);
 	}
 	s->deleted = DatumGetBool(v[SR_DELETED]);
 	s->row_data = isnull[SR_ROW_DATA] ? NULL : TextDatumGetCString(v[SR_ROW_DATA]);
@@ -605,7 +605,7 @@ rows_insert_new(void)
 			slot->tts_isnull[SR_LSN] = slot->tts_isnull[SR_SEQ] = !s->pos.known;
 			slot->tts_values[SR_SYSTEM_ID] = Int64GetDatum((int64) s->pos.system_id);
 			slot->tts_isnull[SR_SYSTEM_ID] = !s->pos.known || s->pos.system_id == 0;
-			slot->tts_values[SR_TIMELINE] = Int64GetDatum((int64) s->pos.timeline);
+			slot->tts_values[SR_TIMELINE] = Int32GetDatum((int32) s->pos.timeline);
 			slot->tts_isnull[SR_TIMELINE] = !s->pos.known || s->pos.timeline == 0;
 			slot->tts_values[SR_DELETED] = BoolGetDatum(s->deleted);
 			if (s->row_data)

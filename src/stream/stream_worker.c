@@ -1248,14 +1248,14 @@ store_offsets(void)
 static void
 store_late_events(void)
 {
-	ArrayBuildState *cols[12];
-	Oid			types[12];
-	Datum		args[12];
+	ArrayBuildState *cols[10];
+	Oid			types[10];
+	Datum		args[10];
 	ListCell   *lc;
 
 	if (sw.late == NIL)
 		return;
-	for (int c = 0; c < 12; c++)
+	for (int c = 0; c < 10; c++)
 	{
 		cols[c] = initArrayResult(TEXTOID, CurrentMemoryContext, false);
 		types[c] = TEXTARRAYOID;
@@ -1263,7 +1263,7 @@ store_late_events(void)
 	foreach(lc, sw.late)
 	{
 		LateEvent  *le = lfirst(lc);
-		char	   *v[12];
+		char	   *v[10];
 
 		v[0] = (char *) le->ranking;
 		v[1] = le->ps->topic;
@@ -1280,7 +1280,7 @@ store_late_events(void)
 			accumArrayResult(cols[c], v[c] ? CStringGetTextDatum(v[c]) : (Datum) 0, v[c] == NULL,
 							 TEXTOID, CurrentMemoryContext);
 	}
-	for (int c = 0; c < 12; c++)
+	for (int c = 0; c < 10; c++)
 		args[c] = makeArrayResult(cols[c], CurrentMemoryContext);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
