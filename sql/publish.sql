@@ -162,6 +162,22 @@ SELECT relid, topic, published_by FROM kappa.published_tables WHERE relid = 'own
 SET ROLE kappa_pubowner;
 SELECT kappa.unpublish_table('owned_sales');
 RESET ROLE;
+-- such a role cannot publish into a topic read as payment confirmations or
+-- as ranking results; a superuser can
+SELECT (kappa.create_ranking('pub_results_check', ARRAY['city'], '1 day',
+                             results_topic => 'city-results')).name;
+SELECT (kappa.create_ranking('pub_sink_check', ARRAY['city'], '1 day',
+                             input => 'results', source_topic => 'other-results')).name;
+SET ROLE kappa_pubowner;
+SELECT kappa.publish_table('owned_sales', 'payment-confirmations');
+SELECT kappa.publish_table('owned_sales', 'top-salesman-by-country');
+SELECT kappa.publish_table('owned_sales', 'city-results');
+SELECT kappa.publish_table('owned_sales', 'other-results');
+RESET ROLE;
+SELECT relid FROM kappa.published_tables WHERE relid = 'owned_sales'::regclass;
+SELECT kappa.publish_table('owned_sales', 'payment-confirmations') >= 0 AS published_by_superuser;
+SELECT kappa.unpublish_table('owned_sales');
+SELECT kappa.drop_ranking('pub_results_check'), kappa.drop_ranking('pub_sink_check');
 REVOKE EXECUTE ON FUNCTION kappa.publish_table(regclass, text), kappa.unpublish_table(regclass) FROM kappa_pubowner;
 DROP TABLE owned_sales;
 DROP ROLE kappa_pubowner;

@@ -198,6 +198,43 @@ check_publish_privileges(Oid relid, const char *verb)
 					   get_rel_name(relid));
 }
 
+/*
+ * A topic whose messages the stream workers take for payment confirmations
+ * or for another processor's ranking results: a role that may publish a
+ * table of its own (REPLICATION, and EXECUTE granted) must not be able to
+ * confirm payments or write results by publishing into it.  Only a
+ * superuser may.  Called with SPI connected, as the catalog owner.
+ */
+static void
+check_topic_not_reserved(const char *topic)
+{
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		args[1];
+	const char *what = NULL;
+
+	if (strcmp(topic, kappa_payments_topic) == 0)
+		what = "payment confirmations (kappa.payments_topic)";
+	else if (strcmp(topic, kappa_top_sales_topic) == 0 ||
+			 strcmp(topic, kappa_top_salesman_topic) == 0)
+		what = "ranking results (kappa.top_sales_topic, kappa.top_salesman_topic)";
+	else
+	{
+		args[0] = CStringGetTextDatum(topic);
+		if (SPI_execute_with_args("SELECT 1 FROM kappa.rankings "
+								  " WHERE results_topic = $1 OR (input = 'results' AND source_topic = $1)",
+								  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not read kappa.rankings");
+		if (SPI_processed > 0)
+			what = "ranking results (kappa.rankings)";
+	}
+	if (what)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to publish into topic \"%s\"", topic),
+				 errdetail("The stream workers read the topic's messages as %s.", what),
+				 errhint("Only a superuser may publish a table into it.")));
+}
+
 /* Can rel be published?  Errors say why not. */
 static void
 check_publishable(Relation rel)
@@ -503,6 +540,7 @@ kappa_publish_table(PG_FUNCTION_ARGS)
 	char		nulls[3] = {' ', ' ', ' '};
 	int64		rows;
 	int			nestlevel;
+	bool		caller_is_superuser;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
@@ -522,6 +560,7 @@ kappa_publish_table(PG_FUNCTION_ARGS)
 	}
 
 	check_publish_privileges(relid, "publish");
+	caller_is_superuser = superuser();
 	rel = table_open(relid, AccessShareLock);
 	check_publishable(rel);
 	check_cdc_prerequisites();
@@ -531,6 +570,8 @@ kappa_publish_table(PG_FUNCTION_ARGS)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	become_catalog_owner(&owner_state);
+	if (!caller_is_superuser)
+		check_topic_not_reserved(topic ? topic : kappa_sales_topic);
 
 	/*
 	 * already published?  (Read with a snapshot taken now, after the lock:
