@@ -6,7 +6,8 @@
 # day, top seller per country and 30 days):
 #   sales-events  the shipped rankings, with row memory (kappa.stream_rows)
 #   sales-cdc     the same rankings created with row_memory => false
-# The events carry CDC positions (source.lsn/seq), as the publisher's do.
+# The events carry CDC positions (source.system_id/timeline/lsn/seq), as the
+# publisher's do.
 #
 #   test/bench/stream_throughput.sh [EVENTS] [ROUNDS] [WORKERS]
 #       defaults: 1000000 events a round, 5 rounds (5 million), 1 worker
@@ -58,7 +59,7 @@ generate() {
 	for my $i ($from .. $from + $n - 1) {
 		my $t = 1795219200 + int($i / 50);
 		my @g = gmtime($t);
-		printf("%d\x1f{\"op\":\"c\",\"before\":null,\"after\":{\"sale_id\":\"%d\",\"store_id\":\"ST-%d\",\"seller_id\":\"S-%d\",\"seller_name\":\"Seller %d\",\"city\":\"%s\",\"country\":\"%s\",\"amount\":\"%d.%02d\",\"currency\":\"EUR\",\"sold_at\":\"%04d-%02d-%02dT%02d:%02d:%02d.000000Z\"},\"source\":{\"connector\":\"postgres\",\"db\":\"shop\",\"schema\":\"public\",\"table\":\"sales\",\"lsn\":\"%X/%X\",\"seq\":0,\"txid\":%d,\"ts_ms\":0},\"ts_ms\":0}\n",
+		printf("%d\x1f{\"op\":\"c\",\"before\":null,\"after\":{\"sale_id\":\"%d\",\"store_id\":\"ST-%d\",\"seller_id\":\"S-%d\",\"seller_name\":\"Seller %d\",\"city\":\"%s\",\"country\":\"%s\",\"amount\":\"%d.%02d\",\"currency\":\"EUR\",\"sold_at\":\"%04d-%02d-%02dT%02d:%02d:%02d.000000Z\"},\"source\":{\"connector\":\"postgres\",\"db\":\"shop\",\"schema\":\"public\",\"table\":\"sales\",\"system_id\":\"7301457082633547813\",\"timeline\":1,\"lsn\":\"%X/%X\",\"seq\":0,\"txid\":%d,\"ts_ms\":0},\"ts_ms\":0}\n",
 			$i, $i, $i % 300, $i % 500, $i % 500, $c[$i % 50], (qw(ES PT FR IT DE))[$i % 5],
 			($i % 997), ($i % 100), $g[5] + 1900, $g[4] + 1, $g[3], $g[2], $g[1], $g[0],
 			int($i * 256 / 4294967296), ($i * 256) % 4294967296, $i);
