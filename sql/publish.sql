@@ -176,6 +176,24 @@ SELECT kappa.publish_table('owned_sales', 'other-results');
 RESET ROLE;
 SELECT relid FROM kappa.published_tables WHERE relid = 'owned_sales'::regclass;
 SELECT kappa.publish_table('owned_sales', 'payment-confirmations') >= 0 AS published_by_superuser;
+-- nor, once the slot is lost, have every published table's rows sent again
+-- (one of them into the payments topic)
+CREATE TABLE pub_mine (id int PRIMARY KEY);
+ALTER TABLE pub_mine OWNER TO kappa_pubowner;
+SET ROLE kappa_pubowner;
+SELECT kappa.publish_table('pub_mine', 'mine-events') >= 0 AS published;
+RESET ROLE;
+SELECT pg_drop_replication_slot('pg_kappa_cdc');
+SET client_min_messages = error;
+SET ROLE kappa_pubowner;
+SELECT kappa.publish_table('pub_mine', 'mine-events');
+RESET ROLE;
+SELECT count(*) AS slots FROM pg_replication_slots WHERE slot_name = 'pg_kappa_cdc';
+SELECT kappa.publish_table('pub_mine', 'mine-events') >= 0 AS made_anew_by_superuser;
+RESET client_min_messages;
+SELECT count(*) AS slots FROM pg_replication_slots WHERE slot_name = 'pg_kappa_cdc';
+SELECT kappa.unpublish_table('pub_mine');
+DROP TABLE pub_mine;
 SELECT kappa.unpublish_table('owned_sales');
 SELECT kappa.drop_ranking('pub_results_check'), kappa.drop_ranking('pub_sink_check');
 REVOKE EXECUTE ON FUNCTION kappa.publish_table(regclass, text), kappa.unpublish_table(regclass) FROM kappa_pubowner;

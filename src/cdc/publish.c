@@ -205,28 +205,32 @@ check_publish_privileges(Oid relid, const char *verb)
  * confirm payments or write results by publishing into it.  Only a
  * superuser may.  Called with SPI connected, as the catalog owner.
  */
-static void
-check_topic_not_reserved(const char *topic)
+static const char *
+reserved_topic_role(const char *topic)
 {
 	Oid			argtypes[1] = {TEXTOID};
 	Datum		args[1];
-	const char *what = NULL;
 
 	if (strcmp(topic, kappa_payments_topic) == 0)
-		what = "payment confirmations (kappa.payments_topic)";
-	else if (strcmp(topic, kappa_top_sales_topic) == 0 ||
-			 strcmp(topic, kappa_top_salesman_topic) == 0)
-		what = "ranking results (kappa.top_sales_topic, kappa.top_salesman_topic)";
-	else
-	{
-		args[0] = CStringGetTextDatum(topic);
-		if (SPI_execute_with_args("SELECT 1 FROM kappa.rankings "
-								  " WHERE results_topic = $1 OR (input = 'results' AND source_topic = $1)",
-								  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
-			elog(ERROR, "could not read kappa.rankings");
-		if (SPI_processed > 0)
-			what = "ranking results (kappa.rankings)";
-	}
+		return "payment confirmations (kappa.payments_topic)";
+	if (strcmp(topic, kappa_top_sales_topic) == 0 ||
+		strcmp(topic, kappa_top_salesman_topic) == 0)
+		return "ranking results (kappa.top_sales_topic, kappa.top_salesman_topic)";
+	args[0] = CStringGetTextDatum(topic);
+	if (SPI_execute_with_args("SELECT 1 FROM kappa.rankings "
+							  " WHERE results_topic = $1 OR (input = 'results' AND source_topic = $1)",
+							  1, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read kappa.rankings");
+	if (SPI_processed > 0)
+		return "ranking results (kappa.rankings)";
+	return NULL;
+}
+
+static void
+check_topic_not_reserved(const char *topic)
+{
+	const char *what = reserved_topic_role(topic);
+
 	if (what)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
@@ -660,6 +664,29 @@ kappa_publish_table(PG_FUNCTION_ARGS)
 			others = lappend_oid(others, other);
 			other_topics = lappend(other_topics, other_topic ? pstrdup(other_topic) : NULL);
 			MemoryContextSwitchTo(old);
+		}
+
+		/*
+		 * The snapshot writes every published table's rows into its topic,
+		 * and the decoder takes snapshot messages for each of them from this
+		 * transaction: not for a caller who may not publish into them.
+		 */
+		if (!caller_is_superuser)
+		{
+			for (int i = 0; i < list_length(others); i++)
+			{
+				const char *ot = list_nth(other_topics, i);
+				const char *what = reserved_topic_role(ot ? ot : kappa_sales_topic);
+
+				if (what)
+					ereport(ERROR,
+							(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+							 errmsg("permission denied to publish the published tables again"),
+							 errdetail("Replication slot \"%s\" is lost, so publishing sends the rows of every published table again, and table \"%s\" is published into topic \"%s\", which the stream workers read as %s.",
+									   kappa_cdc_slot_name, get_rel_name(list_nth_oid(others, i)),
+									   ot ? ot : kappa_sales_topic, what),
+							 errhint("A superuser must call kappa.publish_table() to make the slot anew.")));
+			}
 		}
 		ereport(NOTICE,
 				(errmsg(slot ? "table \"%s\" is published but replication slot \"%s\" was invalidated" :
