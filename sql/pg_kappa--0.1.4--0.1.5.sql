@@ -105,6 +105,8 @@ $$;
 --
 -- kappa.create_ranking() refuses results_topic for a sink ranking
 -- (input => 'results'), which never produced any.
+-- It also refuses a results_topic, or a sink ranking's source topic, that a
+-- table is published into: the topic carries that table's changes.
 --
 -- kappa.stream_rows_windows_end no longer asks autovacuum to summarise each
 -- block range it fills (autosummarize): the forgetting pass summarises new
@@ -400,6 +402,22 @@ BEGIN
                       DETAIL = 'A topic name has 1 to 249 ASCII letters, digits, ".", "_" and "-".';
         END IF;
     END LOOP;
+    -- a topic a table is published into carries its changes: results are
+    -- neither produced into it nor read from it (0.1.5)
+    SELECT p.relid::regclass::text INTO field FROM kappa.published_tables p
+     WHERE coalesce(p.topic, current_setting('kappa.sales_topic'))
+           IN (create_ranking.results_topic,
+               CASE WHEN create_ranking.input = 'results' THEN create_ranking.source_topic END)
+     ORDER BY p.relid LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'table % is published into topic "%"', field,
+                        coalesce(create_ranking.results_topic, create_ranking.source_topic)
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = CASE WHEN create_ranking.input = 'results'
+                                THEN 'A sink ranking reads other processors'' results from its source topic, not changes.'
+                                ELSE 'A ranking produces its results into results_topic, which must not carry changes.' END,
+                  HINT = 'Choose another topic.';
+    END IF;
 
     INSERT INTO kappa.rankings (name, input, source_topic, group_by, item, item_label,
                                 measure, measure_field, event_time_field, window_size,

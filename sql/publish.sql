@@ -192,6 +192,11 @@ SELECT count(*) AS slots FROM pg_replication_slots WHERE slot_name = 'pg_kappa_c
 SELECT kappa.publish_table('pub_mine', 'mine-events') >= 0 AS made_anew_by_superuser;
 RESET client_min_messages;
 SELECT count(*) AS slots FROM pg_replication_slots WHERE slot_name = 'pg_kappa_cdc';
+-- a topic carrying a published table's changes is neither a ranking's
+-- results topic nor a sink ranking's source
+SELECT kappa.create_ranking('into_changes', ARRAY['city'], '1 day', results_topic => 'mine-events');
+SELECT kappa.create_ranking('sink_of_changes', ARRAY['city'], '1 day', input => 'results',
+                            source_topic => current_setting('kappa.sales_topic'));
 SELECT kappa.unpublish_table('pub_mine');
 DROP TABLE pub_mine;
 SELECT kappa.unpublish_table('owned_sales');
