@@ -24,6 +24,13 @@
 #define KAPPA_SCHEMA_NAME		"kappa"
 
 /*
+ * Debezium's marker for an unchanged TOASTed value that a change does not
+ * carry: the publisher writes it (as a JSON string), the stream worker
+ * fills it in from an earlier version of the row.
+ */
+#define KAPPA_UNCHANGED_TOAST_MARKER "__debezium_unavailable_value"
+
+/*
  * The extension's own heavyweight locks, transaction-scoped, in this
  * database.  They are advisory lock tags, but with a last field that SQL's
  * pg_advisory_lock() family never makes (it uses 1 and 2): no session can

@@ -17,9 +17,6 @@
 #include "utils/relcache.h"
 #include "utils/timestamp.h"
 
-/* Debezium's marker for an unchanged TOASTed value it did not fetch */
-#define KAPPA_UNCHANGED_TOAST_MARKER "__debezium_unavailable_value"
-
 typedef enum KappaValueKind
 {
 	KAPPA_VALUE_BOOL,

@@ -660,6 +660,91 @@ json_row_members(const char *row, int len, int n, const char *const *names,
 	}
 }
 
+/* Is s Debezium's marker for an unchanged TOASTed value (a JSON string)? */
+bool
+json_span_is_unavailable(const JsonSpan *s)
+{
+	return s->type == JSON_SPAN_STRING &&
+		s->len == (int) sizeof(KAPPA_UNCHANGED_TOAST_MARKER) + 1 &&
+		memcmp(s->p + 1, KAPPA_UNCHANGED_TOAST_MARKER,
+			   sizeof(KAPPA_UNCHANGED_TOAST_MARKER) - 1) == 0;
+}
+
+/*
+ * row (a valid JSON object: a change's "after") with every member that is
+ * the unavailable-value marker replaced by the member of the same name in
+ * from (a valid object: an earlier version of the same row), where from has
+ * a value for it that is not the marker too.  A change leaves out a TOASTed
+ * value it did not change; the earlier version has it.
+ *
+ * Returns NULL when row has no marker (one memmem for almost every row) or
+ * nothing could be filled in; otherwise a palloc'd object and its length.
+ * The row cache is cleared, the new row being at an address a freed row
+ * may have had.
+ */
+char *
+json_row_fill_unavailable(const char *row, int len, const char *from, int fromlen,
+						  int *newlen)
+{
+	static const char marker[] = "\"" KAPPA_UNCHANGED_TOAST_MARKER "\"";
+	const char *end = row + len;
+	const char *p;
+	const char *copied;
+	StringInfoData out;
+
+	if (len < (int) sizeof(marker) - 1 ||
+		memmem(row, len, marker, sizeof(marker) - 1) == NULL)
+		return NULL;
+
+	out.data = NULL;
+	copied = row;
+	p = skip_ws(row + 1, end);
+	if (p >= end || *p == '}')
+		return NULL;
+	for (;;)
+	{
+		const char *key;
+		const char *value;
+		const char *after;
+		int			keylen;
+		bool		closed;
+		JsonSpan	mine;
+
+		value = member_key(p, end, &key, &keylen);
+		if (value == NULL)
+			return NULL;		/* (not valid JSON: left to the caller) */
+		after = skip_value(value, end, 1);
+		if (after == NULL)
+			return NULL;
+		mine = make_span(value, after);
+		if (json_span_is_unavailable(&mine))
+		{
+			JsonSpan	theirs;
+
+			json_object_members(from, fromlen, 1, &key, &keylen, &theirs);
+			if (theirs.type != JSON_SPAN_MISSING && !json_span_is_unavailable(&theirs))
+			{
+				if (out.data == NULL)
+					initStringInfo(&out);
+				appendBinaryStringInfo(&out, copied, value - copied);
+				appendBinaryStringInfo(&out, theirs.p, theirs.len);
+				copied = after;
+			}
+		}
+		p = member_next(after, end, &closed);
+		if (p == NULL)
+			return NULL;
+		if (closed)
+			break;
+	}
+	if (out.data == NULL)
+		return NULL;
+	appendBinaryStringInfo(&out, copied, p - copied);
+	json_row_forget();
+	*newlen = out.len;
+	return out.data;
+}
+
 /*
  * The text of a string or number span, unescaped, as a palloc'd C string
  * (NULL for null).  \u0000 is refused (PostgreSQL text cannot hold it).

@@ -42,6 +42,10 @@ extern void json_object_members(const char *obj, int len, int n,
 								const char *const *names, const int *namelens,
 								JsonSpan *found);
 extern char *json_span_text(const JsonSpan *s);
+extern bool json_span_is_unavailable(const JsonSpan *s);
+extern char *json_row_fill_unavailable(const char *row, int len,
+									   const char *from, int fromlen,
+									   int *newlen);
 
 /*
  * Where a CDC change was committed: source.lsn and source.seq order the

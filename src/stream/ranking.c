@@ -320,6 +320,33 @@ contribution_compute(const KappaRanking *r, const char *row, int rowlen,
 	json_row_members(row, rowlen, r->nfields, (const char *const *) r->fields,
 					 r->fieldlens, spans);
 
+	/*
+	 * A value the change left out (an unchanged TOASTed column) that no
+	 * earlier version of the row filled in: counting the marker as a city
+	 * or a seller would be silently wrong.  A label is only shown, so a
+	 * missing one keeps the label the results have.
+	 */
+	if (strict)
+	{
+		int			unavailable = -1;
+
+		if (json_span_is_unavailable(&spans[r->time_index]))
+			unavailable = r->time_index;
+		for (int g = 0; g < r->ngroups; g++)
+			if (json_span_is_unavailable(&spans[r->group_index[g]]))
+				unavailable = r->group_index[g];
+		if (r->item_index >= 0 && json_span_is_unavailable(&spans[r->item_index]))
+			unavailable = r->item_index;
+		if (r->measure_sum && json_span_is_unavailable(&spans[r->measure_index]))
+			unavailable = r->measure_index;
+		if (unavailable >= 0)
+		{
+			*error = psprintf("field \"%s\" holds \"" KAPPA_UNCHANGED_TOAST_MARKER "\", an unchanged TOASTed value that the change does not carry, and no earlier version of the row has it",
+							  r->fields[unavailable]);
+			return false;
+		}
+	}
+
 	if (!json_row_timestamp(&spans[r->time_index], &c->event_time))
 	{
 		*error = spans[r->time_index].type == JSON_SPAN_MISSING ?
@@ -383,7 +410,8 @@ contribution_compute(const KappaRanking *r, const char *row, int rowlen,
 			return false;
 		}
 	}
-	if (r->label_index >= 0 && span_is_value(&spans[r->label_index]))
+	if (r->label_index >= 0 && span_is_value(&spans[r->label_index]) &&
+		!json_span_is_unavailable(&spans[r->label_index]))
 	{
 		int			len;
 

@@ -807,6 +807,26 @@ row_window_end(const KappaRanking *r, const char *row, int rowlen, TimestampTz *
 	return json_row_timestamp(&span, &t) && window_for(&r->window, t, &start, end);
 }
 
+/*
+ * row with the values it left out taken from from (an object span, or
+ * none): see json_row_fill_unavailable.  Returns row itself when nothing
+ * changed.
+ */
+static const char *
+fill_unavailable(const char *row, int *len, const JsonSpan *from)
+{
+	char	   *filled;
+	int			filledlen;
+
+	if (from->type != JSON_SPAN_OBJECT)
+		return row;
+	filled = json_row_fill_unavailable(row, *len, from->p, from->len, &filledlen);
+	if (filled == NULL)
+		return row;
+	*len = filledlen;
+	return filled;
+}
+
 static void
 apply_change(rd_kafka_message_t *msg, const char *topic, const char *key,
 			 const KappaChange *ch, PartitionState *ps)
@@ -829,6 +849,24 @@ apply_change(rd_kafka_message_t *msg, const char *topic, const char *key,
 		sw.duplicates++;
 		return;
 	}
+
+	/*
+	 * Values an update left out (unchanged TOASTed columns, under REPLICA
+	 * IDENTITY DEFAULT) are those of the row it changed: in "before" if the
+	 * event has it, else in the row remembered.  (Only updates: a create
+	 * has no earlier version, a deleted row is none of a new one.)
+	 */
+	if (newrow && ch->op == 'u')
+	{
+		newrow = fill_unavailable(newrow, &newlen, &ch->before);
+		if (s->row_data && !s->deleted)
+		{
+			JsonSpan	remembered = {s->row_data, (int) strlen(s->row_data), JSON_SPAN_OBJECT};
+
+			newrow = fill_unavailable(newrow, &newlen, &remembered);
+		}
+	}
+
 	if (!ch->pos.known && newrow && s->row_data && !s->deleted &&
 		(int) strlen(s->row_data) == newlen && memcmp(s->row_data, newrow, newlen) == 0)
 	{
@@ -970,6 +1008,9 @@ apply_change_without_memory(rd_kafka_message_t *msg, const char *topic, const ch
 	{
 		newrow = ch->after.p;
 		newlen = ch->after.len;
+		/* values an update left out (unchanged TOASTed columns) */
+		if (ch->op == 'u')
+			newrow = fill_unavailable(newrow, &newlen, &ch->before);
 	}
 
 	/* every contribution must be computable, or nothing happens */
