@@ -674,7 +674,8 @@ json_span_is_unavailable(const JsonSpan *s)
  * row (a valid JSON object: a change's "after") with every member that is
  * the unavailable-value marker replaced by the member of the same name in
  * from (a valid object: an earlier version of the same row), where from has
- * a value for it that is not the marker too.  A change leaves out a TOASTed
+ * a value for it that is neither null nor the marker.  (A "before" that holds
+ * the key columns only has nulls for the others.)  A change leaves out a TOASTed
  * value it did not change; the earlier version has it.
  *
  * Returns NULL when row has no marker (one memmem for almost every row) or
@@ -722,7 +723,9 @@ json_row_fill_unavailable(const char *row, int len, const char *from, int fromle
 			JsonSpan	theirs;
 
 			json_object_members(from, fromlen, 1, &key, &keylen, &theirs);
-			if (theirs.type != JSON_SPAN_MISSING && !json_span_is_unavailable(&theirs))
+			/* (a null is no value: a marker always stands for one) */
+			if (theirs.type != JSON_SPAN_MISSING && theirs.type != JSON_SPAN_NULL &&
+				!json_span_is_unavailable(&theirs))
 			{
 				if (out.data == NULL)
 					initStringInfo(&out);
