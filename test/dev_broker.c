@@ -34,6 +34,12 @@
  *                      when a transactional producer commits: the mock's
  *                      own transactions write none, so its high watermark
  *                      never runs one past the last message
+ *   leader NAME PARTITION ID
+ *                      make broker ID the partition's leader
+ *   produce-delay ID MS COUNT
+ *                      broker ID answers its next COUNT produce requests
+ *                      MS milliseconds late (it appends their records at
+ *                      once): a slow leader, whose acknowledgements lag
  *   stop               exit, as on SIGTERM
  * Each command is acknowledged by a line "ok <command>" (or "error ...")
  * on stdout.
@@ -388,6 +394,22 @@ run_command(rd_kafka_mock_cluster_t *mcluster, int nbrokers, char *line,
 	{
 		rd_kafka_mock_clear_request_errors(mcluster, 0);
 		ok = 0;
+	}
+	else if (n == 4 && strcmp(verb, "leader") == 0 && atoi(arg3) >= 1 && atoi(arg3) <= nbrokers)
+	{
+		/* leader TOPIC PARTITION BROKER: move a partition's leadership */
+		ok = rd_kafka_mock_partition_set_leader(mcluster, arg1, atoi(arg2), atoi(arg3)) ? -1 : 0;
+	}
+	else if (n == 4 && strcmp(verb, "produce-delay") == 0 && atoi(arg1) >= 1 &&
+			 atoi(arg1) <= nbrokers && atoi(arg2) >= 0 && atoi(arg3) > 0)
+	{
+		/* the records are appended at once, only the answers are late */
+		ok = 0;
+		for (int i = 0; i < atoi(arg3) && ok == 0; i++)
+			if (rd_kafka_mock_broker_push_request_error_rtts(mcluster, atoi(arg1), 0, 1,
+															 RD_KAFKA_RESP_ERR_NO_ERROR,
+															 atoi(arg2)))
+				ok = -1;
 	}
 	else if (n >= 1 && strcmp(verb, "stop") == 0)
 	{

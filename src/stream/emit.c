@@ -124,11 +124,19 @@ typedef struct EmitWindow
  */
 #define EMIT_WAIT_MS	1000
 #define EMIT_RETRY_MS	60000	/* before a refused window is tried again */
+#define EMIT_BUSY_MS	1000	/* before one another worker has is looked at */
+
+/*
+ * At most this many windows in flight: past it, a call only collects
+ * reports.  Windows waiting for one slow results topic do not hold back
+ * those of the other topics, but neither do they pile up without bound.
+ */
+#define EMIT_MAX_IN_FLIGHT 1000
 #define EMIT_QUEUE_WAIT_MS 1000 /* for room in a full producer queue */
 
 static MemoryContext emit_cxt = NULL;
 static List *emit_inflight = NIL;	/* produced, reports still pending */
-static List *emit_refused = NIL;	/* refused, until retry_at */
+static List *emit_refused = NIL;	/* refused or busy, until retry_at */
 static List *emit_settled = NIL;	/* done: unlocked once committed */
 
 /* Lists that outlive a call: their cells in emit_cxt too, not in SPI's. */
@@ -358,22 +366,30 @@ emit_final_results(KafkaClient *producer, int max_windows)
 		emit_cxt = AllocSetContextCreate(TopMemoryContext, "pg_kappa emitted windows",
 										 ALLOCSET_SMALL_SIZES);
 
-	/* what the last call left in flight comes first */
+	/*
+	 * What earlier calls left in flight: the windows whose reports are all
+	 * in are settled, the others stay in flight while other windows go (a
+	 * results topic whose leader is slow or away must not hold back the
+	 * results of the others until its messages time out).
+	 */
 	if (emit_inflight != NIL)
 	{
 		ListCell   *lc;
-		bool		all_in = true;
+		bool		some_in = false;
 
 		kafka_client_serve(producer, 0);
 		foreach(lc, emit_inflight)
-			if (((EmitWindow *) lfirst(lc))->delivery.pending > 0)
-				all_in = false;
-		if (!all_in)
+			if (((EmitWindow *) lfirst(lc))->delivery.pending == 0)
+				some_in = true;
+		if (some_in)
+		{
+			begin_spi_transaction();
+			(void) settle(&emit_inflight);
+			commit_spi_transaction();
+			release_settled();
+		}
+		if (list_length(emit_inflight) >= EMIT_MAX_IN_FLIGHT)
 			return -1;
-		begin_spi_transaction();
-		(void) settle(&emit_inflight);
-		commit_spi_transaction();
-		release_settled();
 	}
 
 	SetCurrentStatementStartTimestamp();
@@ -383,15 +399,29 @@ emit_final_results(KafkaClient *producer, int max_windows)
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 	{
-		/* windows refused less than EMIT_RETRY_MS ago wait */
+		/*
+		 * Windows in flight, refused less than EMIT_RETRY_MS ago, or held by
+		 * another worker less than EMIT_BUSY_MS ago wait: the LIMIT then
+		 * reaches the windows after them.
+		 */
 		TimestampTz now = GetCurrentTimestamp();
 		List	   *still = NIL;
 		int			nskip = 0;
-		Datum	   *skip_rankings = palloc(sizeof(Datum) * (list_length(emit_refused) + 1));
-		Datum	   *skip_starts = palloc(sizeof(Datum) * (list_length(emit_refused) + 1));
+		int			room = list_length(emit_refused) + list_length(emit_inflight) + 1;
+		Datum	   *skip_rankings = palloc(sizeof(Datum) * room);
+		Datum	   *skip_starts = palloc(sizeof(Datum) * room);
 		ListCell   *lc;
 		Oid			types[3] = {INT4OID, TEXTARRAYOID, TIMESTAMPTZARRAYOID};
 		Datum		args[3];
+
+		foreach(lc, emit_inflight)
+		{
+			EmitWindow *ew = lfirst(lc);
+
+			skip_rankings[nskip] = CStringGetTextDatum(ew->ranking);
+			skip_starts[nskip] = TimestampTzGetDatum(ew->window_start);
+			nskip++;
+		}
 
 		foreach(lc, emit_refused)
 		{
@@ -460,7 +490,9 @@ emit_final_results(KafkaClient *producer, int max_windows)
 			ew->window_start = ws;
 			if (!lock_window(ew))
 			{
-				free_window(ew);	/* another worker has it in flight */
+				/* another worker has it in flight: look again in a while */
+				ew->retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), EMIT_BUSY_MS);
+				emit_refused = keep(emit_refused, ew);
 				continue;
 			}
 			produced = keep(produced, ew);
@@ -584,15 +616,22 @@ emit_final_results(KafkaClient *producer, int max_windows)
 	}
 	MemoryContextSwitchTo(cxt);
 	marked = settle(&produced);
-	emit_inflight = produced;	/* what has not been acknowledged yet */
+	/* what has not been acknowledged yet (its cells in emit_cxt) */
+	{
+		ListCell   *lc;
+
+		foreach(lc, produced)
+			emit_inflight = keep(emit_inflight, lfirst(lc));
+	}
 	commit_spi_transaction();
 	release_settled();
-	if (emit_inflight != NIL)
+	if (produced != NIL)
 	{
 		ereport(LOG,
 				(errmsg("pg_kappa stream worker: Kafka has not acknowledged the final results of %d window(s) yet",
-						list_length(emit_inflight)),
-				 errdetail("They are marked produced once it does, or produced again if it does not.")));
+						list_length(produced)),
+				 errdetail("They are marked produced once it does, or produced again if it does not; other windows are produced meanwhile.")));
+		list_free(produced);
 		return -1;
 	}
 	return marked;
