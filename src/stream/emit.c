@@ -127,11 +127,13 @@ typedef struct EmitWindow
 #define EMIT_BUSY_MS	1000	/* before one another worker has is looked at */
 
 /*
- * At most this many windows in flight: past it, a call only collects
- * reports.  Windows waiting for one slow results topic do not hold back
- * those of the other topics, but neither do they pile up without bound.
+ * Past this many windows, or messages, in flight, a call produces only
+ * windows of rankings that have none in flight: the windows of one slow
+ * results topic neither pile up without bound nor, once they fill the
+ * allowance, hold back the rankings behind them.
  */
-#define EMIT_MAX_IN_FLIGHT 1000
+#define EMIT_MAX_IN_FLIGHT 500
+#define EMIT_MAX_IN_FLIGHT_MESSAGES 50000
 #define EMIT_QUEUE_WAIT_MS 1000 /* for room in a full producer queue */
 
 static MemoryContext emit_cxt = NULL;
@@ -345,9 +347,9 @@ emit_producer_gone(void)
 
 /*
  * Produce up to max_windows final windows that are not produced yet.
- * Returns how many windows were completed, -1 if some wait for Kafka's
- * acknowledgement (they are looked at again next time, before any other).
- * Runs its own transaction.
+ * Returns how many windows were completed, -1 if some this call produced
+ * wait for Kafka's acknowledgement (they are settled by a later call, while
+ * other windows go).  Runs its own transaction.
  */
 int
 emit_final_results(KafkaClient *producer, int max_windows)
@@ -358,6 +360,7 @@ emit_final_results(KafkaClient *producer, int max_windows)
 	List	   *produced = NIL;
 	int			marked;
 	bool		queue_full = false;
+	bool		crowded = false;
 	TimestampTz deadline;
 	MemoryContext cxt;
 	MemoryContext row_cxt;
@@ -388,8 +391,16 @@ emit_final_results(KafkaClient *producer, int max_windows)
 			commit_spi_transaction();
 			release_settled();
 		}
-		if (list_length(emit_inflight) >= EMIT_MAX_IN_FLIGHT)
-			return -1;
+	}
+	if (emit_inflight != NIL)
+	{
+		ListCell   *lc;
+		int64		messages = 0;
+
+		foreach(lc, emit_inflight)
+			messages += ((EmitWindow *) lfirst(lc))->delivery.pending;
+		crowded = list_length(emit_inflight) >= EMIT_MAX_IN_FLIGHT ||
+			messages >= EMIT_MAX_IN_FLIGHT_MESSAGES;
 	}
 
 	SetCurrentStatementStartTimestamp();
@@ -401,8 +412,9 @@ emit_final_results(KafkaClient *producer, int max_windows)
 	{
 		/*
 		 * Windows in flight, refused less than EMIT_RETRY_MS ago, or held by
-		 * another worker less than EMIT_BUSY_MS ago wait: the LIMIT then
-		 * reaches the windows after them.
+		 * another worker less than EMIT_BUSY_MS ago wait, and past the
+		 * allowance of windows in flight every window of a ranking with
+		 * some in flight: the LIMIT then reaches the windows after them.
 		 */
 		TimestampTz now = GetCurrentTimestamp();
 		List	   *still = NIL;
@@ -411,8 +423,11 @@ emit_final_results(KafkaClient *producer, int max_windows)
 		Datum	   *skip_rankings = palloc(sizeof(Datum) * room);
 		Datum	   *skip_starts = palloc(sizeof(Datum) * room);
 		ListCell   *lc;
-		Oid			types[3] = {INT4OID, TEXTARRAYOID, TIMESTAMPTZARRAYOID};
-		Datum		args[3];
+		Oid			types[4] = {INT4OID, TEXTARRAYOID, TIMESTAMPTZARRAYOID, TEXTARRAYOID};
+		Datum		args[4];
+		Datum	   *busy_rankings = palloc(sizeof(Datum) * room);
+		int			nbusy = 0;
+		const char *prev = NULL;
 
 		foreach(lc, emit_inflight)
 		{
@@ -421,6 +436,10 @@ emit_final_results(KafkaClient *producer, int max_windows)
 			skip_rankings[nskip] = CStringGetTextDatum(ew->ranking);
 			skip_starts[nskip] = TimestampTzGetDatum(ew->window_start);
 			nskip++;
+			/* (windows in flight come in runs of one ranking) */
+			if (crowded && (prev == NULL || strcmp(prev, ew->ranking) != 0))
+				busy_rankings[nbusy++] = skip_rankings[nskip - 1];
+			prev = ew->ranking;
 		}
 
 		foreach(lc, emit_refused)
@@ -444,15 +463,17 @@ emit_final_results(KafkaClient *producer, int max_windows)
 		args[1] = PointerGetDatum(construct_array(skip_rankings, nskip, TEXTOID, -1, false, TYPALIGN_INT));
 		args[2] = PointerGetDatum(construct_array(skip_starts, nskip, TIMESTAMPTZOID, sizeof(TimestampTz),
 												  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+		args[3] = PointerGetDatum(construct_array(busy_rankings, nbusy, TEXTOID, -1, false, TYPALIGN_INT));
 		if (SPI_execute_with_args("SELECT w.ranking, w.window_start, w.window_end, "
 								  "       kappa.ranking_results_topic(w.ranking), r.group_by, r.item, r.item_label "
 								  "  FROM kappa.ranking_windows w JOIN kappa.rankings r ON r.name = w.ranking "
 								  " WHERE w.is_final AND w.produced_at IS NULL "
 								  "   AND (w.ranking, w.window_start) NOT IN "
 								  "       (SELECT * FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::timestamptz[]))) "
+								  "   AND w.ranking <> ALL ($4::text[]) "
 								  " ORDER BY w.ranking, w.window_start "
 								  " LIMIT $1 FOR UPDATE OF w SKIP LOCKED",
-								  3, types, args, NULL, false, 0) != SPI_OK_SELECT)
+								  4, types, args, NULL, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not read kappa.ranking_windows");
 	}
 	windows = (int) SPI_processed;

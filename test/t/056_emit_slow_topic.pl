@@ -1,8 +1,10 @@
 # A results topic whose leader is slow to acknowledge holds back no other
 # ranking's results.  Ranking a_hours produces to res-a, whose partition's
-# leader (broker 2) answers produce requests half a minute late; b_hours, on the
-# same events, produces to res-b on broker 1.  Both have 150 windows made
-# final at once, a_hours' first in the order the worker takes them.  b_hours' windows are
+# leader (broker 2) answers produce requests 45 s late; b_hours, on the
+# same events, produces to res-b on broker 1.  Both have 600 windows made
+# final at once, a_hours' first in the order the worker takes them: more
+# than the 500 windows a worker keeps in flight, so past that it must take
+# b_hours' windows and leave a_hours' remaining ones.  b_hours' windows are
 # all produced and marked while a_hours' are still waiting (before 0.1.5
 # the worker produced nothing more while any window was in flight, so
 # b_hours waited for a_hours' acknowledgements, or for their timeout).
@@ -14,6 +16,8 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use POSIX qw(strftime);
+use Time::Local qw(timegm);
 use PgKappa::Test;
 
 my @topics = ('sales-events', 'payment-confirmations', 'top-sales-by-city',
@@ -38,15 +42,16 @@ SELECT kappa.create_ranking('b_hours', ARRAY['city'], '1 hour', source_topic => 
                             window_origin => '2026-01-01 00:00+00', results_topic => 'res-b');
 });
 
-# 152 sales an hour apart: the 152nd makes the first 151 hours final
+# 602 sales an hour apart: the 602nd makes the first 601 hours final
 my $lsn = 0x1000;
 my @sales;
-for my $i (0 .. 151)
+my $origin = timegm(0, 0, 0, 1, 0, 2026);
+for my $i (0 .. 601)
 {
 	$lsn += 0x100;
-	my ($d, $h) = (int($i / 24) + 1, $i % 24);
-	push @sales, [ $i, sprintf('{"op":"c","before":null,"after":{"sale_id":"%d","store_id":"ST-1","seller_id":"S-1","seller_name":"Seller","city":"Madrid","country":"ES","amount":"1.00","currency":"EUR","sold_at":"2026-01-%02dT%02d:30:00Z"},"source":{"connector":"postgres","lsn":"0/%X","seq":0},"ts_ms":1}',
-		$i, $d, $h, $lsn) ];
+	my $at = strftime('%Y-%m-%dT%H:30:00Z', gmtime($origin + $i * 3600));
+	push @sales, [ $i, sprintf('{"op":"c","before":null,"after":{"sale_id":"%d","store_id":"ST-1","seller_id":"S-1","seller_name":"Seller","city":"Madrid","country":"ES","amount":"1.00","currency":"EUR","sold_at":"%s"},"source":{"connector":"postgres","lsn":"0/%X","seq":0},"ts_ms":1}',
+		$i, $at, $lsn) ];
 }
 my $produced = q{
 SELECT string_agg(ranking || '=' || n, ',' ORDER BY ranking) FROM (
@@ -62,28 +67,28 @@ kcat_produce($broker, 'sales-hand', [ @sales[0, 1] ]);
 wait_until(sub { $node->safe_psql('shop', $produced) eq 'a_hours=1,b_hours=1' },
 	"the first hour's results acknowledged");
 
-# broker 2 answers its next produce request 30 s late (and the ones sent
+# broker 2 answers its next produce request 45 s late (and the ones sent
 # after it on the same connection, which Kafka answers in order)
-$broker->control('produce-delay 2 30000 1');
-kcat_produce($broker, 'sales-hand', [ @sales[2 .. 151] ]);
+$broker->control('produce-delay 2 45000 1');
+kcat_produce($broker, 'sales-hand', [ @sales[2 .. 601] ]);
 wait_until(sub { $node->safe_psql('shop', q{
-SELECT count(*) FROM kappa.ranking_windows WHERE ranking IN ('a_hours', 'b_hours') AND is_final}) eq '302' },
-	'151 final windows of each ranking');
+SELECT count(*) FROM kappa.ranking_windows WHERE ranking IN ('a_hours', 'b_hours') AND is_final}) eq '1202' },
+	'601 final windows of each ranking');
 
-# Well within the 30 s that a_hours' acknowledgements take.
-wait_until(sub { $node->safe_psql('shop', $produced) =~ /b_hours=151/ },
-	"b_hours' windows produced while a_hours' wait", 20);
-is($node->safe_psql('shop', $produced), 'a_hours=1,b_hours=151',
+# Well within the 45 s that a_hours' acknowledgements take.
+wait_until(sub { $node->safe_psql('shop', $produced) =~ /b_hours=601/ },
+	"b_hours' windows produced while a_hours' wait", 35);
+is($node->safe_psql('shop', $produced), 'a_hours=1,b_hours=601',
 	"every window of b_hours is produced and marked while a_hours' are not acknowledged yet");
-is(kcat_high_watermark($broker, 'res-b', 0), '151', 'res-b holds one result per window');
+is(kcat_high_watermark($broker, 'res-b', 0), '601', 'res-b holds one result per window');
 
 # The late answers come: a_hours' windows are marked too, each once.
-wait_until(sub { $node->safe_psql('shop', $produced) eq 'a_hours=151,b_hours=151' },
+wait_until(sub { $node->safe_psql('shop', $produced) eq 'a_hours=601,b_hours=601' },
 	"a_hours' windows acknowledged");
-is(kcat_high_watermark($broker, 'res-a', 0), '151', 'res-a holds one result per window');
+is(kcat_high_watermark($broker, 'res-a', 0), '601', 'res-a holds one result per window');
 my %keys;
 $keys{ $_->{key} }++ for @{ kcat_consume($broker, 'res-a') };
-is(scalar(keys %keys) . ' keys, at most ' . (sort { $b <=> $a } values %keys)[0] . ' each', '151 keys, at most 1 each',
+is(scalar(keys %keys) . ' keys, at most ' . (sort { $b <=> $a } values %keys)[0] . ' each', '601 keys, at most 1 each',
 	'a_hours: every window once, none twice');
 ok($node->log_contains(qr/Kafka has not acknowledged the final results of \d+ window\(s\) yet/),
 	'the log says windows wait for their acknowledgement');
