@@ -46,11 +46,14 @@ RESET client_min_messages;
 SELECT extname, extnamespace::regnamespace FROM pg_extension WHERE extname = 'pg_kappa';
 DROP EXTENSION pg_kappa;
 DROP SCHEMA kappa;
--- and where CREATE EXTENSION makes the schema itself
+-- and where CREATE EXTENSION makes the schema itself; the roles outlive
+-- the extension, and a kappa_admin that is not a kappa_reader becomes one
+REVOKE kappa_reader FROM kappa_admin;
 SET client_min_messages = warning;
 CREATE EXTENSION pg_kappa;
 RESET client_min_messages;
 SELECT pg_get_userbyid(nspowner) = current_user AS owned_by_installer FROM pg_namespace WHERE nspname = 'kappa';
+SELECT pg_has_role('kappa_admin', 'kappa_reader', 'MEMBER') AS admin_reads;
 DROP EXTENSION pg_kappa;
 \c :home
 DROP DATABASE kappa_squat;

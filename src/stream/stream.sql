@@ -13,6 +13,10 @@ BEGIN
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'kappa_admin') THEN
         CREATE ROLE kappa_admin NOLOGIN IN ROLE kappa_reader;
     END IF;
+    -- an admin role made beforehand reads what it administers too
+    IF NOT pg_catalog.pg_has_role('kappa_admin', 'kappa_reader', 'MEMBER') THEN
+        GRANT kappa_reader TO kappa_admin;
+    END IF;
 END
 $$;
 
